@@ -1,0 +1,39 @@
+"""`@gpu(duration=...)`: `spaces.GPU` on ZeroGPU, a plain call elsewhere.
+
+Import this module before anything imports torch: on ZeroGPU `import spaces` must come
+before CUDA is initialised. Off ZeroGPU `spaces.GPU` hands the function back unchanged.
+On ZeroGPU the function runs in a forked worker: what it changes on modules (adapters
+loaded, weights fused) does not reach the main process, so all adapter work for a
+request happens inside the decorated function.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, TypeVar
+
+try:
+    import spaces
+except ImportError:  # `spaces` is in requirements.txt; tolerate its absence off a Space
+    spaces = None
+
+F = TypeVar("F", bound=Callable)
+
+
+def on_zerogpu() -> bool:
+    """True inside a Hugging Face Space running on ZeroGPU hardware."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in {"1", "true"}
+
+
+def gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
+    """Decorate a function that needs the GPU for about `duration` seconds.
+
+    `duration` may be a callable that gets the call's arguments (ZeroGPU calls it).
+    """
+
+    def decorate(function: F) -> F:
+        if spaces is None or not on_zerogpu():
+            return function
+        return spaces.GPU(duration=duration)(function)
+
+    return decorate

@@ -1,0 +1,148 @@
+"""Settings, read once from the environment (see API.md and the README).
+
+`Settings.from_env()` is the one place that knows the variable names and the defaults.
+A bad value raises `SettingsError` with one line that says which variable and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from .errors import SettingsError
+
+TINY = "tiny"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+SPACE_DATA_ROOT = Path("/data")
+
+
+def _cuda_available() -> bool:
+    import torch  # deferred: `import spaces` must run before torch touches CUDA
+
+    return torch.cuda.is_available()
+
+
+def _default_base_model() -> str:
+    return FLUX_DEV if _cuda_available() else TINY
+
+
+def _default_data_dir() -> Path:
+    if SPACE_DATA_ROOT.is_dir() and os.access(SPACE_DATA_ROOT, os.W_OK):
+        return SPACE_DATA_ROOT / "lora-space"
+    return Path("data")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number; set it to an integer from {low} to {high}.") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={value} is out of range; set it to an integer from {low} to {high}.")
+    return value
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
+
+
+def _check_writable(name: str, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise SettingsError(
+            f"{name}={str(path)!r} is not a writable folder ({error.strerror or error}); "
+            f"point {name} at a folder this process can write to."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request limits, checked before any GPU time is asked for (API.md)."""
+
+    max_steps: int = 100
+    min_size: int = 64
+    max_size: int = 2048
+    size_multiple: int = 16
+    max_images: int = 8
+    max_loras: int = 6
+    max_prompt_chars: int = 4000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app reads from its environment.
+
+    Args:
+        base_model: a Hub id, a local diffusers folder, or `tiny`.
+        lora_dir: the local LoRA library (the course's `models/loras/`).
+        data_dir: datasets, jobs, checkpoints and outputs.
+        hf_endpoint: the Hub to talk to (`HF_ENDPOINT`); every Hub call uses it.
+        hf_offline: `HF_HUB_OFFLINE` is set: no Hub call is made.
+        adapter_cache_size: how many LoRAs the engine keeps loaded (LRU).
+        limits: request limits; settings may lower the API's.
+    """
+
+    base_model: str
+    lora_dir: Path
+    data_dir: Path
+    hf_endpoint: str = "https://huggingface.co"
+    hf_offline: bool = False
+    adapter_cache_size: int = 8
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.base_model == TINY
+
+    @property
+    def hub_base_model(self) -> str:
+        """The Hub id LoRAs are searched for: tiny stands in for FLUX.1-dev."""
+        if self.is_tiny or Path(self.base_model).is_dir():
+            return FLUX_DEV
+        return self.base_model
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, check: bool = True) -> "Settings":
+        """Read the settings; with `check`, also make the folders and validate the base model."""
+        env = os.environ if env is None else env
+        base_model = env.get("LORA_SPACE_BASE_MODEL", "").strip() or _default_base_model()
+        lora_dir = Path(env.get("LORA_SPACE_LORA_DIR", "").strip() or "models/loras")
+        data_dir = Path(env.get("LORA_SPACE_DATA_DIR", "").strip() or _default_data_dir())
+        default_limits = Limits()
+        limits = Limits(
+            max_steps=_int(env, "LORA_SPACE_MAX_STEPS", default_limits.max_steps, 1, default_limits.max_steps),
+            max_size=_int(env, "LORA_SPACE_MAX_SIZE", default_limits.max_size, 64, default_limits.max_size),
+            max_images=_int(env, "LORA_SPACE_MAX_IMAGES", default_limits.max_images, 1, default_limits.max_images),
+        )
+        settings = cls(
+            base_model=base_model,
+            lora_dir=lora_dir,
+            data_dir=data_dir,
+            hf_endpoint=(env.get("HF_ENDPOINT", "").strip() or "https://huggingface.co").rstrip("/"),
+            hf_offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
+            adapter_cache_size=_int(env, "LORA_SPACE_ADAPTER_CACHE", 8, 1, 256),
+            limits=limits,
+        )
+        if check:
+            settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings the app cannot start with, in one line each."""
+        if not self.is_tiny and not Path(self.base_model).is_dir() and not _looks_like_hub_id(self.base_model):
+            raise SettingsError(
+                f"LORA_SPACE_BASE_MODEL={self.base_model!r} is neither 'tiny', an existing local folder, "
+                "nor a Hub id like 'black-forest-labs/FLUX.1-dev'; fix the path or the id."
+            )
+        _check_writable("LORA_SPACE_DATA_DIR", self.data_dir)
+        _check_writable("LORA_SPACE_LORA_DIR", self.lora_dir)
