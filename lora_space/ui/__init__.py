@@ -1,0 +1,78 @@
+"""The Gradio app: `build_demo()` lays out the four tabs and the typed API endpoints."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import gradio as gr
+
+from ..errors import LoraSpaceError
+from ..service import LoraSpace
+from ..settings import Settings
+from . import api, generate
+
+logger = logging.getLogger(__name__)
+
+TITLE = "LoRA Space"
+TINY_NOTE = (
+    "**tiny mode**: the base model is a random FLUX-architecture test model built offline, "
+    "so images are noise. Every feature runs through the same code as FLUX.1-dev on a GPU."
+)
+
+
+def header_markdown(space: LoraSpace) -> str:
+    settings = space.settings
+    device = space.engine.device
+    text = f"# {TITLE}\nFind, blend, train and publish FLUX LoRAs. Base model: `{settings.base_model}` on `{device}`."
+    if settings.is_tiny:
+        text += f"\n\n{TINY_NOTE}"
+    return text
+
+
+def build_demo(space: LoraSpace) -> gr.Blocks:
+    """The whole app for one `LoraSpace`; tabs in the order Discover, Generate, Train, Publish."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(header_markdown(space), elem_id="header")
+        with gr.Tabs():
+            with gr.Tab("Discover", id="discover"):
+                gr.Markdown("Searching the Hub for LoRAs arrives here soon; type a Hub id in a Generate slot meanwhile.")
+            with gr.Tab("Generate", id="generate"):
+                generate.build_generate_tab(space)
+            with gr.Tab("Train", id="train"):
+                gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
+            with gr.Tab("Publish", id="publish"):
+                gr.Markdown("Publishing a LoRA with a model card to the Hub arrives here soon.")
+        api.register_endpoints(space)
+    return demo
+
+
+def create_space(settings: Settings) -> LoraSpace:
+    """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
+    from ..base_model import load_base_pipeline
+    from ..engine import Engine
+
+    pipe = load_base_pipeline(settings, token=_env_token())
+    return LoraSpace(settings, Engine(pipe, cache_size=settings.adapter_cache_size))
+
+
+def _env_token() -> str | None:
+    import os
+
+    return os.environ.get("HF_TOKEN") or None
+
+
+def launch() -> None:
+    """Start the app; bad settings stop it with one line, not a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        space = create_space(settings)
+    except LoraSpaceError as error:
+        print(f"LoRA Space cannot start: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    demo = build_demo(space)
+    demo.queue(default_concurrency_limit=4).launch(
+        allowed_paths=[str(space.outputs_dir.resolve())],
+        theme=gr.themes.Soft(),
+    )

@@ -1,0 +1,287 @@
+"""The one pipeline of the process, shared by every user.
+
+`Engine.generate` is the only way to run the pipeline. Each request names its LoRAs and
+strengths; under one lock the engine loads what is missing (each file read once, kept in
+an LRU cache of adapters), sets the mix, fuses it when the same mix repeats, runs the
+pipeline and returns images. Adapters that fall out of the cache are deleted from the
+model, so `set_adapters` costs what the active LoRAs cost, not what was ever used.
+
+On ZeroGPU the GPU function runs in a forked worker whose module changes never reach the
+main process, so all adapter work happens inside it (`_run_locked`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import FluxPipeline
+from PIL import Image
+
+from .errors import LimitError, LoraFileError
+from .gpu import gpu, on_zerogpu
+from .settings import Limits
+
+logger = logging.getLogger(__name__)
+
+LORA_COMPONENTS = ("transformer", "text_encoder")
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a request, already resolved to a local `.safetensors` file.
+
+    `key` names the file's content (path + size + mtime, or repo + revision + file):
+    two specs with the same key share one adapter.
+    """
+
+    key: str
+    file: str
+    name: str
+    strength: float
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int = 28
+    guidance: float = 3.5
+    true_cfg: float = 1.0
+    width: int = 1024
+    height: int = 1024
+    num_images: int = 1
+    loras: tuple[LoraSpec, ...] = ()
+
+    def check(self, limits: Limits) -> None:
+        """Refuse a request outside the limits before any GPU time is asked for."""
+        if not 1 <= self.steps <= limits.max_steps:
+            raise LimitError(f"steps={self.steps} is out of range; use 1 to {limits.max_steps}.")
+        for label, value in (("width", self.width), ("height", self.height)):
+            if not limits.min_size <= value <= limits.max_size or value % limits.size_multiple:
+                raise LimitError(
+                    f"{label}={value} is not allowed; use a multiple of {limits.size_multiple} "
+                    f"from {limits.min_size} to {limits.max_size}."
+                )
+        if not 1 <= self.num_images <= limits.max_images:
+            raise LimitError(f"num_images={self.num_images} is out of range; use 1 to {limits.max_images}.")
+        if len(self.loras) > limits.max_loras:
+            raise LimitError(f"{len(self.loras)} LoRAs asked for; use at most {limits.max_loras} at once.")
+        if len(self.prompt) > limits.max_prompt_chars:
+            raise LimitError(
+                f"The prompt has {len(self.prompt)} characters; shorten it to {limits.max_prompt_chars} or fewer."
+            )
+        if not -1 <= self.seed <= MAX_SEED:
+            raise LimitError(f"seed={self.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    seed: int
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    fused: bool = False
+
+
+@dataclass
+class Adapter:
+    """A LoRA attached to the pipeline under `adapter_name`."""
+
+    adapter_name: str
+    coverage: float
+    matched: int
+    total: int
+
+
+class Engine:
+    """Owns the pipeline and its adapter state; every change happens under `self._lock`.
+
+    Args:
+        pipe: the base pipeline (already on its device).
+        cache_size: how many adapters stay attached (LRU).
+        fuse_after: fuse a mix once it has been asked for this many times in a row.
+    """
+
+    def __init__(self, pipe: FluxPipeline, *, cache_size: int = 8, fuse_after: int = 2) -> None:
+        self.pipe = pipe
+        self.cache_size = cache_size
+        self.fuse_after = fuse_after
+        self._lock = threading.Lock()
+        self._adapters: OrderedDict[str, Adapter] = OrderedDict()
+        self._names = itertools.count()
+        self._fused_mix: tuple[tuple[str, float], ...] | None = None
+        self._last_mix: tuple[tuple[str, float], ...] | None = None
+        self._repeats = 0
+        self.file_reads = 0  # LoRA files read from disk since start (benchmarks and tests read it)
+        _ENGINES[id(self)] = self
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.transformer.device
+
+    def loaded_adapters(self) -> list[str]:
+        """The adapter names attached to the transformer, as diffusers reports them."""
+        return list(self.pipe.get_list_adapters().get("transformer", []))
+
+    def generate(self, request: GenerationRequest, *, progress=None) -> GenerationResult:
+        """Run one request with its own LoRA mix; other requests wait for the lock."""
+        seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED)
+        if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
+            return _generate_on_gpu(id(self), request, seed, None)
+        return _generate_on_gpu(id(self), request, seed, progress)
+
+    # -- adapter state (call only under the lock) ---------------------------------------
+
+    def _attach(self, spec: LoraSpec) -> Adapter:
+        """Return the adapter for `spec`, loading it once and evicting the least recent."""
+        adapter = self._adapters.get(spec.key)
+        if adapter is not None:
+            self._adapters.move_to_end(spec.key)
+            return adapter
+        from .lora.formats import to_diffusers
+        from .lora.safefile import load_lora_file
+
+        # 1. Read and check the file (only .safetensors, bounded header, no NaN/Inf).
+        tensors, metadata = load_lora_file(spec.file)
+        self.file_reads += 1
+        state_dict, _ = to_diffusers(tensors, metadata)
+        # 2. Attach under a fresh name; on any failure remove what was half attached.
+        adapter_name = f"lora_{next(self._names)}"
+        self._unfuse()
+        try:
+            self.pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+            adapter = self._verify(spec, adapter_name, state_dict)
+        except Exception:
+            self._delete(adapter_name)
+            raise
+        # 3. Make room: the cache holds at most `cache_size` adapters.
+        self._adapters[spec.key] = adapter
+        while len(self._adapters) > self.cache_size:
+            _, old = self._adapters.popitem(last=False)
+            self._delete(old.adapter_name)
+        return adapter
+
+    def _verify(self, spec: LoraSpec, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> Adapter:
+        """diffusers loads nothing, silently, for keys it does not recognise: check what attached."""
+        wanted = {key.rsplit(".lora_", 1)[0] for key in state_dict if ".lora_" in key}
+        matched = 0
+        for module_path in wanted:
+            component, _, inner = module_path.partition(".")
+            try:
+                module = getattr(self.pipe, component).get_submodule(inner)
+            except AttributeError:
+                continue
+            if adapter_name in getattr(module, "lora_A", {}):
+                matched += 1
+        total = len(wanted)
+        if matched == 0:
+            raise LoraFileError(
+                f"LoRA {spec.name!r} matches no module of the base model, so it would do nothing; "
+                "check that it was made for FLUX.1 (inspect it in LoRA tools)."
+            )
+        return Adapter(adapter_name, matched / total, matched, total)
+
+    def _delete(self, adapter_name: str) -> None:
+        present = {name for names in self.pipe.get_list_adapters().values() for name in names}
+        if adapter_name in present:
+            self.pipe.delete_adapters(adapter_name)
+
+    def _unfuse(self) -> None:
+        if self._fused_mix is not None:
+            self.pipe.unfuse_lora(components=list(LORA_COMPONENTS))
+            self._fused_mix = None
+
+    def _apply_mix(self, mix: tuple[tuple[str, float], ...]) -> bool:
+        """Make `mix` (adapter name, strength) the active one; fuse it when it repeats. Returns fused."""
+        self._repeats = self._repeats + 1 if mix == self._last_mix else 1
+        self._last_mix = mix
+        if mix == self._fused_mix:
+            return True
+        self._unfuse()
+        if not mix:
+            self.pipe.disable_lora()
+            return False
+        self.pipe.enable_lora()
+        names, weights = zip(*mix)
+        self.pipe.set_adapters(list(names), adapter_weights=list(weights))
+        if self._repeats >= self.fuse_after:
+            self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=list(names))
+            self._fused_mix = mix
+            return True
+        return False
+
+    def _run_locked(self, request: GenerationRequest, seed: int, progress) -> GenerationResult:
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        with self._lock:
+            # 1. Attach every LoRA of the request (cached ones cost nothing).
+            start = time.perf_counter()
+            strengths: dict[str, float] = {}
+            for spec in request.loras:
+                adapter = self._attach(spec)
+                if adapter.coverage < 1:
+                    warnings.append(
+                        f"LoRA {spec.name!r}: only {adapter.matched} of {adapter.total} modules "
+                        f"({adapter.coverage:.0%}) match the base model; the rest is ignored."
+                    )
+                strengths[adapter.adapter_name] = strengths.get(adapter.adapter_name, 0.0) + spec.strength
+            timings["load_loras"] = time.perf_counter() - start
+            # 2. Set the mix; LoRAs at strength 0 are left out, so all zero is the base model.
+            start = time.perf_counter()
+            mix = tuple(sorted((name, weight) for name, weight in strengths.items() if weight != 0))
+            fused = self._apply_mix(mix)
+            timings["set_adapters"] = time.perf_counter() - start
+            # 3. Run the pipeline; one generator per image, seeded seed, seed+1, ...
+            start = time.perf_counter()
+            generators = [
+                torch.Generator(device="cpu").manual_seed(seed + index) for index in range(request.num_images)
+            ]
+            kwargs = {}
+            if request.negative_prompt and request.true_cfg > 1:
+                kwargs = {"negative_prompt": request.negative_prompt, "true_cfg_scale": request.true_cfg}
+            callback = None
+            if progress is not None:
+
+                def callback(pipe, step, timestep, callback_kwargs):
+                    progress((step + 1) / request.steps, desc=f"step {step + 1}/{request.steps}")
+                    return callback_kwargs
+
+            images = self.pipe(
+                prompt=request.prompt,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                width=request.width,
+                height=request.height,
+                num_images_per_prompt=request.num_images,
+                generator=generators,
+                callback_on_step_end=callback,
+                **kwargs,
+            ).images
+            timings["inference"] = time.perf_counter() - start
+        return GenerationResult(images=images, seed=seed, warnings=warnings, timings=timings, fused=fused)
+
+
+# Engines by id, written once per engine at start-up: the GPU function finds its engine here.
+_ENGINES: dict[int, Engine] = {}
+
+
+def _gpu_seconds(engine_id: int, request: GenerationRequest, seed: int, progress) -> int:
+    """ZeroGPU duration: about a second per step per megapixel image, plus LoRA loading."""
+    megapixels = request.width * request.height / 1_000_000
+    return int(20 + 5 * len(request.loras) + request.steps * request.num_images * max(megapixels, 0.25) * 1.2)
+
+
+@gpu(duration=_gpu_seconds)
+def _generate_on_gpu(engine_id: int, request: GenerationRequest, seed: int, progress) -> GenerationResult:
+    return _ENGINES[engine_id]._run_locked(request, seed, progress)

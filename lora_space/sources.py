@@ -1,0 +1,104 @@
+"""Turn a LoRA `source` into a local `.safetensors` file.
+
+A source is a library name (`watercolor_style`), a path inside the library or the data
+folder, a Hub repo (`user/repo`) or a Hub file (`user/repo/file.safetensors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import hub, library
+from .errors import LoraFileError, UnsafeFileError
+from .settings import Settings
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A LoRA found: `file` is local, `key` names its content (changes when the file does)."""
+
+    source: str
+    name: str
+    file: Path
+    trigger_words: list[str] = field(default_factory=list)
+    repo_id: str | None = None
+    revision: str | None = None
+
+    @property
+    def key(self) -> str:
+        stat = self.file.stat()
+        return f"{self.file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _check_suffix(source: str) -> None:
+    suffix = Path(source).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UnsafeFileError(
+            f"{source!r} is a pickle file ({suffix}), which can run code when loaded; LoRA Space loads only "
+            ".safetensors. Convert it with a trusted tool first, or pick the repo's .safetensors file."
+        )
+
+
+def _allowed_roots(settings: Settings) -> list[Path]:
+    return [settings.lora_dir.resolve(), settings.data_dir.resolve()]
+
+
+def _local_file(source: str, settings: Settings) -> ResolvedSource | None:
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in _allowed_roots(settings)):
+        raise LoraFileError(
+            f"{source!r} is outside the LoRA library and the data folder; copy it into "
+            f"{settings.lora_dir} (or upload it in the Generate tab) and use its name."
+        )
+    if resolved.suffix.lower() != ".safetensors" or not resolved.is_file():
+        raise LoraFileError(f"{source!r} is not a .safetensors file; LoRA Space loads only .safetensors files.")
+    return ResolvedSource(source=source, name=resolved.stem, file=resolved, trigger_words=library.trigger_words_for(resolved))
+
+
+def resolve_source(source: str, *, settings: Settings, token: str | None = None) -> ResolvedSource:
+    """Find the LoRA a source names, downloading it from the Hub when needed.
+
+    Raises:
+        LoraFileError: nothing by that name, or not a `.safetensors` file.
+        UnsafeFileError: a pickle file.
+        HubError: the Hub cannot give it (not found, gated, offline).
+    """
+    source = source.strip()
+    if not source:
+        raise LoraFileError("A LoRA slot is empty; pick a LoRA from the library or type a Hub id like 'user/repo'.")
+    _check_suffix(source)
+    # 1. The library, by name or location.
+    entry = library.find_entry(settings.lora_dir, source)
+    if entry is not None:
+        return ResolvedSource(source=source, name=entry.name, file=entry.path, trigger_words=list(entry.trigger_words))
+    # 2. A local file in the library or the data folder (e.g. a training job's output).
+    local = _local_file(source, settings)
+    if local is not None:
+        return local
+    # 3. The Hub: `user/repo` or `user/repo/file.safetensors`.
+    parts = source.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise LoraFileError(
+            f"No LoRA named {source!r} in the library ({settings.lora_dir}); use a library name, "
+            "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
+        )
+    repo_id = "/".join(parts[:2])
+    filename = "/".join(parts[2:]) or hub.pick_weight_file(repo_id, endpoint=settings.hf_endpoint, token=token)
+    if not filename.endswith(".safetensors"):
+        raise LoraFileError(f"{source!r} does not name a .safetensors file; LoRA Space loads only .safetensors files.")
+    file = hub.download_file(repo_id, filename, endpoint=settings.hf_endpoint, token=token)
+    card = hub.model_card_data(repo_id, endpoint=settings.hf_endpoint, token=token)
+    return ResolvedSource(
+        source=source,
+        name=parts[1] if len(parts) == 2 else Path(filename).stem,
+        file=Path(file),
+        trigger_words=hub.trigger_words_from_card(card),
+        repo_id=repo_id,
+        revision=Path(file).parent.name if "snapshots" in Path(file).parts else None,
+    )

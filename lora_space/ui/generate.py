@@ -1,0 +1,132 @@
+"""The Generate tab: prompt, LoRA slots with strength sliders, the library, a gallery."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from .. import library
+from ..service import LoraSpace
+from .errors import user_errors
+
+SLOTS = 6
+STRENGTH_INFO = "0 = off; the course's balanced range is 0.6-1.0; above ~1.2 artifacts appear"
+SIZE_PRESETS = {
+    "1024x1024 square": (1024, 1024),
+    "832x1216 portrait": (832, 1216),
+    "1216x832 landscape": (1216, 832),
+    "768x1344 tall": (768, 1344),
+    "512x512 draft": (512, 512),
+}
+TINY_SIZE_PRESETS = {"64x64 tiny": (64, 64), "96x64 tiny": (96, 64), "128x128 tiny": (128, 128)}
+
+def slot_values_to_loras(values: list) -> list[dict]:
+    """Widget values (source, strength, enabled) x SLOTS -> the API's `loras` list."""
+    loras = []
+    for index in range(0, len(values), 3):
+        source, strength, enabled = values[index : index + 3]
+        if enabled and source and str(source).strip():
+            loras.append({"source": str(source).strip(), "strength": float(strength)})
+    return loras
+
+def library_rows(space: LoraSpace) -> list[list]:
+    return [
+        [item["name"], item["format"], ", ".join(item["trigger_words"]), f"{item['size_bytes'] / 1e6:.1f} MB"]
+        for item in space.list_loras()
+    ]
+
+def build_generate_tab(space: LoraSpace) -> None:
+    presets = TINY_SIZE_PRESETS if space.settings.is_tiny else SIZE_PRESETS
+    default_steps = 2 if space.settings.is_tiny else 28
+    names = [item["name"] for item in space.list_loras()]
+
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(
+                label="Prompt",
+                lines=3,
+                placeholder="Portrait of a woman in a garden <lora:watercolor_style:0.8> <lora:detailed_eyes:0.6>",
+                info="Add LoRAs with <lora:NAME:STRENGTH> tags or the slots below; trigger words are added for you.",
+            )
+            negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="blurry, oversaturated")
+            with gr.Accordion(f"LoRA slots (up to {SLOTS})", open=True):
+                slot_inputs: list[gr.components.Component] = []
+                dropdowns = []
+                for index in range(SLOTS):
+                    with gr.Row(equal_height=True):
+                        source = gr.Dropdown(
+                            choices=names,
+                            value=None,
+                            allow_custom_value=True,
+                            label=f"LoRA {index + 1}",
+                            info="library name, user/repo or user/repo/file.safetensors" if index == 0 else None,
+                            scale=3,
+                        )
+                        strength = gr.Slider(-2, 3, value=0.8, step=0.05, label="strength", info=STRENGTH_INFO if index == 0 else None, scale=3)
+                        enabled = gr.Checkbox(value=True, label="on", scale=1, min_width=60)
+                    dropdowns.append(source)
+                    slot_inputs += [source, strength, enabled]
+            with gr.Accordion("Settings", open=False):
+                with gr.Row():
+                    seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", minimum=-1)
+                    steps = gr.Slider(1, space.settings.limits.max_steps, value=default_steps, step=1, label="steps")
+                    guidance = gr.Slider(0, 10, value=3.5, step=0.1, label="guidance")
+                with gr.Row():
+                    size = gr.Dropdown(list(presets), value=list(presets)[0], label="size")
+                    num_images = gr.Slider(1, space.settings.limits.max_images, value=1, step=1, label="images")
+                    true_cfg = gr.Slider(1, 10, value=1, step=0.5, label="true CFG (for the negative prompt; 1 = off, doubles the time)")
+            run = gr.Button("Generate", variant="primary")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Images", columns=2, height=420, format="png")
+            warnings = gr.Markdown()
+            metadata = gr.JSON(label="Recipe")
+        with gr.Column(scale=2):
+            with gr.Accordion("Library (models/loras)", open=True):
+                table = gr.Dataframe(
+                    headers=["name", "format", "trigger words", "size"],
+                    value=library_rows(space),
+                    interactive=False,
+                    wrap=True,
+                )
+                refresh = gr.Button("Refresh", size="sm")
+                upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], type="filepath")
+                upload_status = gr.Markdown()
+
+    @user_errors
+    def on_generate(prompt_text, negative_text, seed_value, steps_value, guidance_value, size_label, count, cfg, *slots, progress=gr.Progress()):
+        width, height = presets[size_label]
+        output = space.generate(
+            prompt_text,
+            slot_values_to_loras(list(slots)),
+            negative_prompt=negative_text,
+            seed=int(seed_value),
+            steps=int(steps_value),
+            guidance=float(guidance_value),
+            true_cfg=float(cfg),
+            width=width,
+            height=height,
+            num_images=int(count),
+            progress=progress,
+        )
+        notes = "\n".join(f"- ⚠️ {text}" for text in output.warnings)
+        captions = [(str(file), f"seed {output.metadata['seed'] + index}") for index, file in enumerate(output.files)]
+        return captions, notes, output.metadata
+
+    def refreshed():
+        names = [item["name"] for item in space.list_loras()]
+        return [library_rows(space)] + [gr.Dropdown(choices=names) for _ in dropdowns]
+
+    @user_errors
+    def on_upload(file_path):
+        if not file_path:
+            return [gr.skip()] * (2 + len(dropdowns))
+        entry = library.add_to_library(space.settings.lora_dir, file_path)
+        return [f"Added **{entry.name}** to the library."] + refreshed()
+
+    run.click(
+        on_generate,
+        [prompt, negative, seed, steps, guidance, size, num_images, true_cfg, *slot_inputs],
+        [gallery, warnings, metadata],
+        api_visibility="private",
+    )
+    refresh.click(refreshed, None, [table, *dropdowns], api_visibility="private")
+    upload.upload(on_upload, upload, [upload_status, table, *dropdowns], api_visibility="private")
