@@ -156,41 +156,75 @@ class Engine:
         tensors, metadata = load_lora_file(spec.file)
         self.file_reads += 1
         state_dict, _ = to_diffusers(tensors, metadata)
-        # 2. Attach under a fresh name; on any failure remove what was half attached.
+        # 2. Keep the modules that land on a base module of the same shape. diffusers would
+        #    silently skip unknown keys, and widen base weights for larger ones.
+        state_dict, matched, total = self._matching(state_dict)
+        if matched == 0:
+            raise LoraFileError(
+                f"LoRA {spec.name!r} matches no module of the base model ({total} modules, none of the right "
+                "name and shape), so it would do nothing; check that it was made for this FLUX.1 model "
+                "(inspect it in LoRA tools)."
+            )
+        # 3. Attach under a fresh name and check that every kept module got it; on any
+        #    failure remove what was half attached, so the pipeline is as it was.
         adapter_name = f"lora_{next(self._names)}"
         self._unfuse()
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
-            adapter = self._verify(spec, adapter_name, state_dict)
+            self._check_attached(spec, adapter_name, state_dict)
         except Exception:
             self._delete(adapter_name)
             raise
-        # 3. Make room: the cache holds at most `cache_size` adapters.
+        # 4. Make room: the cache holds at most `cache_size` adapters.
+        adapter = Adapter(adapter_name, matched / total, matched, total)
         self._adapters[spec.key] = adapter
         while len(self._adapters) > self.cache_size:
             _, old = self._adapters.popitem(last=False)
             self._delete(old.adapter_name)
         return adapter
 
-    def _verify(self, spec: LoraSpec, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> Adapter:
+    def _module(self, module_path: str) -> torch.nn.Module | None:
+        component, _, inner = module_path.partition(".")
+        model = getattr(self.pipe, component, None) if component in LORA_COMPONENTS else None
+        if model is None:
+            return None
+        try:
+            return model.get_submodule(inner)
+        except AttributeError:
+            return None
+
+    def _matching(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, int]:
+        """The part of `state_dict` whose modules exist with matching shapes; (kept, matched, total)."""
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in state_dict.items():
+            module_path, _, part = key.rpartition(".lora_")
+            modules.setdefault(module_path, {})[part] = tensor
+        kept: dict[str, torch.Tensor] = {}
+        for module_path, parts in modules.items():
+            base = self._module(module_path)
+            base = getattr(base, "base_layer", base)  # once an adapter is attached, peft wraps the Linear
+            down, up = parts.get("A.weight"), parts.get("B.weight")
+            if (
+                isinstance(base, torch.nn.Linear)
+                and down is not None
+                and up is not None
+                and down.shape[1] == base.in_features
+                and up.shape[0] == base.out_features
+                and up.shape[1] == down.shape[0]
+            ):
+                kept.update({f"{module_path}.lora_{part}": tensor for part, tensor in parts.items()})
+        matched = len({key.rpartition(".lora_")[0] for key in kept})
+        return kept, matched, len(modules)
+
+    def _check_attached(self, spec: LoraSpec, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
         """diffusers loads nothing, silently, for keys it does not recognise: check what attached."""
-        wanted = {key.rsplit(".lora_", 1)[0] for key in state_dict if ".lora_" in key}
-        matched = 0
-        for module_path in wanted:
-            component, _, inner = module_path.partition(".")
-            try:
-                module = getattr(self.pipe, component).get_submodule(inner)
-            except AttributeError:
-                continue
-            if adapter_name in getattr(module, "lora_A", {}):
-                matched += 1
-        total = len(wanted)
-        if matched == 0:
-            raise LoraFileError(
-                f"LoRA {spec.name!r} matches no module of the base model, so it would do nothing; "
-                "check that it was made for FLUX.1 (inspect it in LoRA tools)."
-            )
-        return Adapter(adapter_name, matched / total, matched, total)
+        for module_path in {key.rpartition(".lora_")[0] for key in state_dict}:
+            module = self._module(module_path)
+            if adapter_name not in getattr(module, "lora_A", {}):
+                raise LoraFileError(
+                    f"LoRA {spec.name!r} did not attach to {module_path}; its keys may be in a format "
+                    "LoRA Space cannot convert yet (inspect it in LoRA tools)."
+                )
 
     def _delete(self, adapter_name: str) -> None:
         present = {name for names in self.pipe.get_list_adapters().values() for name in names}

@@ -137,7 +137,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32) -> FluxPipeline:
     )
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()  # as from_pretrained leaves them: no dropout
-    return pipe.to(dtype=dtype)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
 def save_tiny(directory: str | Path) -> Path:
