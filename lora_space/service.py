@@ -14,7 +14,7 @@ from . import library
 from .engine import Engine, GenerationRequest, LoraSpec
 from .errors import LimitError, PromptError
 from .prompts import build_model_prompt, parse_prompt
-from .recipe import Recipe, save_png
+from .recipe import LoraRef, Recipe, save_png
 from .settings import Settings
 from .sources import ResolvedSource, resolve_source
 
@@ -142,11 +142,15 @@ class LoraSpace:
                 negative_prompt=negative_prompt,
                 steps=steps,
                 guidance=guidance,
+                true_cfg=true_cfg,
                 seed=result.seed + index,
                 width=width,
                 height=height,
-                model=self.settings.hub_base_model if not self.settings.is_tiny else "tiny",
-                loras=[(item.name, strength) for item, strength in resolved],
+                model=self.settings.base_model,
+                loras=tuple(
+                    LoraRef(item.name, strength, source=item.source, revision=item.revision or "", trigger_words=tuple(item.trigger_words))
+                    for item, strength in resolved
+                ),
             )
             files.append(save_png(image, folder / f"image_{index:02d}_seed{result.seed + index}.png", recipe))
         metadata = {

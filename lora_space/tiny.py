@@ -103,13 +103,17 @@ def _t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
-def build_tiny_pipeline(dtype: torch.dtype = torch.float32) -> FluxPipeline:
-    """Build the tiny FLUX pipeline in memory; the same weights on every call."""
+def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overrides: dict | None = None) -> FluxPipeline:
+    """Build the tiny FLUX pipeline in memory; the same weights on every call.
+
+    `transformer_overrides` changes the transformer's config (benchmarks use a wider,
+    deeper one so that the matrix work dominates, as it does in FLUX.1-dev).
+    """
     clip_tokenizer = _clip_tokenizer()
     t5_tokenizer = _t5_tokenizer()
 
     torch.manual_seed(TINY_SEED)
-    transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
+    transformer = FluxTransformer2DModel(**(TRANSFORMER_CONFIG | (transformer_overrides or {})))
     torch.manual_seed(TINY_SEED)
     vae = AutoencoderKL(**VAE_CONFIG)
     torch.manual_seed(TINY_SEED)

@@ -1,0 +1,115 @@
+"""Generate benchmarks, measured side by side in one run (issue: Generate).
+
+A FLUX-shaped transformer (FLUX's block layout, 512 wide) on the tiny encoders and VAE,
+so that the transformer's matrix work dominates a generation as in FLUX.1-dev. Prints:
+
+1. 3 cached LoRAs on a stable mix (fused) against the base model; unfused beside it.
+2. Changing only the strengths of cached LoRAs: files read, and the cost against one generation.
+3. `set_adapters` cost after 50 different LoRAs were used against after 3.
+
+    python benchmarks/bench_generate.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lora_space.engine import Engine, GenerationRequest, LoraSpec  # noqa: E402
+from lora_space.tiny import build_tiny_pipeline  # noqa: E402
+
+WIDE = dict(num_layers=4, num_single_layers=8, attention_head_dim=64, num_attention_heads=8)
+DOUBLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+SINGLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_out")
+SIZE = 128  # 64x64 latents: 1024 image tokens, as a 1024px FLUX image has 4096
+STEPS = 4
+
+
+def write_lora(path: Path, transformer: torch.nn.Module, seed: int, rank: int = 16) -> LoraSpec:
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        targets = DOUBLE_TARGETS if name.startswith("transformer_blocks.") else SINGLE_TARGETS
+        if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets) and "blocks." in name:
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.01
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.01
+    save_file(tensors, str(path))
+    return LoraSpec(key=str(path), file=str(path), name=path.stem, strength=0.8)
+
+
+def timed(engine: Engine, loras: tuple[LoraSpec, ...], repeats: int) -> tuple[float, bool]:
+    request = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=STEPS, width=SIZE, height=SIZE, loras=loras)
+    engine.generate(request)  # warm-up: loads, and for a repeated mix fuses
+    times, fused = [], False
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fused = engine.generate(request).fused
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), fused
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    folder = Path(tempfile.mkdtemp())
+    pipe = build_tiny_pipeline(transformer_overrides=WIDE)
+    params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
+    print(f"transformer: {params:.0f} M parameters, {SIZE}x{SIZE}, {STEPS} steps, median of {args.repeats}")
+    loras = [write_lora(folder / f"lora_{i:02d}.safetensors", pipe.transformer, i) for i in range(50)]
+
+    # 1. Stable mix of 3 cached LoRAs, fused and unfused, against the base model.
+    fused_engine = Engine(pipe, cache_size=8, fuse_after=2)
+    base, _ = timed(fused_engine, (), args.repeats)
+    fused, was_fused = timed(fused_engine, tuple(loras[:3]), args.repeats)
+    unfused_engine = Engine(pipe, cache_size=8, fuse_after=10**9)
+    unfused, _ = timed(unfused_engine, tuple(loras[:3]), args.repeats)
+    print(f"1. base {base:.3f} s | 3 LoRAs fused {fused:.3f} s = {fused / base:.3f}x (target <= 1.05x, fused={was_fused})"
+          f" | unfused {unfused:.3f} s = {unfused / base:.3f}x")
+
+    # 2. Only strengths change: no file is read; the adapter step against one generation.
+    reads = unfused_engine.file_reads
+    costs = []
+    for step, strength in enumerate((0.2, 0.5, 0.9, 1.1, 0.7)):
+        mix = tuple(LoraSpec(s.key, s.file, s.name, strength - 0.1 * i) for i, s in enumerate(loras[:3]))
+        request = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=STEPS, width=SIZE, height=SIZE, loras=mix)
+        result = unfused_engine.generate(request)
+        costs.append(result.timings["load_loras"] + result.timings["set_adapters"])
+    generation = unfused
+    print(f"2. strength changes: {unfused_engine.file_reads - reads} files read; adapter step {statistics.median(costs) * 1000:.1f} ms"
+          f" = {statistics.median(costs) / generation:.2%} of one generation (target < 2%)")
+
+    # 3. set_adapters after 3 LoRAs used against after 50 (the LRU keeps 8 attached).
+    def set_adapters_cost(engine: Engine) -> float:
+        samples = []
+        for strength in (0.3, 0.6, 0.9, 0.4, 0.8):
+            start = time.perf_counter()
+            with engine._lock:
+                names = [engine._attach(s).adapter_name for s in loras[:3]]
+                engine.pipe.set_adapters(names, adapter_weights=[strength] * 3)
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    few = Engine(build_tiny_pipeline(transformer_overrides=WIDE), cache_size=8, fuse_after=10**9)
+    after_3 = set_adapters_cost(few)
+    many = Engine(build_tiny_pipeline(transformer_overrides=WIDE), cache_size=8, fuse_after=10**9)
+    with many._lock:
+        for spec in loras[3:]:
+            many._attach(spec)
+    after_50 = set_adapters_cost(many)
+    print(f"3. set_adapters after 3 LoRAs {after_3 * 1000:.1f} ms, after 50 {after_50 * 1000:.1f} ms"
+          f" = {after_50 / after_3:.2f}x (target <= 1.5x; {len(many.loaded_adapters())} attached)")
+
+
+if __name__ == "__main__":
+    main()
