@@ -5,16 +5,20 @@ Handlers stay thin: they turn widget values into these calls. Nothing here impor
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import uuid
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import library
-from .engine import Engine, GenerationRequest, LoraSpec
+from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec
 from .errors import LimitError, PromptError
-from .prompts import build_model_prompt, parse_prompt
-from .recipe import LoraRef, Recipe, save_png
+from .grid import labelled_grid
+from .prompts import MAX_STRENGTH, MIN_STRENGTH, ParsedPrompt, build_model_prompt, parse_prompt
+from .recipe import LoraRef, Recipe, recipe_to_json, save_png
 from .settings import Settings
 from .sources import ResolvedSource, resolve_source
 
@@ -22,14 +26,22 @@ logger = logging.getLogger(__name__)
 
 # The course: "Usually 0.6-1.0 for balanced results"; "values too high can cause artifacts".
 STRENGTH_SUM_WARNING = 1.5
+MAX_SWEEP_CELLS = 36
+MAX_BATCH_PROMPTS = 24
 
 
 @dataclass(frozen=True)
-class LoraChoice:
-    """A LoRA as a caller asks for it: a source and a strength."""
+class Options:
+    """How to generate, whatever the prompt and the LoRAs."""
 
-    source: str
-    strength: float = 1.0
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int = 28
+    guidance: float = 3.5
+    true_cfg: float = 1.0
+    width: int = 1024
+    height: int = 1024
+    num_images: int = 1
 
 
 @dataclass
@@ -39,7 +51,24 @@ class GenerateOutput:
     warnings: list[str] = field(default_factory=list)
 
 
-def _choices_from_dicts(loras: list[dict] | None) -> list[LoraChoice]:
+@dataclass
+class SweepOutput:
+    grid: Path
+    cells: list[GenerateOutput]
+    metadata: dict
+
+
+@dataclass
+class BatchOutput:
+    archive: Path
+    outputs: list[GenerateOutput]
+
+
+Blend = list[tuple[ResolvedSource, float]]
+
+
+def loras_from_dicts(loras: list[dict] | None) -> list[tuple[str, float]]:
+    """The API's `[{"source": ..., "strength": ...}]`, checked, as `(source, strength)` pairs."""
     choices = []
     for index, item in enumerate(loras or []):
         if not isinstance(item, dict) or not isinstance(item.get("source"), str):
@@ -49,10 +78,38 @@ def _choices_from_dicts(loras: list[dict] | None) -> list[LoraChoice]:
         strength = item.get("strength", 1.0)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
             raise PromptError(f"loras[{index}]: strength {strength!r} is not a number; use e.g. 0.8.")
-        if not -2 <= strength <= 3:
-            raise PromptError(f"loras[{index}]: strength {strength} is outside -2..3; the course's range is 0.6-1.0.")
-        choices.append(LoraChoice(item["source"].strip(), float(strength)))
+        choices.append((item["source"].strip(), check_strength(float(strength), f"loras[{index}]")))
     return choices
+
+
+def check_strength(strength: float, where: str) -> float:
+    if not MIN_STRENGTH <= strength <= MAX_STRENGTH:
+        raise PromptError(
+            f"{where}: strength {strength:g} is outside {MIN_STRENGTH:g}..{MAX_STRENGTH:g}; the course's range is 0.6-1.0."
+        )
+    return strength
+
+
+def parse_strengths(text: str) -> list[float]:
+    """`"0, 0.5, 1"` -> `[0.0, 0.5, 1.0]`, each in range."""
+    try:
+        values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise PromptError(f"Strengths {text!r} are not numbers; write them like '0, 0.4, 0.8, 1.2'.") from None
+    if not values:
+        raise PromptError("No strengths given; write them like '0, 0.4, 0.8, 1.2'.")
+    return [check_strength(value, "sweep") for value in values]
+
+
+def strength_warnings(strengths: list[float]) -> list[str]:
+    """The course: 0.6-1.0 is balanced; too high causes artifacts. Warn on a heavy blend."""
+    total = sum(abs(strength) for strength in strengths)
+    if total > STRENGTH_SUM_WARNING:
+        return [
+            f"The LoRA strengths add up to {total:.2f}; past about {STRENGTH_SUM_WARNING} blends often show "
+            "artifacts. Lower the strongest LoRA first (the course's range is 0.6-1.0 each)."
+        ]
+    return []
 
 
 class LoraSpace:
@@ -67,7 +124,7 @@ class LoraSpace:
         return self.settings.data_dir / "outputs"
 
     def new_output_dir(self) -> Path:
-        """A fresh folder for one call's files: served only to that caller."""
+        """A fresh folder for one call's files, named so that only its caller can find it."""
         folder = self.outputs_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         return folder
@@ -79,105 +136,213 @@ class LoraSpace:
 
     # -- generate -----------------------------------------------------------------------
 
+    def resolve(self, prompt: str, loras: list[tuple[str, float]], *, token: str | None = None) -> tuple[ParsedPrompt, Blend]:
+        """Parse the prompt and find every LoRA named by slots and tags, before any GPU time."""
+        limits = self.settings.limits
+        parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
+        choices = list(loras) + [(tag.name, tag.strength) for tag in parsed.tags]
+        if len(choices) > limits.max_loras:
+            raise LimitError(f"{len(choices)} LoRAs asked for; use at most {limits.max_loras} at once.")
+        sources = [source for source, _ in choices]
+        for source in sources:
+            if sources.count(source) > 1:
+                raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
+        blend = [(resolve_source(source, settings=self.settings, token=token), strength) for source, strength in choices]
+        return parsed, blend
+
     def generate(
         self,
         prompt: str,
         loras: list[dict] | None = None,
+        options: Options = Options(),
         *,
-        negative_prompt: str = "",
-        seed: int = -1,
-        steps: int = 28,
-        guidance: float = 3.5,
-        true_cfg: float = 1.0,
-        width: int = 1024,
-        height: int = 1024,
-        num_images: int = 1,
         token: str | None = None,
         progress=None,
     ) -> GenerateOutput:
         """Generate images with a blend of LoRAs from slots (`loras`) and `<lora:...>` tags."""
-        limits = self.settings.limits
-        # 1. Parse the prompt; tags and slots together name the LoRAs.
-        parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
-        choices = _choices_from_dicts(loras) + [LoraChoice(tag.name, tag.strength) for tag in parsed.tags]
-        if len(choices) > limits.max_loras:
-            raise LimitError(f"{len(choices)} LoRAs asked for; use at most {limits.max_loras} at once.")
-        sources = [choice.source for choice in choices]
-        for source in set(sources):
-            if sources.count(source) > 1:
-                raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
-        # 2. Find every LoRA (library, data folder or Hub) before any GPU time is spent.
-        resolved: list[tuple[ResolvedSource, float]] = [
-            (resolve_source(choice.source, settings=self.settings, token=token), choice.strength) for choice in choices
-        ]
-        model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in resolved])
+        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token)
+        return self.run(parsed, blend, options, self.new_output_dir(), progress=progress)
+
+    def run(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
+        """Generate for a resolved blend and save each PNG with its recipe in `folder`."""
+        # 1. The prompt as sent: tags removed, trigger words of every LoRA not at 0 inserted.
+        model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in blend])
         request = GenerationRequest(
             prompt=model_prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            true_cfg=true_cfg,
-            width=width,
-            height=height,
-            num_images=num_images,
-            loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in resolved),
+            negative_prompt=options.negative_prompt,
+            seed=options.seed,
+            steps=options.steps,
+            guidance=options.guidance,
+            true_cfg=options.true_cfg,
+            width=options.width,
+            height=options.height,
+            num_images=options.num_images,
+            loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
         )
-        request.check(limits)
-        warnings = self.strength_warnings([strength for _, strength in resolved])
-        # 3. Run it on the shared engine.
+        request.check(self.settings.limits)
+        warnings = strength_warnings([strength for _, strength in blend])
+        # 2. Run it on the shared engine.
         result = self.engine.generate(request, progress=progress)
         warnings += result.warnings
-        # 4. Save each image with its recipe (seed + index) in a folder of its own.
-        lora_meta = [
-            {"name": item.name, "source": item.source, "strength": strength, "trigger_words": list(item.trigger_words)}
-            | ({"revision": item.revision} if item.revision else {})
-            for item, strength in resolved
-        ]
-        folder = self.new_output_dir()
+        # 3. Save each image (seed + index) with its recipe.
+        refs = tuple(
+            LoraRef(item.name, strength, source=item.source, revision=item.revision or "", trigger_words=tuple(item.trigger_words))
+            for item, strength in blend
+        )
         files = []
         for index, image in enumerate(result.images):
             recipe = Recipe(
                 prompt=model_prompt,
-                negative_prompt=negative_prompt,
-                steps=steps,
-                guidance=guidance,
-                true_cfg=true_cfg,
+                negative_prompt=options.negative_prompt,
+                steps=options.steps,
+                guidance=options.guidance,
+                true_cfg=options.true_cfg,
                 seed=result.seed + index,
-                width=width,
-                height=height,
+                width=options.width,
+                height=options.height,
                 model=self.settings.base_model,
-                loras=tuple(
-                    LoraRef(item.name, strength, source=item.source, revision=item.revision or "", trigger_words=tuple(item.trigger_words))
-                    for item, strength in resolved
-                ),
+                loras=refs,
             )
-            files.append(save_png(image, folder / f"image_{index:02d}_seed{result.seed + index}.png", recipe))
+            files.append(Path(save_png(image, folder / f"{stem}_{index:02d}_seed{result.seed + index}.png", recipe)))
         metadata = {
             "prompt": model_prompt,
-            "prompt_raw": prompt,
-            "negative_prompt": negative_prompt,
+            "prompt_raw": parsed.raw,
+            "negative_prompt": options.negative_prompt,
             "seed": result.seed,
-            "steps": steps,
-            "guidance": guidance,
-            "true_cfg": true_cfg,
-            "width": width,
-            "height": height,
+            "steps": options.steps,
+            "guidance": options.guidance,
+            "true_cfg": options.true_cfg,
+            "width": options.width,
+            "height": options.height,
+            "num_images": options.num_images,
             "base_model": self.settings.base_model,
-            "loras": lora_meta,
+            "loras": [
+                {"name": ref.name, "source": ref.source, "strength": ref.strength, "trigger_words": list(ref.trigger_words)}
+                | ({"revision": ref.revision} if ref.revision else {})
+                for ref in refs
+            ],
             "fused": result.fused,
             "warnings": warnings,
             "timings": {key: round(value, 4) for key, value in result.timings.items()},
         }
-        return GenerateOutput(files=[Path(file) for file in files], metadata=metadata, warnings=warnings)
+        return GenerateOutput(files=files, metadata=metadata, warnings=warnings)
 
-    @staticmethod
-    def strength_warnings(strengths: list[float]) -> list[str]:
-        """The course: 0.6-1.0 is balanced; too high causes artifacts. Warn on a heavy blend."""
-        total = sum(abs(strength) for strength in strengths)
-        if total > STRENGTH_SUM_WARNING:
-            return [
-                f"The LoRA strengths add up to {total:.2f}; past about {STRENGTH_SUM_WARNING} blends often show "
-                "artifacts. Lower the strongest LoRA first (the course's range is 0.6-1.0 each)."
-            ]
-        return []
+    # -- strength sweep -------------------------------------------------------------------
+
+    def sweep(
+        self,
+        prompt: str,
+        loras: list[dict] | None,
+        x_source: str,
+        x_strengths: list[float],
+        y_source: str = "",
+        y_strengths: list[float] | None = None,
+        options: Options = Options(),
+        *,
+        token: str | None = None,
+        progress=None,
+    ) -> SweepOutput:
+        """The same seed at each strength of one LoRA (or an X/Y grid of two), as one labelled grid."""
+        y_values: list[float | None] = list(y_strengths or []) if y_source.strip() else [None]
+        cells = len(x_strengths) * len(y_values)
+        if cells > MAX_SWEEP_CELLS:
+            raise LimitError(f"The sweep has {cells} images; use at most {MAX_SWEEP_CELLS} (fewer strengths).")
+        if y_source.strip() and not y_strengths:
+            raise PromptError(f"Give strengths for the second LoRA {y_source!r}, like '0, 0.5, 1'.")
+        swept = [(x_source, 0.0)] + ([(y_source, 0.0)] if y_source.strip() else [])
+        parsed, blend = self.resolve(prompt, loras_from_dicts(loras) + swept, token=token)
+        fixed, x_item = blend[: len(blend) - len(swept)], blend[len(blend) - len(swept)]
+        y_item = blend[-1] if y_source.strip() else None
+        options = replace(options, num_images=1, seed=options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED))
+        folder = self.new_output_dir()
+        outputs: list[GenerateOutput] = []
+        rows = []
+        for row, y_strength in enumerate(y_values):
+            row_images = []
+            for column, x_strength in enumerate(x_strengths):
+                if progress is not None:
+                    progress(len(outputs) / cells, desc=f"image {len(outputs) + 1} of {cells}")
+                cell_blend = fixed + [(x_item[0], x_strength)] + ([(y_item[0], y_strength)] if y_item else [])
+                output = self.run(parsed, cell_blend, options, folder, stem=f"cell_r{row}_c{column}")
+                outputs.append(output)
+                row_images.append(_open_image(output.files[0]))
+            rows.append(row_images)
+        x_name = x_item[0].name
+        grid = labelled_grid(
+            rows,
+            [f"{x_name} {value:g}" for value in x_strengths],
+            [f"{y_item[0].name} {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
+            title=f"seed {options.seed}",
+        )
+        grid_file = folder / "sweep_grid.png"
+        grid.save(grid_file)
+        metadata = {
+            "seed": options.seed,
+            "x": {"source": x_source, "name": x_name, "strengths": x_strengths},
+            "y": {"source": y_source, "name": y_item[0].name, "strengths": y_values} if y_item else None,
+            "cells": [output.metadata for output in outputs],
+        }
+        return SweepOutput(grid=grid_file, cells=outputs, metadata=metadata)
+
+    # -- batch and portfolio ----------------------------------------------------------------
+
+    def batch(
+        self,
+        prompts: list[str],
+        loras: list[dict] | None = None,
+        options: Options = Options(),
+        *,
+        token: str | None = None,
+        progress=None,
+    ) -> BatchOutput:
+        """Several prompts with the same LoRA mix, zipped with the recipe of each image."""
+        prompts = [prompt.strip() for prompt in prompts if prompt.strip()]
+        if not prompts:
+            raise PromptError("No prompts given; write one prompt per line.")
+        if len(prompts) > MAX_BATCH_PROMPTS:
+            raise LimitError(f"{len(prompts)} prompts given; use at most {MAX_BATCH_PROMPTS} per batch.")
+        choices = loras_from_dicts(loras)
+        folder = self.new_output_dir()
+        outputs = []
+        for index, prompt in enumerate(prompts):
+            if progress is not None:
+                progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
+            parsed, blend = self.resolve(prompt, choices, token=token)
+            outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
+        archive = folder / "portfolio.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+            for output in outputs:
+                for file in output.files:
+                    bundle.write(file, file.name)
+                    bundle.writestr(file.with_suffix(".json").name, json.dumps(output.metadata, indent=2))
+        return BatchOutput(archive=archive, outputs=outputs)
+
+    # -- recipes ----------------------------------------------------------------------------
+
+    def save_recipe(self, metadata: dict) -> Path:
+        """A blend recipe (sources, revisions, strengths, trigger words, seed) as a JSON file."""
+        recipe = Recipe(
+            prompt=metadata["prompt_raw"],
+            negative_prompt=metadata.get("negative_prompt", ""),
+            steps=metadata["steps"],
+            guidance=metadata["guidance"],
+            true_cfg=metadata.get("true_cfg", 1.0),
+            seed=metadata["seed"],
+            width=metadata["width"],
+            height=metadata["height"],
+            model=metadata["base_model"],
+            loras=tuple(
+                LoraRef(lora["name"], lora["strength"], source=lora["source"], revision=lora.get("revision", ""), trigger_words=tuple(lora["trigger_words"]))
+                for lora in metadata["loras"]
+            ),
+        )
+        path = self.new_output_dir() / "recipe.json"
+        path.write_text(recipe_to_json(recipe))
+        return path
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")

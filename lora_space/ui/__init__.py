@@ -10,7 +10,7 @@ import gradio as gr
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
-from . import api, generate
+from . import api, blend_tools, generate
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Discover", id="discover"):
                 gr.Markdown("Searching the Hub for LoRAs arrives here soon; type a Hub id in a Generate slot meanwhile.")
             with gr.Tab("Generate", id="generate"):
-                generate.build_generate_tab(space)
+                controls, last_metadata, pickers = generate.build_generate_tab(space)
+                blend_tools.build_blend_tools(space, controls, last_metadata, pickers)
             with gr.Tab("Train", id="train"):
                 gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
             with gr.Tab("Publish", id="publish"):

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..service import LoraSpace
-from .errors import user_errors
+from ..service import LoraSpace, Options
+from .errors import api_errors
+
+
+def _file(path) -> gr.FileData:
+    return gr.FileData(path=str(path))
 
 
 def register_endpoints(space: LoraSpace) -> None:
-    """Register `/list_loras` and `/generate` (call inside the demo's Blocks)."""
+    """Register the public endpoints (call inside the demo's Blocks)."""
 
-    @user_errors
+    @api_errors
     def list_loras() -> list[dict]:
         """The local LoRA library: name, location, size_bytes, format, trigger_words of each file."""
         return space.list_loras()
 
-    @user_errors
+    @api_errors
     def generate(
         prompt: str,
         loras: list[dict] | None = None,
@@ -50,20 +54,67 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"images": [files], "metadata": {...}}: PNGs carrying their recipe, and the recipe as JSON.
         """
-        output = space.generate(
-            prompt,
-            loras,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            true_cfg=true_cfg,
-            width=width,
-            height=height,
-            num_images=num_images,
-            token=oauth_token.token if oauth_token else None,
-        )
-        return {"images": [gr.FileData(path=str(file)) for file in output.files], "metadata": output.metadata}
+        options = Options(negative_prompt, seed, steps, guidance, true_cfg, width, height, num_images)
+        output = space.generate(prompt, loras, options, token=oauth_token.token if oauth_token else None)
+        return {"images": [_file(file) for file in output.files], "metadata": output.metadata}
+
+    @api_errors
+    def strength_sweep(
+        prompt: str,
+        x_source: str,
+        x_strengths: list[float],
+        y_source: str = "",
+        y_strengths: list[float] | None = None,
+        loras: list[dict] | None = None,
+        negative_prompt: str = "",
+        seed: int = -1,
+        steps: int = 28,
+        guidance: float = 3.5,
+        width: int = 1024,
+        height: int = 1024,
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> dict:
+        """One seed at several strengths of one LoRA (X), or of two (X/Y), as one labelled grid.
+
+        Args:
+            prompt: the prompt; may hold `<lora:...>` tags for LoRAs that stay fixed.
+            x_source: the LoRA to sweep.
+            x_strengths: its strengths, e.g. [0, 0.4, 0.8, 1.2].
+            y_source: an optional second LoRA for an X/Y grid.
+            y_strengths: its strengths.
+            loras: LoRAs that stay fixed, as in /generate.
+        Returns:
+            {"grid": file, "images": [files, row by row], "metadata": {...}}
+        """
+        options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
+        token = oauth_token.token if oauth_token else None
+        output = space.sweep(prompt, loras, x_source, list(x_strengths), y_source, y_strengths, options, token=token)
+        images = [_file(file) for cell in output.cells for file in cell.files]
+        return {"grid": _file(output.grid), "images": images, "metadata": output.metadata}
+
+    @api_errors
+    def batch_generate(
+        prompts: list[str],
+        loras: list[dict] | None = None,
+        negative_prompt: str = "",
+        seed: int = -1,
+        steps: int = 28,
+        guidance: float = 3.5,
+        width: int = 1024,
+        height: int = 1024,
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> dict:
+        """Several prompts with one LoRA mix (the course's portfolio); a zip with each image's recipe.
+
+        Returns:
+            {"zip": file, "images": [files], "metadata": [one per prompt]}
+        """
+        options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
+        output = space.batch(prompts, loras, options, token=oauth_token.token if oauth_token else None)
+        images = [_file(file) for result in output.outputs for file in result.files]
+        return {"zip": _file(output.archive), "images": images, "metadata": [result.metadata for result in output.outputs]}
 
     gr.api(list_loras, api_name="list_loras")
     gr.api(generate, api_name="generate")
+    gr.api(strength_sweep, api_name="strength_sweep")
+    gr.api(batch_generate, api_name="batch_generate")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from .. import library
-from ..service import LoraSpace
+from ..service import LoraSpace, Options
 from .errors import user_errors
 
 SLOTS = 6
@@ -19,6 +21,40 @@ SIZE_PRESETS = {
 }
 TINY_SIZE_PRESETS = {"64x64 tiny": (64, 64), "96x64 tiny": (96, 64), "128x128 tiny": (128, 128)}
 
+
+@dataclass
+class GenerateControls:
+    """The tab's inputs, shared with the sweep, batch and recipe panels."""
+
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    slots: list[gr.components.Component]  # (source, strength, enabled) x SLOTS
+    seed: gr.Number
+    steps: gr.Slider
+    guidance: gr.Slider
+    size: gr.Dropdown
+    num_images: gr.Slider
+    true_cfg: gr.Slider
+    presets: dict[str, tuple[int, int]]
+
+    @property
+    def option_inputs(self) -> list[gr.components.Component]:
+        return [self.negative, self.seed, self.steps, self.guidance, self.size, self.num_images, self.true_cfg]
+
+    def options(self, negative, seed, steps, guidance, size, num_images, true_cfg) -> Options:
+        width, height = self.presets[size]
+        return Options(
+            negative_prompt=negative or "",
+            seed=int(seed),
+            steps=int(steps),
+            guidance=float(guidance),
+            true_cfg=float(true_cfg),
+            width=width,
+            height=height,
+            num_images=int(num_images),
+        )
+
+
 def slot_values_to_loras(values: list) -> list[dict]:
     """Widget values (source, strength, enabled) x SLOTS -> the API's `loras` list."""
     loras = []
@@ -28,13 +64,20 @@ def slot_values_to_loras(values: list) -> list[dict]:
             loras.append({"source": str(source).strip(), "strength": float(strength)})
     return loras
 
+
 def library_rows(space: LoraSpace) -> list[list]:
     return [
         [item["name"], item["format"], ", ".join(item["trigger_words"]), f"{item['size_bytes'] / 1e6:.1f} MB"]
         for item in space.list_loras()
     ]
 
-def build_generate_tab(space: LoraSpace) -> None:
+
+def warnings_markdown(warnings: list[str]) -> str:
+    return "\n".join(f"- ⚠️ {text}" for text in warnings)
+
+
+def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
+    """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers."""
     presets = TINY_SIZE_PRESETS if space.settings.is_tiny else SIZE_PRESETS
     default_steps = 2 if space.settings.is_tiny else 28
     names = [item["name"] for item in space.list_loras()]
@@ -46,10 +89,11 @@ def build_generate_tab(space: LoraSpace) -> None:
                 lines=3,
                 placeholder="Portrait of a woman in a garden <lora:watercolor_style:0.8> <lora:detailed_eyes:0.6>",
                 info="Add LoRAs with <lora:NAME:STRENGTH> tags or the slots below; trigger words are added for you.",
+                elem_id="prompt",
             )
             negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="blurry, oversaturated")
             with gr.Accordion(f"LoRA slots (up to {SLOTS})", open=True):
-                slot_inputs: list[gr.components.Component] = []
+                slots: list[gr.components.Component] = []
                 dropdowns = []
                 for index in range(SLOTS):
                     with gr.Row(equal_height=True):
@@ -64,7 +108,7 @@ def build_generate_tab(space: LoraSpace) -> None:
                         strength = gr.Slider(-2, 3, value=0.8, step=0.05, label="strength", info=STRENGTH_INFO if index == 0 else None, scale=3)
                         enabled = gr.Checkbox(value=True, label="on", scale=1, min_width=60)
                     dropdowns.append(source)
-                    slot_inputs += [source, strength, enabled]
+                    slots += [source, strength, enabled]
             with gr.Accordion("Settings", open=False):
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", minimum=-1)
@@ -73,12 +117,12 @@ def build_generate_tab(space: LoraSpace) -> None:
                 with gr.Row():
                     size = gr.Dropdown(list(presets), value=list(presets)[0], label="size")
                     num_images = gr.Slider(1, space.settings.limits.max_images, value=1, step=1, label="images")
-                    true_cfg = gr.Slider(1, 10, value=1, step=0.5, label="true CFG (for the negative prompt; 1 = off, doubles the time)")
-            run = gr.Button("Generate", variant="primary")
+                    true_cfg = gr.Slider(1, 10, value=1, step=0.5, label="true CFG for the negative prompt (1 = off; doubles the time)")
+            run = gr.Button("Generate", variant="primary", elem_id="generate-button")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Images", columns=2, height=420, format="png")
+            gallery = gr.Gallery(label="Images", columns=2, height=420, format="png", elem_id="gallery")
             warnings = gr.Markdown()
-            metadata = gr.JSON(label="Recipe")
+            metadata = gr.JSON(label="Recipe of the last run")
         with gr.Column(scale=2):
             with gr.Accordion("Library (models/loras)", open=True):
                 table = gr.Dataframe(
@@ -91,25 +135,16 @@ def build_generate_tab(space: LoraSpace) -> None:
                 upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], type="filepath")
                 upload_status = gr.Markdown()
 
+    controls = GenerateControls(prompt, negative, slots, seed, steps, guidance, size, num_images, true_cfg, presets)
+
     @user_errors
-    def on_generate(prompt_text, negative_text, seed_value, steps_value, guidance_value, size_label, count, cfg, *slots, progress=gr.Progress()):
-        width, height = presets[size_label]
+    def on_generate(prompt_text, *values, progress=gr.Progress()):
+        option_values, slot_values = values[:7], values[7:]
         output = space.generate(
-            prompt_text,
-            slot_values_to_loras(list(slots)),
-            negative_prompt=negative_text,
-            seed=int(seed_value),
-            steps=int(steps_value),
-            guidance=float(guidance_value),
-            true_cfg=float(cfg),
-            width=width,
-            height=height,
-            num_images=int(count),
-            progress=progress,
+            prompt_text, slot_values_to_loras(list(slot_values)), controls.options(*option_values), progress=progress
         )
-        notes = "\n".join(f"- ⚠️ {text}" for text in output.warnings)
         captions = [(str(file), f"seed {output.metadata['seed'] + index}") for index, file in enumerate(output.files)]
-        return captions, notes, output.metadata
+        return captions, warnings_markdown(output.warnings), output.metadata
 
     def refreshed():
         names = [item["name"] for item in space.list_loras()]
@@ -122,11 +157,7 @@ def build_generate_tab(space: LoraSpace) -> None:
         entry = library.add_to_library(space.settings.lora_dir, file_path)
         return [f"Added **{entry.name}** to the library."] + refreshed()
 
-    run.click(
-        on_generate,
-        [prompt, negative, seed, steps, guidance, size, num_images, true_cfg, *slot_inputs],
-        [gallery, warnings, metadata],
-        api_visibility="private",
-    )
+    run.click(on_generate, [prompt, *controls.option_inputs, *slots], [gallery, warnings, metadata], api_visibility="private")
     refresh.click(refreshed, None, [table, *dropdowns], api_visibility="private")
     upload.upload(on_upload, upload, [upload_status, table, *dropdowns], api_visibility="private")
+    return controls, metadata, dropdowns

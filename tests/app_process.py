@@ -1,0 +1,57 @@
+"""Start `python app.py` as a user does (a subprocess on a free port) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+START_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_app(root: Path, **env: str) -> Iterator[str]:
+    """Run the app in tiny mode with its library and data under `root`; yields its URL.
+
+    Fails if it does not answer within START_SECONDS (the foundation's promise).
+    """
+    port = free_port()
+    environment = os.environ | {
+        "LORA_SPACE_BASE_MODEL": "tiny",
+        "LORA_SPACE_DATA_DIR": str(root / "data"),
+        "LORA_SPACE_LORA_DIR": str(root / "loras"),
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+    } | env
+    log_path = root / "app.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            started = time.monotonic()
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"the app exited:\n{log_path.read_text()}") from None
+                    if time.monotonic() - started > START_SECONDS:
+                        raise RuntimeError(f"the app did not answer within {START_SECONDS} s:\n{log_path.read_text()}") from None
+                    time.sleep(0.25)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
