@@ -22,6 +22,12 @@ fi
 
 case "${1:-}" in
   app) exec "$venv/bin/python" app.py ;;
-  test) shift; exec "$venv/bin/python" -m pytest "$@" ;;
+  test)
+    shift
+    # The UI test drives a real Chromium; install Debian's where we may (root with apt-get).
+    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+    exec "$venv/bin/python" -m pytest "$@" ;;
   *) echo "usage: bash scripts/dev.sh app|test [pytest args]" >&2; exit 2 ;;
 esac
