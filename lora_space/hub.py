@@ -1,0 +1,367 @@
+"""Every Hub call the app makes.
+
+Each function takes the Hub endpoint explicitly and builds its own `HfApi(endpoint=..., token=...)`:
+huggingface_hub reads `HF_ENDPOINT` only once, at import. `token=None` means huggingface_hub's
+default (`HF_TOKEN`, then the saved login); a call made for a user passes that user's token. With
+`offline=True` a call refuses with a `HubError` before sending anything (`download_file` reads
+the local cache instead).
+
+huggingface_hub errors become `HubError`s whose message says what is wrong and what to do;
+files that cannot be used become `LoraFileError`s. No message ever holds a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx2
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+from .errors import HubError, LoraFileError, UnsafeFileError
+
+logger = logging.getLogger(__name__)
+
+HEADER_PROBE_END = 100_000
+"""Last byte of the first ranged read of a safetensors file (100,001 bytes, as huggingface_hub reads)."""
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+TIMEOUT_S = 30.0
+"""Seconds to wait for the Hub to connect or to send data (huggingface_hub's session never times out)."""
+CANONICAL_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+DOWNLOADABLE_SUFFIXES = frozenset({".safetensors", ".json", ".txt", ".md", ".png", ".jpg", ".jpeg", ".webp", ".gif"})
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+TRIGGER_KEYS = ("instance_prompt", "trigger_words", "trigger_word", "trigger")
+
+
+def read_safetensors_header(
+    repo_id: str,
+    filename: str,
+    *,
+    endpoint: str,
+    token: str | None = None,
+    revision: str | None = None,
+    offline: bool = False,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> tuple[bytes, int]:
+    """Read the JSON header of a safetensors file on the Hub without downloading the file.
+
+    One ranged GET of the first 100,001 bytes covers the 8-byte length and the header of usual
+    files; a second ranged GET fetches the rest of a longer header. A declared header length above
+    `max_header_bytes` is refused before it is fetched. A server that ignores `Range` is read
+    only as far as needed.
+
+    Returns:
+        The raw header bytes (without the 8-byte length prefix) and the file's total size.
+
+    Raises:
+        HubError: the Hub cannot be reached or refuses (offline, not found, gated, unauthorised).
+        LoraFileError: the file is not a safetensors file (too small, truncated);
+            `UnsafeFileError` when its header length breaks `max_header_bytes`.
+    """
+    where = f"{repo_id}/{filename}"
+    _require_online(offline, endpoint, f"read {where}")
+    if not filename.lower().endswith(".safetensors"):
+        raise LoraFileError(f"{where} is not a .safetensors file; LoRA Space reads only safetensors LoRAs.")
+    headers = {**build_hf_headers(token=token), "Accept-Encoding": "identity"}
+    with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
+        first, total = _ranged_get(url, headers, 0, HEADER_PROBE_END, where=where)
+        if len(first) < 8:
+            raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
+        (header_length,) = struct.unpack("<Q", first[:8])
+        if header_length > max_header_bytes:
+            raise UnsafeFileError(
+                f"{where} declares a {header_length}-byte header, above the {max_header_bytes}-byte limit: "
+                "it is not a usable safetensors file."
+            )
+        if 8 + header_length > total:
+            raise LoraFileError(f"{where} is truncated or not a safetensors file: its header runs past its end.")
+        header = first[8 : 8 + header_length]
+        if len(header) < header_length:
+            rest, _ = _ranged_get(url, headers, len(first), 8 + header_length - 1, where=where)
+            header += rest
+    if len(header) != header_length:
+        raise HubError(f"The Hub at {_base(endpoint)} sent a short answer for {where}; try again.")
+    return header, total
+
+
+def download_file(
+    repo_id: str,
+    filename: str,
+    *,
+    endpoint: str,
+    token: str | None = None,
+    revision: str | None = None,
+    cache_dir: Path | None = None,
+    offline: bool = False,
+) -> Path:
+    """Download one file of a model repo into the Hub cache and return its local path.
+
+    Only `.safetensors` weights and harmless companions (README/Markdown, JSON, text, images) are
+    fetched: the app never loads pickled weights. Offline, the file comes from the local cache.
+
+    Raises:
+        UnsafeFileError: a pickle-format file (`.bin`, `.pt`, `.ckpt`, ...).
+        LoraFileError: any other file type.
+        HubError: the Hub cannot be reached or refuses; offline and not in the cache.
+    """
+    suffix = PurePosixPath(filename).suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise UnsafeFileError(
+            f"{repo_id}/{filename} is a pickle-format file, which can run code when loaded; "
+            "LoRA Space loads only .safetensors weights: pick the repo's .safetensors file."
+        )
+    if suffix not in DOWNLOADABLE_SUFFIXES:
+        raise LoraFileError(
+            f"{repo_id}/{filename} is not a file LoRA Space downloads: it fetches .safetensors weights "
+            "and README, JSON, text or image files only."
+        )
+    with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
+        try:
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                endpoint=_base(endpoint),
+                token=token,
+                cache_dir=cache_dir,
+                local_files_only=offline,
+            )
+        except LocalEntryNotFoundError:
+            if not offline:
+                raise
+            raise HubError(
+                f"{repo_id}/{filename} is not in the local cache and the app is offline (HF_HUB_OFFLINE is set); "
+                "download it once while online, or unset HF_HUB_OFFLINE."
+            ) from None
+    return Path(path)
+
+
+def list_lora_weight_files(
+    repo_id: str,
+    *,
+    endpoint: str,
+    token: str | None = None,
+    revision: str | None = None,
+    offline: bool = False,
+) -> list[tuple[str, int]]:
+    """The `.safetensors` files of a model repo with their sizes in bytes, in the Hub's order."""
+    _require_online(offline, endpoint, f"list the files of {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id, revision=revision):
+        info = HfApi(endpoint=_base(endpoint), token=token).model_info(
+            repo_id, revision=revision, files_metadata=True, timeout=TIMEOUT_S
+        )
+    return [
+        (sibling.rfilename, sibling.size or 0)
+        for sibling in info.siblings or []
+        if sibling.rfilename.lower().endswith(".safetensors")
+    ]
+
+
+def pick_weight_file(
+    repo_id: str,
+    files: Sequence[tuple[str, int]] | None = None,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    offline: bool = False,
+) -> str:
+    """Choose the main LoRA file among a repo's `(name, size)` files.
+
+    `files` is what `list_lora_weight_files` returns; without it, the files are listed from the
+    Hub at `endpoint` (with `token` and `offline` as there).
+
+    The rule, first match wins:
+    1. only `.safetensors` files count, and files at the repo root beat files in folders
+       (intermediate checkpoints, samples);
+    2. `pytorch_lora_weights.safetensors`, the name diffusers saves under;
+    3. a file named after the repo (`alice/watercolor-lora` -> `Watercolor_LoRA.safetensors`;
+       case, `-`, `_` and `.` are ignored);
+    4. the largest file; equal sizes go to the shortest name, then the first alphabetically, so
+       that `style.safetensors` beats the epoch checkpoint `style-000004.safetensors`.
+
+    Raises:
+        LoraFileError: the repo has no `.safetensors` file.
+        HubError: listing the files failed (see `list_lora_weight_files`).
+    """
+    if files is None:
+        if endpoint is None:
+            raise TypeError("pick_weight_file needs the repo's files or the Hub endpoint to list them")
+        files = list_lora_weight_files(repo_id, endpoint=endpoint, token=token, offline=offline)
+    candidates = [(name, size) for name, size in files if name.lower().endswith(".safetensors")]
+    if not candidates:
+        raise LoraFileError(f"{repo_id} has no .safetensors file; LoRA Space loads only safetensors LoRAs.")
+    candidates = [item for item in candidates if "/" not in item[0]] or candidates
+    repo_name = _normalised(repo_id.split("/")[-1])
+
+    def rank(item: tuple[str, int]) -> tuple[bool, bool, int, int, str]:
+        name, size = item
+        base = PurePosixPath(name)
+        return (base.name != CANONICAL_WEIGHT_NAME, _normalised(base.stem) != repo_name, -size, len(name), name)
+
+    return min(candidates, key=rank)[0]
+
+
+def model_card_data(
+    repo_id: str,
+    *,
+    endpoint: str,
+    token: str | None = None,
+    offline: bool = False,
+) -> dict[str, Any]:
+    """The YAML metadata of a repo's model card (the Hub's `cardData`); empty without a card."""
+    _require_online(offline, endpoint, f"read the model card of {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id):
+        info = HfApi(endpoint=_base(endpoint), token=token).model_info(repo_id, expand=["cardData"], timeout=TIMEOUT_S)
+    return info.card_data.to_dict() if info.card_data is not None else {}
+
+
+def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
+    """The trigger words a model card declares, in order, without duplicates.
+
+    Read from `instance_prompt` (diffusers' training scripts), then `trigger_words`,
+    `trigger_word` and `trigger`; each may be a string or a list of strings, and a string holding
+    commas gives one word per part. Widget prompts are examples, not trigger words.
+    """
+    words: list[str] = []
+    for key in TRIGGER_KEYS:
+        value = card_data.get(key)
+        items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for item in items:
+            if isinstance(item, str):
+                words += [part.strip() for part in item.split(",")]
+    return list(dict.fromkeys(word for word in words if word))
+
+
+def whoami(token: str | None, *, endpoint: str, offline: bool = False) -> dict[str, Any]:
+    """Who the token belongs to: the Hub's `whoami-v2` answer (`name`, `orgs`, `auth`, ...).
+
+    Raises:
+        HubError: no token (never falls back to the machine's own login), offline, or the Hub
+            refuses the token.
+    """
+    if not token:
+        raise HubError("Log in with your Hugging Face account first: this needs your Hub token.")
+    _require_online(offline, endpoint, "check your login")
+    with _hub_errors(endpoint):
+        return HfApi(endpoint=_base(endpoint)).whoami(token=token)
+
+
+def _base(endpoint: str) -> str:
+    return endpoint.rstrip("/")
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.\s]", "", name.lower())
+
+
+def _require_online(offline: bool, endpoint: str, action: str) -> None:
+    if offline:
+        raise HubError(
+            f"Cannot reach the Hub at {_base(endpoint)} to {action}: the app is offline (HF_HUB_OFFLINE is set); "
+            "unset HF_HUB_OFFLINE to use the Hub."
+        )
+
+
+def _ranged_get(url: str, headers: dict[str, str], start: int, end: int, *, where: str) -> tuple[bytes, int]:
+    """Bytes `start..end` (inclusive, clipped to the file) and the file's size, from one ranged GET.
+
+    Reading stops once the range is in hand, so a server that ignores `Range` and answers 200
+    with the whole file sends no more than the connection buffers before it is closed.
+    """
+    ranged = {**headers, "Range": f"bytes={start}-{end}"}
+    with get_session().stream("GET", url, headers=ranged, timeout=TIMEOUT_S) as response:
+        if response.status_code == 416:  # the range starts past the end: an empty (or shorter) file
+            return b"", int(response.headers.get("Content-Range", "*/0").rsplit("/", 1)[-1])
+        hf_raise_for_status(response)
+        content_range = response.headers.get("Content-Range")
+        size = content_range.rsplit("/", 1)[-1] if content_range else response.headers.get("Content-Length")
+        if size is None or not size.isdigit():
+            raise HubError(f"The Hub did not give the size of {where}; try again later.")
+        offset = start if response.status_code == 206 else 0
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if offset + len(body) > end:
+                break
+    return bytes(body[start - offset : end + 1 - offset]), int(size)
+
+
+@contextmanager
+def _hub_errors(
+    endpoint: str,
+    *,
+    repo_id: str | None = None,
+    filename: str | None = None,
+    revision: str | None = None,
+) -> Iterator[None]:
+    """Turn huggingface_hub and network errors into `HubError`s that say what to do."""
+    try:
+        yield
+    except (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        httpx2.TransportError,
+    ) as error:
+        raise _translate(error, _base(endpoint), repo_id=repo_id, filename=filename, revision=revision) from error
+
+
+def _translate(
+    error: Exception,
+    endpoint: str,
+    *,
+    repo_id: str | None = None,
+    filename: str | None = None,
+    revision: str | None = None,
+) -> HubError:
+    """The `HubError` that tells the user what `error` means and what to do about it."""
+    cause = error.__cause__
+    if isinstance(error, LocalEntryNotFoundError) and isinstance(cause, (HfHubHTTPError, OfflineModeIsEnabled)):
+        # hf_hub_download wraps most failed look-ups (HTTP 403, 5xx, offline) when nothing is cached.
+        return _translate(cause, endpoint, repo_id=repo_id, filename=filename, revision=revision)
+    subject = f"{repo_id}/{filename}" if repo_id and filename else repo_id or "your account"
+    logger.info("Hub call for %s failed: %s", subject, type(error).__name__)
+    if isinstance(error, HFValidationError):
+        return HubError(f"{repo_id!r} is not a Hub repo id; write it as 'user/repo'.")
+    if isinstance(error, GatedRepoError):
+        return HubError(f"{repo_id} is gated: accept its licence on the Hub and log in.")
+    if isinstance(error, RepositoryNotFoundError):
+        return HubError(f"No repo {repo_id} on the Hub; check the id (a private repo needs a login that can see it).")
+    if isinstance(error, RevisionNotFoundError):
+        return HubError(f"No revision {revision!r} in {repo_id}; check the revision.")
+    if isinstance(error, RemoteEntryNotFoundError):
+        return HubError(f"No file {filename} in {repo_id}; check the file name.")
+    if isinstance(error, OfflineModeIsEnabled):
+        return HubError(
+            f"Cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE); unset it to use the Hub."
+        )
+    if isinstance(error, HfHubHTTPError):
+        status = error.response.status_code
+        if status == 401:
+            return HubError(f"The Hub at {endpoint} refused the token (401): log in again or set a valid HF_TOKEN.")
+        if status == 403:
+            return HubError(
+                f"The Hub at {endpoint} refused access to {subject} (403): use a token with that permission."
+            )
+        if status == 429:
+            return HubError(f"The Hub at {endpoint} is rate-limiting requests; wait a minute and try again.")
+        return HubError(f"The Hub at {endpoint} answered HTTP {status} for {subject}; try again later.")
+    return HubError(f"Cannot reach the Hub at {endpoint}; check the network connection and HF_ENDPOINT.")
