@@ -2,7 +2,8 @@
 
 Each function takes the Hub endpoint explicitly and builds its own `HfApi(endpoint=..., token=...)`:
 huggingface_hub reads `HF_ENDPOINT` only once, at import. `token=None` means huggingface_hub's
-default (`HF_TOKEN`, then the saved login); a call made for a user passes that user's token. With
+default (`HF_TOKEN`, then the saved login); a call made for a user passes that user's token,
+or `False` to send none (never the Space's own). With
 `offline=True` a call refuses with a `HubError` before sending anything (`download_file` reads
 the local cache instead).
 
@@ -54,7 +55,7 @@ def read_safetensors_header(
     filename: str,
     *,
     endpoint: str,
-    token: str | None = None,
+    token: str | bool | None = None,
     revision: str | None = None,
     offline: bool = False,
     max_header_bytes: int = MAX_HEADER_BYTES,
@@ -106,7 +107,7 @@ def download_file(
     filename: str,
     *,
     endpoint: str,
-    token: str | None = None,
+    token: str | bool | None = None,
     revision: str | None = None,
     cache_dir: Path | None = None,
     offline: bool = False,
@@ -157,7 +158,7 @@ def list_lora_weight_files(
     repo_id: str,
     *,
     endpoint: str,
-    token: str | None = None,
+    token: str | bool | None = None,
     revision: str | None = None,
     offline: bool = False,
 ) -> list[tuple[str, int]]:
@@ -179,7 +180,7 @@ def pick_weight_file(
     files: Sequence[tuple[str, int]] | None = None,
     *,
     endpoint: str | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     offline: bool = False,
 ) -> str:
     """Choose the main LoRA file among a repo's `(name, size)` files.
@@ -222,7 +223,7 @@ def model_card_data(
     repo_id: str,
     *,
     endpoint: str,
-    token: str | None = None,
+    token: str | bool | None = None,
     offline: bool = False,
 ) -> dict[str, Any]:
     """The YAML metadata of a repo's model card (the Hub's `cardData`); empty without a card."""

@@ -322,7 +322,7 @@ class LoraSpace:
     def save_recipe(self, metadata: dict) -> Path:
         """A blend recipe (sources, revisions, strengths, trigger words, seed) as a JSON file."""
         recipe = Recipe(
-            prompt=metadata["prompt_raw"],
+            prompt=metadata["prompt"],  # tags removed (the LoRAs are listed), trigger words kept
             negative_prompt=metadata.get("negative_prompt", ""),
             steps=metadata["steps"],
             guidance=metadata["guidance"],

@@ -64,6 +64,8 @@ def _local_file(source: str, settings: Settings) -> ResolvedSource | None:
 def resolve_source(source: str, *, settings: Settings, token: str | None = None) -> ResolvedSource:
     """Find the LoRA a source names, downloading it from the Hub when needed.
 
+    Hub files are fetched with the caller's `token` only (never the Space's own).
+
     Raises:
         LoraFileError: nothing by that name, or not a `.safetensors` file.
         UnsafeFileError: a pickle file.
@@ -89,11 +91,12 @@ def resolve_source(source: str, *, settings: Settings, token: str | None = None)
             "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
         )
     repo_id = "/".join(parts[:2])
-    filename = "/".join(parts[2:]) or hub.pick_weight_file(repo_id, endpoint=settings.hf_endpoint, token=token)
+    hub_options = {"endpoint": settings.hf_endpoint, "token": token or False, "offline": settings.hf_offline}
+    filename = "/".join(parts[2:]) or hub.pick_weight_file(repo_id, **hub_options)
     if not filename.endswith(".safetensors"):
         raise LoraFileError(f"{source!r} does not name a .safetensors file; LoRA Space loads only .safetensors files.")
-    file = hub.download_file(repo_id, filename, endpoint=settings.hf_endpoint, token=token)
-    card = hub.model_card_data(repo_id, endpoint=settings.hf_endpoint, token=token)
+    file = hub.download_file(repo_id, filename, **hub_options)
+    card = hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(
         source=source,
         name=parts[1] if len(parts) == 2 else Path(filename).stem,

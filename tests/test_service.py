@@ -1,0 +1,95 @@
+"""LoraSpace on the tiny model: LoRAs from the library, the data folder and a (stand-in) Hub."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_space.engine import Engine
+from lora_space.errors import HubError, LoraFileError, PromptError, UnsafeFileError
+from lora_space.recipe import read_png_recipe, recipe_from_json
+from lora_space.service import LoraSpace, Options
+from lora_space.tiny import build_tiny_pipeline
+from tests.hub_standin import isolated_hub
+from tests.lora_factory import write_lora
+
+TINY = Options(seed=11, steps=2, width=64, height=64)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with isolated_hub(tmp_path, monkeypatch) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def space(settings, hub) -> LoraSpace:
+    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
+    write_lora(settings.lora_dir / "styles" / "ink.safetensors", 1)
+    return LoraSpace(settings, Engine(build_tiny_pipeline()))
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_a_hub_lora_is_downloaded_with_its_card_trigger_words(space, hub, tmp_path):
+    lora = write_lora(tmp_path / "made.safetensors", 2)
+    hub.add_model(
+        "alice/wtrclr-flux",
+        files={"wtrclr.safetensors": lora, "README.md": "---\nbase_model: black-forest-labs/FLUX.1-dev\ninstance_prompt: wtrclr\n---\n"},
+    )
+    output = space.generate("a harbour", [{"source": "alice/wtrclr-flux", "strength": 0.9}], TINY)
+    assert output.metadata["prompt"] == "wtrclr, a harbour"
+    (lora_meta,) = output.metadata["loras"]
+    assert lora_meta["source"] == "alice/wtrclr-flux" and len(lora_meta["revision"]) == 40
+    recipe = read_png_recipe(output.files[0])
+    assert recipe["loras"][0]["revision"] == lora_meta["revision"]
+    # The same LoRA from the library gives the same image: the Hub path loads what the file holds.
+    (space.settings.lora_dir / "same.safetensors").write_bytes(lora.read_bytes())
+    again = space.generate("wtrclr, a harbour", [{"source": "same", "strength": 0.9}], TINY)
+    assert np.abs(pixels(again.files[0]) - pixels(output.files[0])).max() <= 1
+
+
+def test_hub_errors_are_clear(space, hub):
+    hub.add_model("alice/gated-lora", files={"x.safetensors": b"..."}, gated="manual")
+    with pytest.raises(HubError, match="gated"):
+        space.generate("x", [{"source": "alice/gated-lora"}], TINY)
+    with pytest.raises(HubError, match="No repo"):
+        space.generate("x", [{"source": "alice/nothing-here"}], TINY)
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        space.generate("x", [{"source": "alice/gated-lora/model.bin"}], TINY)
+
+
+def test_local_paths_only_inside_the_library_or_data_folder(space, tmp_path):
+    outside = write_lora(tmp_path / "elsewhere" / "x.safetensors", 3)
+    with pytest.raises(LoraFileError, match="outside the LoRA library"):
+        space.generate("x", [{"source": str(outside)}], TINY)
+    inside = write_lora(space.settings.data_dir / "jobs" / "j1" / "final.safetensors", 3)
+    output = space.generate("x", [{"source": str(inside), "strength": 0.5}], TINY)
+    assert output.metadata["loras"][0]["name"] == "final"
+
+
+def test_slot_and_tag_for_the_same_lora_is_refused(space):
+    with pytest.raises(PromptError, match="given twice"):
+        space.generate("x <lora:ink:0.5>", [{"source": "ink", "strength": 0.8}], TINY)
+
+
+def test_heavy_blends_are_warned_about(space):
+    write_lora(space.settings.lora_dir / "bold.safetensors", 4)
+    output = space.generate("x <lora:ink:1.0> <lora:bold:0.9>", [], TINY)
+    assert any("add up to 1.90" in warning for warning in output.warnings)
+    assert not space.generate("x <lora:ink:0.8>", [], TINY).warnings
+
+
+def test_a_saved_recipe_loads_back_and_replays_the_same_image(space):
+    first = space.generate("a quiet street <lora:ink:0.7>", [], TINY)
+    recipe = recipe_from_json(space.save_recipe(first.metadata).read_text())
+    assert recipe.seed == 11 and [(ref.name, ref.strength) for ref in recipe.loras] == [("ink", 0.7)]
+    options = dataclasses.replace(TINY, seed=recipe.seed, steps=recipe.steps)
+    replay = space.generate(recipe.prompt, [{"source": ref.source, "strength": ref.strength} for ref in recipe.loras], options)
+    assert np.abs(pixels(replay.files[0]) - pixels(first.files[0])).max() <= 1  # the replay runs fused
