@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import FluxPipeline
+from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from .errors import LimitError, LoraFileError
@@ -121,6 +122,7 @@ class Engine:
         self._fused_mix: tuple[tuple[str, float], ...] | None = None
         self._last_mix: tuple[tuple[str, float], ...] | None = None
         self._repeats = 0
+        self._layers: list[BaseTunerLayer] | None = None  # the LoRA layers, found again after each load or delete
         self.file_reads = 0  # LoRA files read from disk since start (benchmarks and tests read it)
         _ENGINES[id(self)] = self
 
@@ -171,6 +173,7 @@ class Engine:
         self._unfuse()
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+            self._layers = None
             self._check_attached(spec, adapter_name, state_dict)
         except Exception:
             self._delete(adapter_name)
@@ -230,6 +233,29 @@ class Engine:
         present = {name for names in self.pipe.get_list_adapters().values() for name in names}
         if adapter_name in present:
             self.pipe.delete_adapters(adapter_name)
+        self._layers = None
+
+    def _tuner_layers(self) -> list[BaseTunerLayer]:
+        if self._layers is None:
+            self._layers = [
+                module
+                for component in LORA_COMPONENTS
+                for module in getattr(self.pipe, component).modules()
+                if isinstance(module, BaseTunerLayer)
+            ]
+        return self._layers
+
+    def _activate(self, names: list[str], weights: list[float]) -> None:
+        """What `pipe.set_adapters(names, weights)` does for inference, at a cost set by the active LoRAs.
+
+        diffusers' `set_adapters` walks every module and, in each LoRA layer, toggles
+        `requires_grad` on every attached adapter, so its cost grows with the cache. Inference
+        needs only the active names and their scales (strength * alpha / rank) on each layer.
+        """
+        for layer in self._tuner_layers():
+            layer._active_adapter = names  # peft's own field behind `active_adapters`
+            for name, weight in zip(names, weights):
+                layer.set_scale(name, weight)
 
     def _unfuse(self) -> None:
         if self._fused_mix is not None:
@@ -248,7 +274,7 @@ class Engine:
             return False
         self.pipe.enable_lora()
         names, weights = zip(*mix)
-        self.pipe.set_adapters(list(names), adapter_weights=list(weights))
+        self._activate(list(names), list(weights))
         if self._repeats >= self.fuse_after:
             self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=list(names))
             self._fused_mix = mix

@@ -132,3 +132,14 @@ def test_sweep_and_batch_over_the_api(app_url):
     names = zipfile.ZipFile(batch["zip"]).namelist()
     assert len([name for name in names if name.endswith(".png")]) == 2
     assert len([name for name in names if name.endswith(".json")]) == 2
+
+
+def test_the_readme_client_example_runs(app_url):
+    import subprocess
+    import sys
+
+    from tests.app_process import REPO
+
+    done = subprocess.run([sys.executable, "examples/client.py", app_url], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sweep grid:" in done.stdout and "portfolio zip:" in done.stdout

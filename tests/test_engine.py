@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from lora_space.engine import Engine, GenerationRequest, LoraSpec
 from lora_space.errors import LoraFileError
@@ -91,9 +93,6 @@ def test_a_lora_for_another_model_is_refused_and_the_next_request_works(engine, 
     base = image(engine)
     alone = image(engine, spec(loras["a"], 0.8))
     foreign = tmp_path / "sdxl.safetensors"
-    from safetensors.torch import save_file
-    import torch
-
     save_file(
         {
             "transformer.down_blocks.0.attentions.0.proj_in.lora_A.weight": torch.ones(4, 320),
@@ -108,9 +107,6 @@ def test_a_lora_for_another_model_is_refused_and_the_next_request_works(engine, 
 
 
 def test_partly_matching_lora_warns_with_the_share(engine, tmp_path):
-    from safetensors.torch import load_file, save_file
-    import torch
-
     path = write_lora(tmp_path / "half.safetensors", 5, blocks=("transformer_blocks.0",), suffixes=("attn.to_q",))
     tensors = load_file(str(path))
     tensors["transformer.transformer_blocks.0.attn.no_such.lora_A.weight"] = torch.ones(4, 32)
@@ -143,3 +139,14 @@ def test_concurrent_requests_with_different_mixes_get_their_own_images(engine, l
         thread.join()
     for index, result in results.items():
         np.testing.assert_allclose(result, alone[index % len(mixes)], atol=1.0)
+
+
+def test_the_engine_blend_equals_diffusers_set_adapters(engine, loras):
+    reference = build_tiny_pipeline()
+    for name in ("a", "b", "c"):
+        reference.load_lora_weights(load_file(str(loras[name])), adapter_name=name)
+    reference.set_adapters(["a", "b"], adapter_weights=[0.8, -0.4])
+    generator = torch.Generator().manual_seed(3)
+    expected = np.asarray(reference("a lighthouse", num_inference_steps=2, width=64, height=64, generator=generator).images[0], dtype=np.float32)
+    image(engine, spec(loras["c"], 1.0))  # another adapter attached, then inactive
+    assert np.array_equal(image(engine, spec(loras["a"], 0.8), spec(loras["b"], -0.4)), expected)
