@@ -685,8 +685,8 @@ def _content(value: bytes | str | Path) -> bytes:
 def isolated_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStandIn]:
     """A started `HubStandIn` for one test, with huggingface_hub isolated from this machine.
 
-    No token from `HF_TOKEN` or the saved login reaches the stand-in, and offline mode (which
-    huggingface_hub reads once, at import) is off. Use it inside a fixture:
+    No token from `HF_TOKEN` or the saved login reaches the stand-in, offline mode (which
+    huggingface_hub reads once, at import) is off, and downloads go to a cache of the test's own. Use it inside a fixture:
 
         @pytest.fixture
         def hub(tmp_path, monkeypatch):
@@ -697,6 +697,7 @@ def isolated_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hu
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # downloads stay in the test
     with HubStandIn(root=tmp_path / "hub-standin") as hub:
         yield hub
 
