@@ -191,6 +191,8 @@ class Engine:
         model = getattr(self.pipe, component, None) if component in LORA_COMPONENTS else None
         if model is None:
             return None
+        if not hasattr(model, "text_model"):  # transformers 5's CLIPTextModel has no `text_model`
+            inner = inner.removeprefix("text_model.")
         try:
             return model.get_submodule(inner)
         except AttributeError:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import LoraFileError, UnsafeFileError
+from .lora.keymap import detect_format
 
 SUFFIX = ".safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -124,23 +125,8 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def guess_format(keys: Iterable[str]) -> str:
-    """A cheap guess at a LoRA's key layout from its tensor names."""
-    names = [key for key in keys if key != "__metadata__"]
-
-    def any_key(test: Callable[[str], bool]) -> bool:
-        return any(test(key) for key in names)
-
-    if any_key(lambda key: key.startswith("transformer.")):
-        return "diffusers"
-    if any_key(lambda key: key.startswith("base_model.model.")):
-        return "peft"
-    if any_key(lambda key: key.startswith(("lora_unet_", "lora_te"))):
-        return "kohya"
-    if any_key(lambda key: key.startswith(("double_blocks.", "single_blocks.")) and ".processor." in key):
-        return "xlabs"
-    if any_key(lambda key: key.startswith("diffusion_model.")):
-        return "comfyui"
-    return "unknown"
+    """The LoRA's key layout from its tensor names (`lora.keymap.detect_format`)."""
+    return detect_format({key for key in keys if key != "__metadata__"})
 
 
 def _words(value: Any) -> list[str]:

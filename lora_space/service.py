@@ -6,6 +6,7 @@ Handlers stay thin: they turn widget values into these calls. Nothing here impor
 from __future__ import annotations
 
 import json
+import functools
 import logging
 import secrets
 import uuid
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import library
+from .lora.conflicts import PairSummary, mix_warnings
+from .lora.tools import compare_files
 from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec
 from .errors import LimitError, PromptError
 from .grid import labelled_grid
@@ -101,6 +104,23 @@ def parse_strengths(text: str) -> list[float]:
     return [check_strength(value, "sweep") for value in values]
 
 
+@functools.lru_cache(maxsize=128)
+def _pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, file_b: str, key_b: str) -> PairSummary:
+    """How two LoRA files relate, read once per pair of file contents (`key_*` name them)."""
+    return compare_files({name_a: file_a, name_b: file_b}).pairs[0]
+
+
+def conflict_warnings(blend: "Blend") -> list[str]:
+    """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
+    active = [(item, strength) for item, strength in blend if strength != 0]
+    pairs = [
+        _pair_at_unit_strength(a.name, str(a.file), a.key, b.name, str(b.file), b.key)
+        for index, (a, _) in enumerate(active)
+        for b, _ in active[index + 1 :]
+    ]
+    return mix_warnings(pairs, {item.name: strength for item, strength in active})
+
+
 def strength_warnings(strengths: list[float]) -> list[str]:
     """The course: 0.6-1.0 is balanced; too high causes artifacts. Warn on a heavy blend."""
     total = sum(abs(strength) for strength in strengths)
@@ -180,7 +200,7 @@ class LoraSpace:
             loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
         )
         request.check(self.settings.limits)
-        warnings = strength_warnings([strength for _, strength in blend])
+        warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend)
         # 2. Run it on the shared engine.
         result = self.engine.generate(request, progress=progress)
         warnings += result.warnings

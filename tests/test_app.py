@@ -44,7 +44,7 @@ def generate(client: Client, prompt: str, loras: list[dict] | None = None, seed:
 def test_app_answers_and_lists_its_library(app_url):
     client = Client(app_url, verbose=False)
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in ("/list_loras", "/generate", "/strength_sweep", "/batch_generate"):
+    for name in ("/list_loras", "/inspect_lora", "/generate", "/strength_sweep", "/batch_generate"):
         assert name in endpoints
     library = {item["name"]: item for item in client.predict(api_name="/list_loras")}
     assert set(library) == set(LORA_NAMES) | {"broken"}
@@ -143,3 +143,14 @@ def test_the_readme_client_example_runs(app_url):
     done = subprocess.run([sys.executable, "examples/client.py", app_url], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "sweep grid:" in done.stdout and "portfolio zip:" in done.stdout
+
+
+def test_inspect_lora_over_the_api(app_url):
+    client = Client(app_url, verbose=False)
+    report = client.predict(source="wtrclr_style", api_name="/inspect_lora")
+    assert report["format"] == "diffusers" and report["rank"] == 4
+    assert report["compatible"] is True and report["coverage"] == 1.0
+    assert report["trigger_words"] == ["wtrclr"]
+    with pytest.raises(AppError, match="broken"):
+        client.predict(source="broken", api_name="/inspect_lora")
+    assert client.predict(api_name="/list_loras")  # and the app keeps serving

@@ -93,3 +93,17 @@ def test_a_saved_recipe_loads_back_and_replays_the_same_image(space):
     options = dataclasses.replace(TINY, seed=recipe.seed, steps=recipe.steps)
     replay = space.generate(recipe.prompt, [{"source": ref.source, "strength": ref.strength} for ref in recipe.loras], options)
     assert np.abs(pixels(replay.files[0]) - pixels(first.files[0])).max() <= 1  # the replay runs fused
+
+
+def test_loras_that_fight_over_the_same_layers_are_warned_about(space):
+    from safetensors.torch import load_file, save_file
+
+    ink = space.settings.lora_dir / "styles" / "ink.safetensors"
+    tensors = load_file(str(ink))
+    save_file({key: -value if ".lora_B." in key else value for key, value in tensors.items()}, str(space.settings.lora_dir / "anti_ink.safetensors"))
+    fighting = space.generate("x <lora:ink:0.8> <lora:anti_ink:0.6>", [], TINY).warnings
+    assert any("opposite directions" in warning and "try ink at" in warning for warning in fighting)
+    # A negative strength turns the pair around: now they overshoot together.
+    together = space.generate("x <lora:ink:0.5> <lora:anti_ink:-0.5>", [], TINY).warnings
+    assert any("same direction" in warning for warning in together)
+    assert not space.generate("x <lora:ink:0.8> <lora:anti_ink:0>", [], TINY).warnings

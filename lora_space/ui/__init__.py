@@ -10,7 +10,7 @@ import gradio as gr
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
-from . import api, blend_tools, generate
+from . import api, blend_tools, generate, lora_tools
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 controls, last_metadata, pickers = generate.build_generate_tab(space)
                 blend_tools.build_blend_tools(space, controls, last_metadata, pickers)
+                lora_tools.build_lora_tools(space.settings)
             with gr.Tab("Train", id="train"):
                 gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
             with gr.Tab("Publish", id="publish"):

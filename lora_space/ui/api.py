@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..lora.inspect import inspect_source
 from ..service import LoraSpace, Options
 from .errors import api_errors
 
@@ -114,7 +115,20 @@ def register_endpoints(space: LoraSpace) -> None:
         images = [_file(file) for result in output.outputs for file in result.files]
         return {"zip": _file(output.archive), "images": images, "metadata": [result.metadata for result in output.outputs]}
 
+    @api_errors
+    def inspect_lora(source: str, oauth_token: gr.OAuthToken | None = None) -> dict:
+        """Judge a LoRA before loading it, from its file header alone (Hub files by range requests).
+
+        Args:
+            source: a library name, a local path, user/repo, or user/repo/file.safetensors.
+        Returns:
+            format, rank, ranks, alpha, num_tensors, target_modules, size_bytes, dtype, compatible,
+            coverage, base_model_guess, trigger_words, training_info, warnings, and more.
+        """
+        return inspect_source(source, settings=space.settings, token=oauth_token.token if oauth_token else None).to_dict()
+
     gr.api(list_loras, api_name="list_loras")
+    gr.api(inspect_lora, api_name="inspect_lora")
     gr.api(generate, api_name="generate")
     gr.api(strength_sweep, api_name="strength_sweep")
     gr.api(batch_generate, api_name="batch_generate")

@@ -1,0 +1,195 @@
+"""The "LoRA tools" panel: inspect, convert, resize and compare LoRAs.
+
+`build_lora_tools(settings)` lays the panel out inside the caller's `gr.Blocks`. The
+handlers are small module functions (settings bound with `functools.partial`) that call
+`lora_space.lora` and only format its results; `user_errors` turns problems into messages.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from ..errors import LoraFileError
+from ..lora.inspect import inspect_source
+from ..lora.tools import compare_sources, convert_source, optimize_source
+from ..settings import Settings
+from .errors import user_errors
+
+SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
+MAX_BARS = 64  # more modules than this are plotted per block
+BLOCK_COLUMNS = ["block", "LoRA A", "LoRA B", "shared modules", "cosine", "norm ratio A/B"]
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """A few lines a person reads before using a LoRA: what it is, whether it fits, what to watch."""
+    alpha = "alpha unknown" if report["alpha"] is None else f"alpha {report['alpha']:g}"
+    lines = [
+        (
+            f"**{report['format']}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
+            f"{_megabytes(report['size_bytes'])} {report['dtype']}; made for **{report['base_model_guess']}**."
+        )
+    ]
+    if report["compatible"]:
+        lines.append(f"Fits `{report['base_model']}`: {report['coverage']:.0%} of its modules land on it.")
+    else:
+        lines.append(f"**Does not fit `{report['base_model']}`.** {report['reason']}")
+    if report["trigger_words"]:
+        lines.append("Trigger words: " + ", ".join(f"`{word}`" for word in report["trigger_words"]))
+    if report["training_info"]:
+        lines.append("Training: " + ", ".join(f"{key} {value}" for key, value in report["training_info"].items()))
+    lines += [f"- ⚠️ {warning}" for warning in report["warnings"]]
+    return "\n\n".join(lines)
+
+
+def energy_frame(modules: list[dict[str, Any]]) -> pd.DataFrame:
+    """Energy kept per module for the bar plot; per block (energy-weighted) when there are many."""
+    frame = pd.DataFrame(modules or [], columns=["name", "energy_kept", "norm"])
+    if len(frame) <= MAX_BARS:
+        return pd.DataFrame({"module": frame["name"].str.removeprefix("transformer."), "energy_kept": frame["energy_kept"]})
+    from ..lora.keymap import block_of
+
+    frame["block"] = frame["name"].map(block_of)
+    frame["total"] = frame["norm"] ** 2
+    frame["kept"] = frame["energy_kept"] * frame["total"]
+    grouped = frame.groupby("block", sort=False)[["kept", "total"]].sum()
+    kept = (grouped["kept"] / grouped["total"].where(grouped["total"] > 0)).fillna(1.0)
+    return pd.DataFrame({"module": grouped.index, "energy_kept": kept.values})
+
+
+def parse_sources(text: str) -> tuple[list[str], list[float]]:
+    """One LoRA per line, optionally with `:strength` (`watercolor:0.8`); 1.0 when left out."""
+    sources, strengths = [], []
+    for line in (line.strip() for line in text.splitlines()):
+        if not line:
+            continue
+        head, _, tail = line.rpartition(":")
+        try:
+            strength = float(tail) if head else 1.0
+        except ValueError:
+            head, strength = "", 1.0
+        sources.append(head.strip() if head else line)
+        strengths.append(strength)
+    return sources, strengths
+
+
+@user_errors
+def inspect_handler(settings: Settings, source: str) -> tuple[str, dict[str, Any]]:
+    """Inspect a LoRA from its header: a short summary and the full report."""
+    report = inspect_source(source, settings=settings).to_dict()
+    return summary_markdown(report), report
+
+
+@user_errors
+def convert_handler(settings: Settings, source: str, target: str) -> tuple[str, str]:
+    """Convert a LoRA to the diffusers, kohya (A1111/Forge) or ComfyUI layout."""
+    result = convert_source(source, target, settings=settings)
+    note = f"Converted {result.num_modules} modules from **{result.source_format}** to **{result.target}**."
+    return str(result.file), "\n\n".join([note] + [f"- ⚠️ {warning}" for warning in result.warnings])
+
+
+@user_errors
+def resize_handler(
+    settings: Settings, source: str, rank: float | None, energy: float, dtype: str, prune_below: float, target: str
+) -> tuple[str, str, pd.DataFrame, dict[str, Any]]:
+    """Resize (rank cap and/or target energy), change dtype, prune; plot the energy kept."""
+    if rank is not None and rank != int(rank):
+        raise LoraFileError(f"rank={rank} is not a whole number; use e.g. 16, or 0 for no cap.")
+    path, report = optimize_source(
+        source,
+        settings=settings,
+        rank=int(rank) if rank else None,
+        energy=float(energy) if energy else None,
+        dtype=dtype,
+        prune_below=float(prune_below or 0),
+        target=target,
+    )
+    data = report.to_dict()
+    summary = (
+        f"Kept **{report.energy_kept:.1%}** of the update's energy; {_megabytes(report.bytes_before)} -> "
+        f"{_megabytes(report.bytes_after)} of weights; {len(report.pruned)} modules pruned."
+    )
+    summary = "\n\n".join([summary] + [f"- ⚠️ {warning}" for warning in report.warnings])
+    return str(path), summary, energy_frame(data["modules"]), data
+
+
+@user_errors
+def compare_handler(settings: Settings, text: str) -> tuple[pd.DataFrame, str]:
+    """Compare 2+ LoRAs: a table per block and the pairs that fight or overshoot."""
+    sources, strengths = parse_sources(text)
+    report = compare_sources(sources, settings=settings, strengths=strengths)
+    rows = [
+        [row.block, row.lora_a, row.lora_b, row.shared_modules, round(row.cosine, 3),
+         None if row.norm_ratio is None else round(row.norm_ratio, 3)]
+        for row in report.blocks
+    ]
+    lines = [
+        f"**{pair.lora_a}** / **{pair.lora_b}**: {pair.verdict}, {pair.shared_modules} shared modules "
+        f"({pair.overlap:.0%} overlap), cosine {pair.cosine:.2f}"
+        for pair in report.pairs
+    ]
+    lines += [f"- ⚠️ {warning}" for warning in report.warnings]
+    return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join(lines)
+
+
+def build_lora_tools(settings: Settings) -> None:
+    """Lay out the "LoRA tools" accordion inside the caller's `gr.Blocks` context."""
+    with gr.Accordion("LoRA tools: inspect, convert, resize, compare", open=False):
+        with gr.Tab("Inspect"):
+            gr.Markdown("Read a LoRA's header (a Hub file is not downloaded): layout, rank, alpha, base model, fit.")
+            inspect_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT)
+            inspect_button = gr.Button("Inspect")
+            inspect_summary = gr.Markdown()
+            inspect_report = gr.JSON(label="Report")
+        with gr.Tab("Convert"):
+            gr.Markdown("Write a LoRA for diffusers, kohya (A1111/Forge) or ComfyUI; every weight is kept bit for bit.")
+            with gr.Row():
+                convert_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT)
+                convert_target = gr.Radio(["diffusers", "kohya", "comfyui"], value="kohya", label="To")
+            convert_button = gr.Button("Convert")
+            convert_file = gr.File(label="Converted LoRA")
+            convert_notes = gr.Markdown()
+        with gr.Tab("Resize"):
+            gr.Markdown("Lower the rank by SVD (a rank cap, a target energy, or both), change dtype, prune quiet modules.")
+            resize_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT)
+            with gr.Row():
+                resize_rank = gr.Number(value=16, precision=0, minimum=0, label="Rank cap (0: none)")
+                resize_energy = gr.Slider(0, 1, value=0, step=0.01, label="Target energy (0: off)")
+                resize_dtype = gr.Dropdown(["keep", "bf16", "fp16", "fp32"], value="keep", label="dtype")
+                resize_prune = gr.Slider(0, 0.2, value=0, step=0.005, label="Prune below (share of largest update)")
+                resize_target = gr.Radio(["diffusers", "kohya", "comfyui"], value="diffusers", label="Layout")
+            resize_button = gr.Button("Resize")
+            resize_file = gr.File(label="Resized LoRA")
+            resize_summary = gr.Markdown()
+            resize_plot = gr.BarPlot(x="module", y="energy_kept", y_lim=[0, 1], label="Energy kept", x_label_angle=-45)
+            resize_report = gr.JSON(label="Report")
+        with gr.Tab("Compare"):
+            gr.Markdown("Where do LoRAs change the same layers, and do they push the same way (cosine 1) or fight (-1)?")
+            compare_box = gr.Textbox(lines=3, label="LoRAs, one per line (optionally name:strength)")
+            compare_button = gr.Button("Compare")
+            compare_notes = gr.Markdown()
+            compare_table = gr.Dataframe(headers=BLOCK_COLUMNS, label="Per block", interactive=False)
+    inspect_button.click(
+        functools.partial(inspect_handler, settings), [inspect_source_box], [inspect_summary, inspect_report],
+        api_name="inspect_lora_summary",
+    )
+    convert_button.click(
+        functools.partial(convert_handler, settings), [convert_source_box, convert_target], [convert_file, convert_notes],
+        api_name="convert_lora",
+    )
+    resize_button.click(
+        functools.partial(resize_handler, settings),
+        [resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
+        [resize_file, resize_summary, resize_plot, resize_report],
+        api_name="resize_lora",
+    )
+    compare_button.click(
+        functools.partial(compare_handler, settings), [compare_box], [compare_table, compare_notes], api_name="compare_loras"
+    )
