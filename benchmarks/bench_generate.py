@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lora_space.engine import Engine, GenerationRequest, LoraSpec  # noqa: E402
+from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options  # noqa: E402
 from lora_space.tiny import build_tiny_pipeline  # noqa: E402
 
 WIDE = dict(num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=8, axes_dims_rope=(8, 28, 28))
@@ -47,7 +47,7 @@ def write_lora(path: Path, transformer: torch.nn.Module, seed: int, rank: int = 
 
 
 def timed(engine: Engine, loras: tuple[LoraSpec, ...], repeats: int) -> tuple[float, bool]:
-    request = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=STEPS, width=SIZE, height=SIZE, loras=loras)
+    request = GenerationRequest(prompt="a lighthouse at dusk", options=Options(seed=1, steps=STEPS, width=SIZE, height=SIZE), loras=loras)
     engine.generate(request)  # warm-up: loads, and for a repeated mix fuses
     times, fused = [], False
     for _ in range(repeats):
@@ -82,7 +82,7 @@ def main() -> None:
     costs = []
     for step, strength in enumerate((0.2, 0.5, 0.9, 1.1, 0.7)):
         mix = tuple(LoraSpec(s.key, s.file, s.name, strength - 0.1 * i) for i, s in enumerate(loras[:3]))
-        request = GenerationRequest(prompt="a lighthouse at dusk", seed=1, steps=STEPS, width=SIZE, height=SIZE, loras=mix)
+        request = GenerationRequest(prompt="a lighthouse at dusk", options=Options(seed=1, steps=STEPS, width=SIZE, height=SIZE), loras=mix)
         result = unfused_engine.generate(request)
         costs.append(result.timings["load_loras"] + result.timings["set_adapters"])
     generation = unfused

@@ -50,8 +50,9 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    prompt: str
+class Options:
+    """How to generate, whatever the prompt and the LoRAs."""
+
     negative_prompt: str = ""
     seed: int = -1
     steps: int = 28
@@ -60,28 +61,35 @@ class GenerationRequest:
     width: int = 1024
     height: int = 1024
     num_images: int = 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    options: Options = Options()
     loras: tuple[LoraSpec, ...] = ()
 
     def check(self, limits: Limits) -> None:
         """Refuse a request outside the limits before any GPU time is asked for."""
-        if not 1 <= self.steps <= limits.max_steps:
-            raise LimitError(f"steps={self.steps} is out of range; use 1 to {limits.max_steps}.")
-        for label, value in (("width", self.width), ("height", self.height)):
+        options = self.options
+        if not 1 <= options.steps <= limits.max_steps:
+            raise LimitError(f"steps={options.steps} is out of range; use 1 to {limits.max_steps}.")
+        for label, value in (("width", options.width), ("height", options.height)):
             if not limits.min_size <= value <= limits.max_size or value % limits.size_multiple:
                 raise LimitError(
                     f"{label}={value} is not allowed; use a multiple of {limits.size_multiple} "
                     f"from {limits.min_size} to {limits.max_size}."
                 )
-        if not 1 <= self.num_images <= limits.max_images:
-            raise LimitError(f"num_images={self.num_images} is out of range; use 1 to {limits.max_images}.")
+        if not 1 <= options.num_images <= limits.max_images:
+            raise LimitError(f"num_images={options.num_images} is out of range; use 1 to {limits.max_images}.")
         if len(self.loras) > limits.max_loras:
             raise LimitError(f"{len(self.loras)} LoRAs asked for; use at most {limits.max_loras} at once.")
         if len(self.prompt) > limits.max_prompt_chars:
             raise LimitError(
                 f"The prompt has {len(self.prompt)} characters; shorten it to {limits.max_prompt_chars} or fewer."
             )
-        if not -1 <= self.seed <= MAX_SEED:
-            raise LimitError(f"seed={self.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
+        if not -1 <= options.seed <= MAX_SEED:
+            raise LimitError(f"seed={options.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
 
 
 @dataclass
@@ -138,7 +146,7 @@ class Engine:
 
     def generate(self, request: GenerationRequest, *, progress=None) -> GenerationResult:
         """Run one request with its own LoRA mix; other requests wait for the lock."""
-        seed = request.seed if request.seed >= 0 else secrets.randbelow(MAX_SEED)
+        seed = request.options.seed if request.options.seed >= 0 else secrets.randbelow(MAX_SEED)
         if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
             return _generate_on_gpu(id(self), request, seed, None)
         return _generate_on_gpu(id(self), request, seed, progress)
@@ -306,26 +314,27 @@ class Engine:
             timings["set_adapters"] = time.perf_counter() - start
             # 3. Run the pipeline; one generator per image, seeded seed, seed+1, ...
             start = time.perf_counter()
+            options = request.options
             generators = [
-                torch.Generator(device="cpu").manual_seed(seed + index) for index in range(request.num_images)
+                torch.Generator(device="cpu").manual_seed(seed + index) for index in range(options.num_images)
             ]
             kwargs = {}
-            if request.negative_prompt and request.true_cfg > 1:
-                kwargs = {"negative_prompt": request.negative_prompt, "true_cfg_scale": request.true_cfg}
+            if options.negative_prompt and options.true_cfg > 1:
+                kwargs = {"negative_prompt": options.negative_prompt, "true_cfg_scale": options.true_cfg}
             callback = None
             if progress is not None:
 
                 def callback(pipe, step, timestep, callback_kwargs):
-                    progress((step + 1) / request.steps, desc=f"step {step + 1}/{request.steps}")
+                    progress((step + 1) / options.steps, desc=f"step {step + 1}/{options.steps}")
                     return callback_kwargs
 
             images = self.pipe(
                 prompt=request.prompt,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                width=request.width,
-                height=request.height,
-                num_images_per_prompt=request.num_images,
+                num_inference_steps=options.steps,
+                guidance_scale=options.guidance,
+                width=options.width,
+                height=options.height,
+                num_images_per_prompt=options.num_images,
                 generator=generators,
                 callback_on_step_end=callback,
                 **kwargs,
@@ -340,8 +349,9 @@ _ENGINES: dict[int, Engine] = {}
 
 def _gpu_seconds(engine_id: int, request: GenerationRequest, seed: int, progress) -> int:
     """ZeroGPU duration: about a second per step per megapixel image, plus LoRA loading."""
-    megapixels = request.width * request.height / 1_000_000
-    return int(20 + 5 * len(request.loras) + request.steps * request.num_images * max(megapixels, 0.25) * 1.2)
+    options = request.options
+    megapixels = options.width * options.height / 1_000_000
+    return int(20 + 5 * len(request.loras) + options.steps * options.num_images * max(megapixels, 0.25) * 1.2)
 
 
 @gpu(duration=_gpu_seconds)

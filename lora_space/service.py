@@ -17,7 +17,7 @@ from pathlib import Path
 from . import library
 from .lora.conflicts import PairSummary, mix_warnings
 from .lora.tools import compare_files
-from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec
+from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options
 from .errors import LimitError, PromptError
 from .grid import labelled_grid
 from .prompts import MAX_STRENGTH, MIN_STRENGTH, ParsedPrompt, build_model_prompt, parse_prompt
@@ -31,20 +31,6 @@ logger = logging.getLogger(__name__)
 STRENGTH_SUM_WARNING = 1.5
 MAX_SWEEP_CELLS = 36
 MAX_BATCH_PROMPTS = 24
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to generate, whatever the prompt and the LoRAs."""
-
-    negative_prompt: str = ""
-    seed: int = -1
-    steps: int = 28
-    guidance: float = 3.5
-    true_cfg: float = 1.0
-    width: int = 1024
-    height: int = 1024
-    num_images: int = 1
 
 
 @dataclass
@@ -189,14 +175,7 @@ class LoraSpace:
         model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in blend])
         request = GenerationRequest(
             prompt=model_prompt,
-            negative_prompt=options.negative_prompt,
-            seed=options.seed,
-            steps=options.steps,
-            guidance=options.guidance,
-            true_cfg=options.true_cfg,
-            width=options.width,
-            height=options.height,
-            num_images=options.num_images,
+            options=options,
             loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
         )
         request.check(self.settings.limits)

@@ -61,6 +61,27 @@ def _local_file(source: str, settings: Settings) -> ResolvedSource | None:
     return ResolvedSource(source=source, name=resolved.stem, file=resolved, trigger_words=library.trigger_words_for(resolved))
 
 
+def hub_file(source: str, *, settings: Settings, token: str | None = None) -> tuple[str, str]:
+    """`user/repo` (its main weight file is picked) or `user/repo/file.safetensors` -> (repo, file).
+
+    The repo's files are listed with the caller's token only (never the Space's own).
+    """
+    parts = source.split("/")
+    if len(parts) < 2 or not all(parts):
+        raise LoraFileError(
+            f"No LoRA named {source!r} in the library ({settings.lora_dir}); use a library name, "
+            "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
+        )
+    repo_id = "/".join(parts[:2])
+    filename = "/".join(parts[2:]) or hub.pick_weight_file(
+        repo_id, endpoint=settings.hf_endpoint, token=token or False, offline=settings.hf_offline
+    )
+    _check_suffix(filename)
+    if not filename.endswith(".safetensors"):
+        raise LoraFileError(f"{source!r} does not name a .safetensors file; LoRA Space loads only .safetensors files.")
+    return repo_id, filename
+
+
 def resolve_source(source: str, *, settings: Settings, token: str | None = None) -> ResolvedSource:
     """Find the LoRA a source names, downloading it from the Hub when needed.
 
@@ -84,22 +105,13 @@ def resolve_source(source: str, *, settings: Settings, token: str | None = None)
     if local is not None:
         return local
     # 3. The Hub: `user/repo` or `user/repo/file.safetensors`.
-    parts = source.split("/")
-    if len(parts) < 2 or not all(parts):
-        raise LoraFileError(
-            f"No LoRA named {source!r} in the library ({settings.lora_dir}); use a library name, "
-            "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
-        )
-    repo_id = "/".join(parts[:2])
+    repo_id, filename = hub_file(source, settings=settings, token=token)
     hub_options = {"endpoint": settings.hf_endpoint, "token": token or False, "offline": settings.hf_offline}
-    filename = "/".join(parts[2:]) or hub.pick_weight_file(repo_id, **hub_options)
-    if not filename.endswith(".safetensors"):
-        raise LoraFileError(f"{source!r} does not name a .safetensors file; LoRA Space loads only .safetensors files.")
     file = hub.download_file(repo_id, filename, **hub_options)
     card = hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(
         source=source,
-        name=parts[1] if len(parts) == 2 else Path(filename).stem,
+        name=repo_id.split("/")[1] if source.count("/") == 1 else Path(filename).stem,
         file=Path(file),
         trigger_words=hub.trigger_words_from_card(card),
         repo_id=repo_id,

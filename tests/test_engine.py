@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_space.engine import Engine, GenerationRequest, LoraSpec
+from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.errors import LoraFileError
 from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
@@ -31,7 +31,7 @@ def spec(path: Path, strength: float) -> LoraSpec:
 
 
 def image(engine: Engine, *specs: LoraSpec, seed: int = 3) -> np.ndarray:
-    request = GenerationRequest(prompt="a lighthouse", seed=seed, steps=2, width=64, height=64, loras=specs)
+    request = GenerationRequest(prompt="a lighthouse", options=Options(seed=seed, steps=2, width=64, height=64), loras=specs)
     return np.asarray(engine.generate(request).images[0], dtype=np.float32)
 
 
@@ -60,7 +60,7 @@ def test_fused_equals_unfused_and_unfuses_when_the_mix_changes(loras):
     never_fused = Engine(build_tiny_pipeline(), fuse_after=10**9)
     mix = (spec(loras["a"], 0.8), spec(loras["b"], -0.4))
     reference = image(never_fused, *mix)
-    request = GenerationRequest(prompt="a lighthouse", seed=3, steps=2, width=64, height=64, loras=mix)
+    request = GenerationRequest(prompt="a lighthouse", options=Options(seed=3, steps=2, width=64, height=64), loras=mix)
     assert fused_engine.generate(request).fused is False
     second = fused_engine.generate(request)
     assert second.fused is True
@@ -112,7 +112,7 @@ def test_partly_matching_lora_warns_with_the_share(engine, tmp_path):
     tensors["transformer.transformer_blocks.0.attn.no_such.lora_A.weight"] = torch.ones(4, 32)
     tensors["transformer.transformer_blocks.0.attn.no_such.lora_B.weight"] = torch.ones(32, 4)
     save_file(tensors, str(path))
-    request = GenerationRequest(prompt="x", seed=1, steps=1, width=64, height=64, loras=(spec(path, 1.0),))
+    request = GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64), loras=(spec(path, 1.0),))
     (warning,) = engine.generate(request).warnings
     assert "1 of 2 modules (50%)" in warning
 

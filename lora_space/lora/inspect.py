@@ -236,21 +236,6 @@ def inspect_file(path: str | Path, *, base: BaseShapes, source: str | None = Non
     return inspect_header(header, source=source or str(path), base=base, alphas=alphas, trigger_words=trigger_words)
 
 
-def _hub_file(source: str, settings: Settings, token: str | None) -> tuple[str, str]:
-    """`user/repo` (its main weight file is picked) or `user/repo/file.safetensors` -> (repo, file)."""
-    parts = source.split("/")
-    if len(parts) < 2 or not all(parts):
-        raise LoraFileError(
-            f"No LoRA named {source!r} in the library ({settings.lora_dir}); use a library name, "
-            "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
-        )
-    repo_id = "/".join(parts[:2])
-    if len(parts) > 2:
-        return repo_id, "/".join(parts[2:])
-    files = hub.list_lora_weight_files(repo_id, endpoint=settings.hf_endpoint, token=token, offline=settings.hf_offline)
-    return repo_id, hub.pick_weight_file(repo_id, files)
-
-
 def inspect_source(source: str, *, settings: Settings, token: str | None = None) -> InspectReport:
     """The `/inspect_lora` report for a library name, a local path, `user/repo` or `user/repo/file`.
 
@@ -276,8 +261,7 @@ def inspect_source(source: str, *, settings: Settings, token: str | None = None)
     # 3. The Hub: the header by range requests, the card for trigger words and training facts,
     #    with the caller's token only (never the Space's own).
     token = token or False
-    repo_id, filename = _hub_file(source, settings, token)
-    check_suffix(filename)
+    repo_id, filename = sources.hub_file(source, settings=settings, token=token)
     raw, size = hub.read_safetensors_header(
         repo_id, filename, endpoint=settings.hf_endpoint, token=token, offline=settings.hf_offline,
         max_header_bytes=MAX_HEADER_BYTES,
