@@ -154,3 +154,16 @@ def test_inspect_lora_over_the_api(app_url):
     with pytest.raises(AppError, match="broken"):
         client.predict(source="broken", api_name="/inspect_lora")
     assert client.predict(api_name="/list_loras")  # and the app keeps serving
+
+
+def test_lora_tools_over_the_api(app_url):
+    from safetensors import safe_open
+
+    client = Client(app_url, verbose=False)
+    converted, notes = client.predict("wtrclr_style", "kohya", api_name="/convert_lora")
+    with safe_open(converted, "pt") as handle:
+        assert all(key.startswith("lora_unet_") for key in handle.keys())
+    resized, summary, _, report = client.predict("wtrclr_style", 2, 0, "bf16", 0, "diffusers", api_name="/resize_lora")
+    assert report["energy_kept"] < 1 and "energy" in summary
+    _, verdicts = client.predict("wtrclr_style:0.8\nneon:0.6", api_name="/compare_loras")
+    assert "wtrclr_style" in verdicts and "neon" in verdicts
