@@ -142,11 +142,20 @@ class LoraSpace:
 
     # -- generate -----------------------------------------------------------------------
 
-    def resolve(self, prompt: str, loras: list[tuple[str, float]], *, token: str | None = None) -> tuple[ParsedPrompt, Blend]:
-        """Parse the prompt and find every LoRA named by slots and tags, before any GPU time."""
+    def resolve(
+        self, prompt: str, loras: list[tuple[str, float]], *, token: str | None = None, swept: tuple[str, ...] = ()
+    ) -> tuple[ParsedPrompt, Blend]:
+        """Parse the prompt and find every LoRA named by slots and tags, before any GPU time.
+
+        `swept` LoRAs come last, at strength 0, replacing any slot or tag that names them.
+        """
         limits = self.settings.limits
         parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
-        choices = list(loras) + [(tag.name, tag.strength) for tag in parsed.tags]
+        choices = [
+            (source, strength)
+            for source, strength in list(loras) + [(tag.name, tag.strength) for tag in parsed.tags]
+            if source not in swept
+        ] + [(source, 0.0) for source in swept]
         if len(choices) > limits.max_loras:
             raise LimitError(f"{len(choices)} LoRAs asked for; use at most {limits.max_loras} at once.")
         sources = [source for source, _ in choices]
@@ -248,8 +257,8 @@ class LoraSpace:
             raise LimitError(f"The sweep has {cells} images; use at most {MAX_SWEEP_CELLS} (fewer strengths).")
         if y_source.strip() and not y_strengths:
             raise PromptError(f"Give strengths for the second LoRA {y_source!r}, like '0, 0.5, 1'.")
-        swept = [(x_source, 0.0)] + ([(y_source, 0.0)] if y_source.strip() else [])
-        parsed, blend = self.resolve(prompt, loras_from_dicts(loras) + swept, token=token)
+        swept = (x_source,) + ((y_source,) if y_source.strip() else ())
+        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, swept=swept)
         fixed, x_item = blend[: len(blend) - len(swept)], blend[len(blend) - len(swept)]
         y_item = blend[-1] if y_source.strip() else None
         options = replace(options, num_images=1, seed=options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED))

@@ -107,3 +107,13 @@ def test_loras_that_fight_over_the_same_layers_are_warned_about(space):
     together = space.generate("x <lora:ink:0.5> <lora:anti_ink:-0.5>", [], TINY).warnings
     assert any("same direction" in warning for warning in together)
     assert not space.generate("x <lora:ink:0.8> <lora:anti_ink:0>", [], TINY).warnings
+
+
+def test_a_sweep_replaces_the_strength_a_tag_gives_the_swept_lora(space):
+    write_lora(space.settings.lora_dir / "bold.safetensors", 4)
+    sweep = space.sweep("a pier <lora:ink:0.8> <lora:bold:0.5>", [], "ink", [0.0, 0.8], options=TINY)
+    assert [cell.metadata["loras"][-1]["strength"] for cell in sweep.cells] == [0.0, 0.8]
+    tagged = space.generate("a pier <lora:ink:0.8> <lora:bold:0.5>", [], TINY)
+    assert np.abs(pixels(sweep.cells[1].files[0]) - pixels(tagged.files[0])).max() <= 1
+    without = space.generate("a pier <lora:bold:0.5>", [], TINY)
+    assert np.abs(pixels(sweep.cells[0].files[0]) - pixels(without.files[0])).max() <= 1

@@ -11,6 +11,7 @@ from ..service import LoraSpace, Options
 from .errors import user_errors
 
 SLOTS = 6
+VISIBLE_SLOTS = 2  # the rest fold away until needed
 STRENGTH_INFO = "0 = off; the course's balanced range is 0.6-1.0; above ~1.2 artifacts appear"
 SIZE_PRESETS = {
     "1024x1024 square": (1024, 1024),
@@ -76,6 +77,22 @@ def warnings_markdown(warnings: list[str]) -> str:
     return "\n".join(f"- ⚠️ {text}" for text in warnings)
 
 
+def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
+    """One slot: a source picker (library, or any Hub id typed in), a strength slider, an on switch."""
+    with gr.Row(equal_height=True):
+        source = gr.Dropdown(
+            choices=names,
+            value=None,
+            allow_custom_value=True,
+            label=f"LoRA {index + 1}",
+            info="library name, user/repo or user/repo/file.safetensors" if index == 0 else None,
+            scale=3,
+        )
+        strength = gr.Slider(-2, 3, value=0.8, step=0.05, label="strength", info=STRENGTH_INFO if index == 0 else None, scale=3)
+        enabled = gr.Checkbox(value=True, label="on", scale=1, min_width=60)
+    return [source, strength, enabled]
+
+
 def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
     """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers."""
     presets = TINY_SIZE_PRESETS if space.settings.is_tiny else SIZE_PRESETS
@@ -94,21 +111,12 @@ def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, lis
             negative = gr.Textbox(label="Negative prompt", lines=1, placeholder="blurry, oversaturated")
             with gr.Accordion(f"LoRA slots (up to {SLOTS})", open=True):
                 slots: list[gr.components.Component] = []
-                dropdowns = []
-                for index in range(SLOTS):
-                    with gr.Row(equal_height=True):
-                        source = gr.Dropdown(
-                            choices=names,
-                            value=None,
-                            allow_custom_value=True,
-                            label=f"LoRA {index + 1}",
-                            info="library name, user/repo or user/repo/file.safetensors" if index == 0 else None,
-                            scale=3,
-                        )
-                        strength = gr.Slider(-2, 3, value=0.8, step=0.05, label="strength", info=STRENGTH_INFO if index == 0 else None, scale=3)
-                        enabled = gr.Checkbox(value=True, label="on", scale=1, min_width=60)
-                    dropdowns.append(source)
-                    slots += [source, strength, enabled]
+                for index in range(VISIBLE_SLOTS):
+                    slots += lora_slot(index, names)
+                with gr.Accordion(f"LoRA {VISIBLE_SLOTS + 1}-{SLOTS}", open=False):
+                    for index in range(VISIBLE_SLOTS, SLOTS):
+                        slots += lora_slot(index, names)
+                dropdowns = slots[::3]
             with gr.Accordion("Settings", open=False):
                 with gr.Row():
                     seed = gr.Number(value=-1, precision=0, label="seed (-1 = random)", minimum=-1)
