@@ -13,6 +13,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from . import library
 from .lora.conflicts import PairSummary, mix_warnings
@@ -90,17 +91,16 @@ def parse_strengths(text: str) -> list[float]:
     return [check_strength(value, "sweep") for value in values]
 
 
-@functools.lru_cache(maxsize=128)
 def _pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, file_b: str, key_b: str) -> PairSummary:
-    """How two LoRA files relate, read once per pair of file contents (`key_*` name them)."""
+    """How two LoRA files relate at strength 1 each; `key_*` name the contents, for caching."""
     return compare_files({name_a: file_a, name_b: file_b}).pairs[0]
 
 
-def conflict_warnings(blend: "Blend") -> list[str]:
+def conflict_warnings(blend: "Blend", pair_summary: Callable[..., PairSummary] = _pair_at_unit_strength) -> list[str]:
     """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
     active = [(item, strength) for item, strength in blend if strength != 0]
     pairs = [
-        _pair_at_unit_strength(a.name, str(a.file), a.key, b.name, str(b.file), b.key)
+        pair_summary(a.name, str(a.file), a.key, b.name, str(b.file), b.key)
         for index, (a, _) in enumerate(active)
         for b, _ in active[index + 1 :]
     ]
@@ -124,6 +124,8 @@ class LoraSpace:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
+        # How two LoRA files relate, computed once per pair of file contents.
+        self._pair_summary = functools.lru_cache(maxsize=128)(_pair_at_unit_strength)
 
     @property
     def outputs_dir(self) -> Path:
@@ -188,7 +190,7 @@ class LoraSpace:
             loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
         )
         request.check(self.settings.limits)
-        warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend)
+        warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend, self._pair_summary)
         # 2. Run it on the shared engine.
         result = self.engine.generate(request, progress=progress)
         warnings += result.warnings
