@@ -76,6 +76,7 @@ class Limits:
     max_images: int = 8
     max_loras: int = 6
     max_prompt_chars: int = 4000
+    max_lora_bytes: int = 2 * 1024**3  # a Hub LoRA larger than this is not downloaded
 
 
 @dataclass(frozen=True)

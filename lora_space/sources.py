@@ -107,6 +107,14 @@ def resolve_source(source: str, *, settings: Settings, token: str | None = None)
     # 3. The Hub: `user/repo` or `user/repo/file.safetensors`.
     repo_id, filename = hub_file(source, settings=settings, token=token)
     hub_options = {"endpoint": settings.hf_endpoint, "token": token or False, "offline": settings.hf_offline}
+    if not settings.hf_offline:  # look at the size first (one small range request) before downloading
+        _, size = hub.read_safetensors_header(repo_id, filename, **hub_options)
+        limit = settings.limits.max_lora_bytes
+        if size > limit:
+            raise LoraFileError(
+                f"{repo_id}/{filename} is {size / 2**30:.1f} GiB, above the {limit / 2**30:.1f} GiB this Space downloads; "
+                "pick a smaller file (resize it in LoRA tools on your own machine)."
+            )
     file = hub.download_file(repo_id, filename, **hub_options)
     card = hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(

@@ -117,3 +117,14 @@ def test_a_sweep_replaces_the_strength_a_tag_gives_the_swept_lora(space):
     assert np.abs(pixels(sweep.cells[1].files[0]) - pixels(tagged.files[0])).max() <= 1
     without = space.generate("a pier <lora:bold:0.5>", [], TINY)
     assert np.abs(pixels(sweep.cells[0].files[0]) - pixels(without.files[0])).max() <= 1
+
+
+def test_a_hub_lora_above_the_size_limit_is_not_downloaded(space, hub, tmp_path):
+    lora = write_lora(tmp_path / "big.safetensors", 2, rank=256)  # ~400 KB, more than one header probe
+    hub.add_model("alice/huge-lora", files={"huge.safetensors": lora})
+    small = dataclasses.replace(space.settings.limits, max_lora_bytes=lora.stat().st_size - 1)
+    space.settings = dataclasses.replace(space.settings, limits=small)
+    hub.reset_log()
+    with pytest.raises(LoraFileError, match="above the"):
+        space.generate("x", [{"source": "alice/huge-lora"}], TINY)
+    assert hub.bytes_served("huge.safetensors") < lora.stat().st_size
