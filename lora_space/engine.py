@@ -27,6 +27,8 @@ from PIL import Image
 
 from .errors import LimitError, LoraFileError
 from .gpu import gpu, on_zerogpu
+from .lora.formats import to_diffusers
+from .lora.safefile import load_lora_file
 from .settings import Limits
 
 logger = logging.getLogger(__name__)
@@ -159,9 +161,6 @@ class Engine:
         if adapter is not None:
             self._adapters.move_to_end(spec.key)
             return adapter
-        from .lora.formats import to_diffusers
-        from .lora.safefile import load_lora_file
-
         # 1. Read and check the file (only .safetensors, bounded header, no NaN/Inf).
         tensors, metadata = load_lora_file(spec.file)
         self.file_reads += 1
