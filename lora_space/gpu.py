@@ -10,7 +10,8 @@ request happens inside the decorated function.
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 try:
     import spaces

@@ -212,7 +212,7 @@ def recipe_from_json(text: str) -> Recipe:
 def _number(value: float) -> str:
     """The shortest text that reads back as the same float: 1.0 -> "1", 0.8 -> "0.8"."""
     text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
+    return text.removesuffix(".0")
 
 
 def _quote(value: str) -> str:

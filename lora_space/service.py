@@ -5,23 +5,29 @@ Handlers stay thin: they turn widget values into these calls. Nothing here impor
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import logging
 import secrets
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from . import library
-from .lora.conflicts import PairSummary, mix_warnings
-from .lora.tools import compare_files
 from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options
 from .errors import LimitError, PromptError
 from .grid import labelled_grid
-from .prompts import MAX_STRENGTH, MIN_STRENGTH, ParsedPrompt, build_model_prompt, parse_prompt
+from .lora.conflicts import PairSummary, mix_warnings
+from .lora.tools import compare_files
+from .prompts import (
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    ParsedPrompt,
+    build_model_prompt,
+    parse_prompt,
+)
 from .recipe import LoraRef, Recipe, recipe_to_json, save_png
 from .settings import Settings
 from .sources import ResolvedSource, resolve_source
@@ -96,7 +102,7 @@ def _pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, fi
     return compare_files({name_a: file_a, name_b: file_b}).pairs[0]
 
 
-def conflict_warnings(blend: "Blend", pair_summary: Callable[..., PairSummary] = _pair_at_unit_strength) -> list[str]:
+def conflict_warnings(blend: Blend, pair_summary: Callable[..., PairSummary] = _pair_at_unit_strength) -> list[str]:
     """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
     active = [(item, strength) for item, strength in blend if strength != 0]
     pairs = [

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .errors import SettingsError
 
@@ -113,7 +113,7 @@ class Settings:
         return self.base_model
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, check: bool = True) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, *, check: bool = True) -> Settings:
         """Read the settings; with `check`, also make the folders and validate the base model."""
         env = os.environ if env is None else env
         base_model = env.get("LORA_SPACE_BASE_MODEL", "").strip() or _default_base_model()

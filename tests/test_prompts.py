@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from lora_space.errors import PromptError
-from lora_space.prompts import build_model_prompt, insert_trigger_words, parse_prompt, resolve_name
+from lora_space.prompts import (
+    build_model_prompt,
+    insert_trigger_words,
+    parse_prompt,
+    resolve_name,
+)
 
 
 def test_course_examples_parse_to_names_and_strengths():

@@ -15,7 +15,8 @@ import functools
 import html
 import inspect
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import gradio as gr
 
