@@ -44,7 +44,7 @@ def generate(client: Client, prompt: str, loras: list[dict] | None = None, seed:
 def test_app_answers_and_lists_its_library(app_url):
     client = Client(app_url, verbose=False)
     endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    for name in ("/list_loras", "/inspect_lora", "/generate", "/strength_sweep", "/batch_generate"):
+    for name in ("/list_loras", "/inspect_lora", "/generate", "/strength_sweep", "/batch_generate", "/convert_lora", "/resize_lora", "/compare_loras"):
         assert name in endpoints
     library = {item["name"]: item for item in client.predict(api_name="/list_loras")}
     assert set(library) == set(LORA_NAMES) | {"broken"}
@@ -160,10 +160,15 @@ def test_lora_tools_over_the_api(app_url):
     from safetensors import safe_open
 
     client = Client(app_url, verbose=False)
-    converted, notes = client.predict("wtrclr_style", "kohya", api_name="/convert_lora")
-    with safe_open(converted, "pt") as handle:
+    converted = client.predict(source="wtrclr_style", target="kohya", api_name="/convert_lora")
+    assert converted["source_format"] == "diffusers" and converted["num_modules"] == 6
+    with safe_open(converted["file"], "pt") as handle:
         assert all(key.startswith("lora_unet_") for key in handle.keys())
-    resized, summary, _, report = client.predict("wtrclr_style", 2, 0, "bf16", 0, "diffusers", api_name="/resize_lora")
-    assert report["energy_kept"] < 1 and "energy" in summary
-    _, verdicts = client.predict("wtrclr_style:0.8\nneon:0.6", api_name="/compare_loras")
-    assert "wtrclr_style" in verdicts and "neon" in verdicts
+    resized = client.predict(source="wtrclr_style", rank=2, dtype="bf16", api_name="/resize_lora")
+    assert resized["report"]["energy_kept"] < 1
+    with safe_open(resized["file"], "pt") as handle:
+        assert {handle.get_slice(key).get_shape()[0] for key in handle.keys() if "lora_A" in key} == {2}
+    report = client.predict(sources=["wtrclr_style", "neon"], strengths=[0.8, 0.6], api_name="/compare_loras")
+    assert report["loras"] == ["wtrclr_style", "neon"] and report["pairs"][0]["shared_modules"] == 6
+    with pytest.raises(AppError, match="Give 2 to 6 LoRAs"):
+        client.predict(sources=["neon"], api_name="/compare_loras")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..lora.inspect import inspect_source
+from ..lora.tools import compare_sources, convert_source, optimize_source
 from ..service import LoraSpace, Options
 from .errors import api_errors
 
@@ -127,8 +128,77 @@ def register_endpoints(space: LoraSpace) -> None:
         """
         return inspect_source(source, settings=space.settings, token=oauth_token.token if oauth_token else None).to_dict()
 
+    @api_errors
+    def convert_lora(source: str, target: str = "kohya", oauth_token: gr.OAuthToken | None = None) -> dict:
+        """Write a LoRA for diffusers, kohya (A1111/Forge) or ComfyUI; every weight is kept bit for bit.
+
+        Args:
+            source: a library name, a local path, user/repo, or user/repo/file.safetensors.
+            target: "diffusers", "kohya" or "comfyui".
+        Returns:
+            {"file": the converted .safetensors, "source_format", "target", "num_modules", "warnings"}
+        """
+        result = convert_source(source, target, settings=space.settings, token=oauth_token.token if oauth_token else None)
+        return {
+            "file": _file(result.file),
+            "source_format": result.source_format,
+            "target": result.target,
+            "num_modules": result.num_modules,
+            "warnings": result.warnings,
+        }
+
+    @api_errors
+    def resize_lora(
+        source: str,
+        rank: int = 0,
+        energy: float = 0.0,
+        dtype: str = "keep",
+        prune_below: float = 0.0,
+        target: str = "diffusers",
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> dict:
+        """Shrink a LoRA: lower its rank by SVD of each B @ A, change dtype, drop quiet modules.
+
+        Args:
+            source: a library name, a local path, user/repo, or user/repo/file.safetensors.
+            rank: the rank cap (0: none).
+            energy: the share of the update's energy to keep, 0..1 (0: off).
+            dtype: "keep", "bf16", "fp16" or "fp32".
+            prune_below: drop modules whose update norm is below this share of the largest (0: keep all).
+            target: the layout to write: "diffusers", "kohya" or "comfyui".
+        Returns:
+            {"file": the new .safetensors, "report": energy kept overall and per module, pruned modules, sizes}
+        """
+        path, report = optimize_source(
+            source,
+            settings=space.settings,
+            token=oauth_token.token if oauth_token else None,
+            rank=rank or None,
+            energy=energy or None,
+            dtype=dtype,
+            prune_below=prune_below,
+            target=target,
+        )
+        return {"file": _file(path), "report": report.to_dict()}
+
+    @api_errors
+    def compare_loras(sources: list[str], strengths: list[float] | None = None, oauth_token: gr.OAuthToken | None = None) -> dict:
+        """Which LoRAs of a mix compete: per pair and per block, shared modules and the cosine of their updates.
+
+        Args:
+            sources: 2 to 6 LoRAs (library names, paths or Hub ids).
+            strengths: their strengths in the mix, in the same order (default 1.0 each).
+        Returns:
+            {"pairs": [...], "blocks": [...], "modules": [...], "warnings": [...]}
+        """
+        token = oauth_token.token if oauth_token else None
+        return compare_sources(sources, settings=space.settings, token=token, strengths=strengths).to_dict()
+
     gr.api(list_loras, api_name="list_loras")
     gr.api(inspect_lora, api_name="inspect_lora")
+    gr.api(convert_lora, api_name="convert_lora")
+    gr.api(resize_lora, api_name="resize_lora")
+    gr.api(compare_loras, api_name="compare_loras")
     gr.api(generate, api_name="generate")
     gr.api(strength_sweep, api_name="strength_sweep")
     gr.api(batch_generate, api_name="batch_generate")

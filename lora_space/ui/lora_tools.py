@@ -178,18 +178,18 @@ def build_lora_tools(settings: Settings) -> None:
             compare_table = gr.Dataframe(headers=BLOCK_COLUMNS, label="Per block", interactive=False)
     inspect_button.click(
         functools.partial(inspect_handler, settings), [inspect_source_box], [inspect_summary, inspect_report],
-        api_name="inspect_lora_summary",
+        api_visibility="private",
     )
     convert_button.click(
         functools.partial(convert_handler, settings), [convert_source_box, convert_target], [convert_file, convert_notes],
-        api_name="convert_lora",
+        api_visibility="private",
     )
     resize_button.click(
         functools.partial(resize_handler, settings),
         [resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
         [resize_file, resize_summary, resize_plot, resize_report],
-        api_name="resize_lora",
+        api_visibility="private",
     )
     compare_button.click(
-        functools.partial(compare_handler, settings), [compare_box], [compare_table, compare_notes], api_name="compare_loras"
+        functools.partial(compare_handler, settings), [compare_box], [compare_table, compare_notes], api_visibility="private"
     )
