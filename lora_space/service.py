@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import secrets
 import uuid
 import zipfile
@@ -31,8 +30,6 @@ from .prompts import (
 from .recipe import LoraRef, Recipe, recipe_to_json, save_png
 from .settings import Settings
 from .sources import ResolvedSource, resolve_source
-
-logger = logging.getLogger(__name__)
 
 # The course: "Usually 0.6-1.0 for balanced results"; "values too high can cause artifacts".
 STRENGTH_SUM_WARNING = 1.5

@@ -12,8 +12,6 @@ from ..service import LoraSpace
 from ..settings import Settings
 from . import api, blend_tools, generate, lora_tools
 
-logger = logging.getLogger(__name__)
-
 TITLE = "LoRA Space"
 TINY_NOTE = (
     "**tiny mode**: the base model is a random FLUX-architecture test model built offline, "
@@ -54,14 +52,8 @@ def create_space(settings: Settings) -> LoraSpace:
     from ..base_model import load_base_pipeline
     from ..engine import Engine
 
-    pipe = load_base_pipeline(settings, token=_env_token())
+    pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
     return LoraSpace(settings, Engine(pipe, cache_size=settings.adapter_cache_size))
-
-
-def _env_token() -> str | None:
-    import os
-
-    return os.environ.get("HF_TOKEN") or None
 
 
 def launch() -> None:
