@@ -120,16 +120,23 @@ class Engine:
         pipe: the base pipeline (already on its device).
         cache_size: how many adapters stay attached (LRU).
         fuse_after: fuse a mix once it has been asked for this many times in a row.
+        fuse_memory_bytes: CPU memory for the original weights of fused layers (see `_fuse`).
     """
 
-    def __init__(self, pipe: FluxPipeline, *, cache_size: int = 8, fuse_after: int = 2) -> None:
+    def __init__(
+        self, pipe: FluxPipeline, *, cache_size: int = 8, fuse_after: int = 2, fuse_memory_bytes: int = 8 * 1024**3
+    ) -> None:
         self.pipe = pipe
         self.cache_size = cache_size
         self.fuse_after = fuse_after
+        self.fuse_memory_bytes = fuse_memory_bytes
         self._lock = threading.Lock()
         self._adapters: OrderedDict[str, Adapter] = OrderedDict()
         self._names = itertools.count()
         self._fused_mix: tuple[tuple[str, float], ...] | None = None
+        self._fused_layers: list[BaseTunerLayer] = []
+        self._originals: dict[BaseTunerLayer, torch.Tensor] = {}  # base weights before any fusing, on CPU
+        self._original_bytes = 0
         self._last_mix: tuple[tuple[str, float], ...] | None = None
         self._repeats = 0
         self._layers: list[BaseTunerLayer] | None = None  # the LoRA layers, found again after each load or delete
@@ -266,10 +273,36 @@ class Engine:
             for name, weight in zip(names, weights):
                 layer.set_scale(name, weight)
 
+    def _fuse(self, names: list[str]) -> bool:
+        """Merge the active mix into the base weights, keeping each touched weight's original.
+
+        Unfusing by subtraction is not exact: in bfloat16, `(W + d) - d` rounds, and over many
+        mix changes the base model drifts (measured: 17% mean change of a layer after 200
+        changes). So the first time a layer is fused its original goes to CPU memory, and
+        unfusing copies it back bit for bit. Originals never go stale: only fusing changes
+        base weights. A mix whose originals would pass `fuse_memory_bytes` runs unfused.
+        """
+        touched = [layer for layer in self._tuner_layers() if any(name in layer.lora_A for name in names)]
+        needed = sum(layer.get_base_layer().weight.nbytes for layer in touched if layer not in self._originals)
+        if self._original_bytes + needed > self.fuse_memory_bytes:
+            return False
+        for layer in touched:
+            if layer not in self._originals:
+                self._originals[layer] = layer.get_base_layer().weight.detach().to("cpu", copy=True)
+        self._original_bytes += needed
+        self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=names)
+        self._fused_layers = touched
+        return True
+
     def _unfuse(self) -> None:
-        if self._fused_mix is not None:
-            self.pipe.unfuse_lora(components=list(LORA_COMPONENTS))
-            self._fused_mix = None
+        """Undo `_fuse`: diffusers' bookkeeping, then the original weights copied back exactly."""
+        if self._fused_mix is None:
+            return
+        self.pipe.unfuse_lora(components=list(LORA_COMPONENTS))
+        with torch.no_grad():
+            for layer in self._fused_layers:
+                layer.get_base_layer().weight.copy_(self._originals[layer])
+        self._fused_mix, self._fused_layers = None, []
 
     def _apply_mix(self, mix: tuple[tuple[str, float], ...]) -> bool:
         """Make `mix` (adapter name, strength) the active one; fuse it when it repeats. Returns fused."""
@@ -284,8 +317,7 @@ class Engine:
         self.pipe.enable_lora()
         names, weights = zip(*mix)
         self._activate(list(names), list(weights))
-        if self._repeats >= self.fuse_after:
-            self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=list(names))
+        if self._repeats >= self.fuse_after and self._fuse(list(names)):
             self._fused_mix = mix
             return True
         return False

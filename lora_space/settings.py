@@ -90,6 +90,8 @@ class Settings:
         hf_endpoint: the Hub to talk to (`HF_ENDPOINT`); every Hub call uses it.
         hf_offline: `HF_HUB_OFFLINE` is set: no Hub call is made.
         adapter_cache_size: how many LoRAs the engine keeps loaded (LRU).
+        fuse_memory_mb: CPU memory for the original weights of fused layers, so that unfusing
+            restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
     """
 
@@ -99,6 +101,7 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     hf_offline: bool = False
     adapter_cache_size: int = 8
+    fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -132,6 +135,7 @@ class Settings:
             hf_endpoint=(env.get("HF_ENDPOINT", "").strip() or "https://huggingface.co").rstrip("/"),
             hf_offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
             adapter_cache_size=_int(env, "LORA_SPACE_ADAPTER_CACHE", 8, 1, 256),
+            fuse_memory_mb=_int(env, "LORA_SPACE_FUSE_MEMORY_MB", 8192, 0, 1024**2),
             limits=limits,
         )
         if check:

@@ -150,3 +150,25 @@ def test_the_engine_blend_equals_diffusers_set_adapters(engine, loras):
     expected = np.asarray(reference("a lighthouse", num_inference_steps=2, width=64, height=64, generator=generator).images[0], dtype=np.float32)
     image(engine, spec(loras["c"], 1.0))  # another adapter attached, then inactive
     assert np.array_equal(image(engine, spec(loras["a"], 0.8), spec(loras["b"], -0.4)), expected)
+
+
+def test_many_fuse_and_unfuse_cycles_in_bfloat16_leave_the_base_weights_bit_exact(loras):
+    pipe = build_tiny_pipeline(dtype=torch.bfloat16)
+    original = {name: tensor.clone() for name, tensor in pipe.transformer.state_dict().items()}
+    engine = Engine(pipe, fuse_after=1)
+    for cycle in range(30):
+        mix = (spec(loras["a"], 0.3 + 0.1 * (cycle % 5)), spec(loras["b"], 0.9 - 0.1 * (cycle % 3)))
+        request = GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64), loras=mix)
+        assert engine.generate(request).fused
+    engine.generate(GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64)))  # unfuses
+    now = pipe.transformer.state_dict()
+    for name, tensor in original.items():
+        key = name if name in now else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(now[key], tensor), name
+
+
+def test_a_mix_beyond_the_fuse_memory_runs_unfused(loras):
+    engine = Engine(build_tiny_pipeline(), fuse_after=1, fuse_memory_bytes=0)
+    request = GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64), loras=(spec(loras["a"], 0.5),))
+    assert not engine.generate(request).fused
+    assert not engine.generate(request).fused

@@ -53,7 +53,8 @@ def create_space(settings: Settings) -> LoraSpace:
     from ..engine import Engine
 
     pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
-    return LoraSpace(settings, Engine(pipe, cache_size=settings.adapter_cache_size))
+    engine = Engine(pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20)
+    return LoraSpace(settings, engine)
 
 
 def launch() -> None:
