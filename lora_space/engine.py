@@ -288,7 +288,9 @@ class Engine:
             return False
         for layer in touched:
             if layer not in self._originals:
-                self._originals[layer] = layer.get_base_layer().weight.detach().to("cpu", copy=True)
+                weight = layer.get_base_layer().weight.detach()
+                original = weight.to("cpu", copy=True)
+                self._originals[layer] = original.pin_memory() if weight.is_cuda else original  # pinned: faster copy back
         self._original_bytes += needed
         self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=names)
         self._fused_layers = touched
