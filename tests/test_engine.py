@@ -161,6 +161,7 @@ def test_many_fuse_and_unfuse_cycles_in_bfloat16_leave_the_base_weights_bit_exac
         request = GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64), loras=mix)
         assert engine.generate(request).fused
     engine.generate(GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64)))  # unfuses
+    assert not pipe.fused_loras  # diffusers' records agree
     now = pipe.transformer.state_dict()
     for name, tensor in original.items():
         key = name if name in now else name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
