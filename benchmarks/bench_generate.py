@@ -6,6 +6,8 @@ so that the transformer's matrix work dominates a generation as in FLUX.1-dev. P
 1. 3 cached LoRAs on a stable mix (fused) against the base model; unfused beside it.
 2. Changing only the strengths of cached LoRAs: files read, and the cost against one generation.
 3. `set_adapters` cost after 50 different LoRAs were used against after 3.
+4. bfloat16 drift of the base weights after 200 mix changes: the engine's exact unfuse
+   against diffusers' fuse_lora/unfuse_lora (subtraction).
 
     python benchmarks/bench_generate.py [--repeats 3]
 """
@@ -34,14 +36,14 @@ SIZE = 64  # 256 image tokens beside the 512 T5 tokens FluxPipeline pads to
 STEPS = 2
 
 
-def write_lora(path: Path, transformer: torch.nn.Module, seed: int, rank: int = 16) -> LoraSpec:
+def write_lora(path: Path, transformer: torch.nn.Module, seed: int, rank: int = 16, scale: float = 0.01) -> LoraSpec:
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, module in transformer.named_modules():
         targets = DOUBLE_TARGETS if name.startswith("transformer_blocks.") else SINGLE_TARGETS
         if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in targets) and "blocks." in name:
-            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 0.01
-            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 0.01
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * scale
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * scale
     save_file(tensors, str(path))
     return LoraSpec(key=str(path), file=str(path), name=path.stem, strength=0.8)
 
@@ -128,6 +130,33 @@ def main() -> None:
     print(f"3. activating 3 LoRAs after 3 used {ours_3 * 1000:.1f} ms, after 50 used {ours_50 * 1000:.1f} ms"
           f" = {ours_50 / ours_3:.2f}x (target <= 1.5x; {len(many.loaded_adapters())} attached)"
           f" | diffusers set_adapters {theirs_3 * 1000:.1f} -> {theirs_50 * 1000:.1f} ms = {theirs_50 / theirs_3:.2f}x")
+
+    # 4. bfloat16 drift after 200 fuse/unfuse cycles, on the tiny model in bfloat16, for LoRAs
+    #    whose entries are scaled by 0.03 and 0.1 (larger LoRAs drift more).
+    for scale in (0.03, 0.1):
+        print(f"4. bf16 drift after 200 mix changes (LoRA scale {scale}), mean |change| / mean |weight| of the worst layer:"
+              f" engine {bf16_drift(exact=True, scale=scale):.2%} | diffusers unfuse_lora {bf16_drift(exact=False, scale=scale):.2%}")
+
+
+def bf16_drift(*, exact: bool, scale: float = 0.1, cycles: int = 200) -> float:
+    pipe = build_tiny_pipeline(dtype=torch.bfloat16)
+    original = {name: tensor.float() for name, tensor in pipe.transformer.state_dict().items() if name.endswith("weight")}
+    engine = Engine(pipe, fuse_after=1)
+    folder = Path(tempfile.mkdtemp())
+    specs = [write_lora(folder / f"drift_{i}.safetensors", pipe.transformer, 100 + i, rank=4, scale=scale) for i in range(2)]
+    with engine._lock:
+        names = [engine._attach(spec).adapter_name for spec in specs]
+        for cycle in range(cycles):
+            weights = [0.4 + 0.1 * (cycle % 5), 0.9 - 0.1 * (cycle % 3)]
+            if exact:
+                engine._apply_mix(tuple(zip(names, weights)))
+            else:
+                pipe.set_adapters(names, adapter_weights=weights)
+                pipe.fuse_lora(components=["transformer"], adapter_names=names)
+                pipe.unfuse_lora(components=["transformer"])
+        engine._unfuse()
+    now = {name.replace(".base_layer", ""): tensor.float() for name, tensor in pipe.transformer.state_dict().items()}
+    return max((now[name] - tensor).abs().mean().item() / tensor.abs().mean().item() for name, tensor in original.items())
 
 
 if __name__ == "__main__":
