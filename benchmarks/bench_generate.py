@@ -117,6 +117,7 @@ def main() -> None:
     with many._lock:
         for spec in loras[3:]:
             many._attach(spec)
+            many._evict(keep={spec.key})
     samples: dict[str, list[tuple[float, float]]] = {"few": [], "many": []}
     names = {}
     for label, engine in (("few", few), ("many", many)):

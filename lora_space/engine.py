@@ -164,7 +164,7 @@ class Engine:
     # -- adapter state (call only under the lock) ---------------------------------------
 
     def _attach(self, spec: LoraSpec) -> Adapter:
-        """Return the adapter for `spec`, loading it once and evicting the least recent."""
+        """Return the adapter for `spec`, loading it once (`_evict` makes room afterwards)."""
         adapter = self._adapters.get(spec.key)
         if adapter is not None:
             self._adapters.move_to_end(spec.key)
@@ -193,13 +193,16 @@ class Engine:
         except Exception:
             self._delete(adapter_name)
             raise
-        # 4. Make room: the cache holds at most `cache_size` adapters.
         adapter = Adapter(adapter_name, matched / total, matched, total)
         self._adapters[spec.key] = adapter
-        while len(self._adapters) > self.cache_size:
-            _, old = self._adapters.popitem(last=False)
-            self._delete(old.adapter_name)
         return adapter
+
+    def _evict(self, keep: set[str]) -> None:
+        """Delete the least recently used adapters beyond `cache_size`, never one in `keep`."""
+        for key in [key for key in self._adapters if key not in keep]:
+            if len(self._adapters) <= self.cache_size:
+                break
+            self._delete(self._adapters.pop(key).adapter_name)
 
     def _module(self, module_path: str) -> torch.nn.Module | None:
         component, _, inner = module_path.partition(".")
@@ -345,6 +348,7 @@ class Engine:
                         f"({adapter.coverage:.0%}) match the base model; the rest is ignored."
                     )
                 strengths[adapter.adapter_name] = strengths.get(adapter.adapter_name, 0.0) + spec.strength
+            self._evict(keep={spec.key for spec in request.loras})
             timings["load_loras"] = time.perf_counter() - start
             # 2. Set the mix; LoRAs at strength 0 are left out, so all zero is the base model.
             start = time.perf_counter()

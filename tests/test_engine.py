@@ -173,3 +173,12 @@ def test_a_mix_beyond_the_fuse_memory_runs_unfused(loras):
     request = GenerationRequest(prompt="x", options=Options(seed=1, steps=1, width=64, height=64), loras=(spec(loras["a"], 0.5),))
     assert not engine.generate(request).fused
     assert not engine.generate(request).fused
+
+
+def test_a_request_with_more_loras_than_the_cache_keeps_them_all(loras):
+    small = Engine(build_tiny_pipeline(), cache_size=2)
+    roomy = Engine(build_tiny_pipeline(), cache_size=8)
+    mix = (spec(loras["a"], 0.5), spec(loras["b"], 0.5), spec(loras["c"], 0.5))
+    assert np.array_equal(image(small, *mix), image(roomy, *mix))
+    image(small, spec(loras["d"], 0.5))  # the next request evicts down to the cache size
+    assert len(small.loaded_adapters()) == 2
