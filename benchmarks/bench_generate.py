@@ -123,6 +123,7 @@ def main() -> None:
     for label, engine in (("few", few), ("many", many)):
         with engine._lock:
             names[label] = [engine._attach(s).adapter_name for s in loras[:3]]
+            engine._evict(keep={s.key for s in loras[:3]})
     for index in range(25):  # in turns, many samples: each is a few milliseconds
         for label, engine in (("few", few), ("many", many)):
             samples[label].append(activation_costs(engine, names[label], 0.3 + 0.02 * index))
