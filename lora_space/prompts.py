@@ -23,9 +23,8 @@ the usual place for FLUX LoRAs, and only when the prompt does not already hold t
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from .errors import PromptError
 
@@ -33,7 +32,6 @@ MIN_STRENGTH = -2.0
 MAX_STRENGTH = 3.0
 DEFAULT_MAX_CHARS = 4000
 
-NameKind = Literal["library", "hub_repo", "hub_file"]
 
 _OPEN = re.compile(r"<\s*lora\s*(?=[:>])", re.IGNORECASE)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -221,23 +219,3 @@ def build_model_prompt(parsed: ParsedPrompt, loras: Iterable[tuple[Sequence[str]
     """
     words = [word for trigger_words, strength in loras if strength != 0 for word in trigger_words]
     return insert_trigger_words(parsed.text, words)
-
-
-def resolve_name(name: str, *, library_names: Collection[str] = ()) -> NameKind:
-    """What a tag name points at, from its shape.
-
-    A name in `library_names` is a library entry, whatever its shape, so a library
-    subfolder name such as `styles/watercolor` wins over the Hub repo of that id. Otherwise
-    `user/repo` is a Hub repo, `user/repo/[dir/]file.safetensors` a file in a Hub repo, and
-    anything else a library name.
-    """
-    name = name.strip()
-    if name in library_names:
-        return "library"
-    parts = name.split("/")
-    if len(parts) >= 2 and all(_HUB_PART.fullmatch(part) for part in parts[:2]):
-        if len(parts) == 2 and not name.lower().endswith(".safetensors"):
-            return "hub_repo"
-        if len(parts) >= 3 and name.lower().endswith(".safetensors") and all(parts[2:]):
-            return "hub_file"
-    return "library"

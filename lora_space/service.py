@@ -148,12 +148,20 @@ class LoraSpace:
     # -- generate -----------------------------------------------------------------------
 
     def resolve(
-        self, prompt: str, loras: list[tuple[str, float]], *, token: str | None = None, swept: tuple[str, ...] = ()
+        self,
+        prompt: str,
+        loras: list[tuple[str, float]],
+        *,
+        token: str | None = None,
+        swept: tuple[str, ...] = (),
+        found: dict[str, ResolvedSource] | None = None,
     ) -> tuple[ParsedPrompt, Blend]:
         """Parse the prompt and find every LoRA named by slots and tags, before any GPU time.
 
         `swept` LoRAs come last, at strength 0, replacing any slot or tag that names them.
+        `found` remembers sources already resolved in this call (a batch resolves each once).
         """
+        found = {} if found is None else found
         limits = self.settings.limits
         parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
         choices = [
@@ -167,8 +175,10 @@ class LoraSpace:
         for source in sources:
             if sources.count(source) > 1:
                 raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
-        blend = [(resolve_source(source, settings=self.settings, token=token), strength) for source, strength in choices]
-        return parsed, blend
+        for source, _ in choices:
+            if source not in found:
+                found[source] = resolve_source(source, settings=self.settings, token=token)
+        return parsed, [(found[source], strength) for source, strength in choices]
 
     def generate(
         self,
@@ -317,10 +327,11 @@ class LoraSpace:
         choices = loras_from_dicts(loras)
         folder = self.new_output_dir()
         outputs = []
+        found: dict[str, ResolvedSource] = {}
         for index, prompt in enumerate(prompts):
             if progress is not None:
                 progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
-            parsed, blend = self.resolve(prompt, choices, token=token)
+            parsed, blend = self.resolve(prompt, choices, token=token, found=found)
             outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
         archive = folder / "portfolio.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

@@ -9,7 +9,6 @@ from lora_space.prompts import (
     build_model_prompt,
     insert_trigger_words,
     parse_prompt,
-    resolve_name,
 )
 
 
@@ -120,24 +119,3 @@ def test_model_prompt_skips_trigger_words_of_loras_at_zero():
     parsed = parse_prompt("portrait <lora:watercolor_style:0.8> <lora:eyes:0>")
     prompt = build_model_prompt(parsed, [(["wtrclr"], 0.8), (["eyez"], 0.0), (["neg"], -0.5)])
     assert prompt == "wtrclr, neg, portrait"
-
-
-@pytest.mark.parametrize(
-    ("name", "kind"),
-    [
-        ("watercolor_style", "library"),
-        ("user/repo", "hub_repo"),
-        ("user/repo.v2", "hub_repo"),
-        ("user/repo/file.safetensors", "hub_file"),
-        ("user/repo/dir/file.safetensors", "hub_file"),
-        ("styles/watercolor.safetensors", "library"),
-        ("a/b/c", "library"),
-        ("Detail Tweaker (v2)", "library"),
-    ],
-)
-def test_resolve_name(name, kind):
-    assert resolve_name(name) == kind
-
-
-def test_library_names_win_over_hub_shape():
-    assert resolve_name("styles/watercolor", library_names={"styles/watercolor"}) == "library"

@@ -128,3 +128,16 @@ def test_a_hub_lora_above_the_size_limit_is_not_downloaded(space, hub, tmp_path)
     with pytest.raises(LoraFileError, match="above the"):
         space.generate("x", [{"source": "alice/huge-lora"}], TINY)
     assert hub.bytes_served("huge.safetensors") < lora.stat().st_size
+
+
+def test_a_batch_asks_the_hub_about_each_lora_once(space, hub, tmp_path):
+    lora = write_lora(tmp_path / "made.safetensors", 2)
+    hub.add_model("alice/wtrclr-flux", files={"wtrclr.safetensors": lora, "README.md": "---\ninstance_prompt: wtrclr\n---\n"})
+    space.generate("a", [{"source": "alice/wtrclr-flux", "strength": 0.5}], TINY)  # downloads it
+    hub.reset_log()
+    space.generate("a", [{"source": "alice/wtrclr-flux", "strength": 0.5}], TINY)
+    generate_once = len(hub.requests)  # what one call asks once the file is cached
+    hub.reset_log()
+    output = space.batch(["a", "b", "c"], [{"source": "alice/wtrclr-flux", "strength": 0.5}], TINY)
+    assert [result.metadata["prompt"] for result in output.outputs] == ["wtrclr, a", "wtrclr, b", "wtrclr, c"]
+    assert len(hub.requests) == generate_once

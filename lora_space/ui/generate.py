@@ -140,6 +140,7 @@ def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, lis
                     wrap=True,
                 )
                 refresh = gr.Button("Refresh", size="sm")
+                upload_words = gr.Textbox(label="Its trigger words (optional, comma-separated)", placeholder="wtrclr")
                 upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], type="filepath")
                 upload_status = gr.Markdown()
 
@@ -159,13 +160,16 @@ def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, lis
         return [library_rows(space)] + [gr.Dropdown(choices=names) for _ in dropdowns]
 
     @user_errors
-    def on_upload(file_path):
+    def on_upload(file_path, trigger_words):
         if not file_path:
             return [gr.skip()] * (2 + len(dropdowns))
         entry = library.add_to_library(space.settings.lora_dir, file_path)
+        words = [word.strip() for word in (trigger_words or "").split(",") if word.strip()]
+        if words:
+            library.write_sidecar(space.settings.lora_dir, entry.name, words)
         return [f"Added **{entry.name}** to the library."] + refreshed()
 
     run.click(on_generate, [prompt, *controls.option_inputs, *slots], [gallery, warnings, metadata], api_visibility="private")
     refresh.click(refreshed, None, [table, *dropdowns], api_visibility="private")
-    upload.upload(on_upload, upload, [upload_status, table, *dropdowns], api_visibility="private")
+    upload.upload(on_upload, [upload, upload_words], [upload_status, table, *dropdowns], api_visibility="private")
     return controls, metadata, dropdowns
