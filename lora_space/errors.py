@@ -44,6 +44,10 @@ class DatasetError(LoraSpaceError):
     """A training dataset cannot be used."""
 
 
+class TrainConfigError(LoraSpaceError):
+    """A training setting is unknown or out of range; the message names the key and the fix."""
+
+
 class JobError(LoraSpaceError):
     """A training job is unknown or cannot be changed in its state."""
 
