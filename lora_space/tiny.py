@@ -3,7 +3,10 @@
 A FLUX-architecture pipeline (FluxTransformer2DModel with guidance embeds, CLIP + T5
 encoders, AutoencoderKL, flow-match scheduler) built from in-code configs with fixed
 seeds. It runs every code path FLUX.1-dev runs (loading, LoRA formats, training,
-saving); only the sizes differ, so its images are noise from a random test model.
+saving); only the sizes differ. The transformer and text encoders are random; the VAE is
+built to carry colour (`_colour_vae`): its latents are a fixed linear map of the image's
+colours at half size, and decoding inverts it, so tiny images show colour, and a LoRA
+trained on red images makes them red.
 
     python -m lora_space.tiny DIR   # writes it with save_pretrained
 """
@@ -53,7 +56,7 @@ VAE_CONFIG = dict(
     block_out_channels=(8, 16),
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=4,
+    norm_num_groups=1,  # one group: the colour channels pass the last norm unscaled (`_colour_vae`)
     sample_size=64,
     use_quant_conv=False,
     use_post_quant_conv=False,
@@ -82,6 +85,10 @@ T5_CONFIG = dict(
     decoder_start_token_id=0,
 )
 T5_MAX_LENGTH = 64
+# Latent channel j = sum_c LATENT_FROM_RGB[j][c] * colour_c (colours in -1..1): the first three
+# columns of a 4x4 Hadamard matrix / 2, so the columns are orthonormal and decoding is the transpose.
+LATENT_FROM_RGB = ((0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.5, 0.5, -0.5), (0.5, -0.5, -0.5))
+_BIG = 256.0  # the constant channels that dominate each GroupNorm's variance (`_colour_vae`)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -115,7 +122,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     torch.manual_seed(TINY_SEED)
     transformer = FluxTransformer2DModel(**(TRANSFORMER_CONFIG | (transformer_overrides or {})))
     torch.manual_seed(TINY_SEED)
-    vae = AutoencoderKL(**VAE_CONFIG)
+    vae = _colour_vae(AutoencoderKL(**VAE_CONFIG))
     torch.manual_seed(TINY_SEED)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -142,6 +149,71 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     for module in (transformer, vae, text_encoder, text_encoder_2):
         module.eval()  # as from_pretrained leaves them: no dropout
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def _colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
+    """Set the VAE's weights so that encoding is a linear map of the colours and decoding inverts it.
+
+    Every residual branch (resnet `conv2`, attention `to_out`) is zero, so each block passes
+    its input on. The encoder carries the channels (R, -R, G, -G, B, -B) through `conv_in`,
+    averages 2x2 pixels in its downsampler, and adds two constant channels (+K, -K) in the
+    shortcut of its last block. In the final GroupNorm (one group) the mean is then exactly 0
+    and the variance is K^2/4 (per channel pair) plus a colour part smaller by a factor of K^2,
+    so the norm divides by a near-constant; `silu(x) - silu(-x) = x` undoes the activation
+    exactly, and `conv_out` writes `LATENT_FROM_RGB @ colour` as the posterior mean with a
+    log-variance of -30. The decoder mirrors it (transpose map, nearest upsampling).
+    """
+    mix = torch.tensor(LATENT_FROM_RGB)  # (4 latent, 3 colours)
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.zero_()
+        for module in vae.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.fill_(1.0)
+
+        def signed_pairs(conv: torch.nn.Conv2d, rows: torch.Tensor) -> None:
+            """Output channels 2c and 2c+1 get +rows[c] and -rows[c] (centre tap)."""
+            centre = conv.kernel_size[0] // 2
+            for colour in range(3):
+                conv.weight[2 * colour, :, centre, centre] = rows[colour]
+                conv.weight[2 * colour + 1, :, centre, centre] = -rows[colour]
+
+        def constants(conv: torch.nn.Conv2d) -> None:
+            conv.bias[6], conv.bias[7] = _BIG, -_BIG
+
+        def identity(conv: torch.nn.Conv2d, channels: int) -> None:
+            centre = conv.kernel_size[0] // 2
+            for channel in range(channels):
+                conv.weight[channel, channel, centre, centre] = 1.0
+
+        def unpair(conv: torch.nn.Conv2d, rows: torch.Tensor, scale: float) -> None:
+            """Output j = scale * sum_c rows[j, c] * (x_2c - x_2c+1): undoes `signed_pairs` after silu."""
+            centre = conv.kernel_size[0] // 2
+            for colour in range(3):
+                conv.weight[:, 2 * colour, centre, centre] = scale * rows[:, colour]
+                conv.weight[:, 2 * colour + 1, centre, centre] = -scale * rows[:, colour]
+
+        encoder, decoder = vae.encoder, vae.decoder
+        latent = vae.config.latent_channels
+        # Encoder: colours as signed pairs, 2x2 average, constants, then the latent map.
+        signed_pairs(encoder.conv_in, torch.eye(3))
+        downsample = encoder.down_blocks[0].downsamplers[0].conv  # pads right/bottom, stride 2
+        for channel in range(downsample.out_channels):
+            downsample.weight[channel, channel, :2, :2] = 0.25
+        shortcut = encoder.down_blocks[-1].resnets[0].conv_shortcut
+        identity(shortcut, 6)
+        constants(shortcut)
+        channels = encoder.conv_norm_out.num_channels
+        unpair(encoder.conv_out, torch.cat([mix, torch.zeros(latent, 3)]), _BIG / (channels / 2) ** 0.5)
+        encoder.conv_out.bias[latent:] = -30.0  # log-variance: sampling is the mean
+        # Decoder: the transpose map as signed pairs, constants, nearest upsampling, colours out.
+        signed_pairs(decoder.conv_in, mix.T)
+        constants(decoder.conv_in)
+        identity(decoder.up_blocks[0].upsamplers[0].conv, decoder.up_blocks[0].upsamplers[0].conv.out_channels)
+        identity(decoder.up_blocks[-1].resnets[0].conv_shortcut, 8)
+        channels = decoder.conv_norm_out.num_channels
+        unpair(decoder.conv_out, torch.eye(3), _BIG / (channels / 2) ** 0.5)
+    return vae
 
 
 def save_tiny(directory: str | Path) -> Path:
