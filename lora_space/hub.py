@@ -18,11 +18,12 @@ import re
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_download, hf_hub_url
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -36,12 +37,13 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from .errors import HubError, LoraFileError, UnsafeFileError
+from .lora import safefile
 
 logger = logging.getLogger(__name__)
 
 HEADER_PROBE_END = 100_000
 """Last byte of the first ranged read of a safetensors file (100,001 bytes, as huggingface_hub reads)."""
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = safefile.MAX_HEADER_BYTES  # one set of bounds: the one safetensors reader's
 TIMEOUT_S = 30.0
 """Seconds to wait for the Hub to connect or to send data (huggingface_hub's session never times out)."""
 CANONICAL_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -85,6 +87,8 @@ def read_safetensors_header(
         first, total = _ranged_get(url, headers, 0, HEADER_PROBE_END, where=where)
         if len(first) < 8:
             raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
+        if len(first) >= 9:  # pickles, zips and impossible lengths, as the one reader tells them
+            safefile.header_length(first[:9], total, name=where)
         (header_length,) = struct.unpack("<Q", first[:8])
         if header_length > max_header_bytes:
             raise UnsafeFileError(
@@ -262,6 +266,98 @@ def whoami(token: str | None, *, endpoint: str, offline: bool = False) -> dict[s
     _require_online(offline, endpoint, "check your login")
     with _hub_errors(endpoint):
         return HfApi(endpoint=_base(endpoint)).whoami(token=token)
+
+
+
+@dataclass(frozen=True)
+class CreatedRepo:
+    """A model repo made by `create_repo`: its id and its page on the Hub."""
+
+    repo_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit made by `create_commit`: the repo, the commit id and its page on the Hub."""
+
+    repo_id: str
+    oid: str
+    url: str
+
+
+def _write_token(token: str | None, action: str) -> str:
+    if not token:
+        raise HubError(f"Log in with your Hugging Face account first: {action} needs your Hub token.")
+    return token
+
+
+def repo_exists(repo_id: str, *, endpoint: str, token: str | None, offline: bool = False) -> bool:
+    """Whether the model repo `repo_id` exists and `token` can see it (a gated repo exists)."""
+    _require_online(offline, endpoint, f"look up {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id):
+        return HfApi(endpoint=_base(endpoint)).repo_exists(repo_id, token=token or False)
+
+
+def create_repo(repo_id: str, *, endpoint: str, token: str | None, private: bool = True, offline: bool = False) -> CreatedRepo:
+    """Create the model repo `repo_id` with the user's `token` (never the machine's login).
+
+    Raises:
+        HubError: no token, offline, the repo exists already, or the Hub refuses (no write access).
+    """
+    token = _write_token(token, f"creating {repo_id}")
+    _require_online(offline, endpoint, f"create {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id):
+        try:
+            url = HfApi(endpoint=_base(endpoint)).create_repo(repo_id, token=token, private=private, exist_ok=False)
+        except HfHubHTTPError as error:
+            if error.response.status_code != 409:
+                raise
+            raise HubError(f"{repo_id} already exists on the Hub; choose another name.") from None
+    return CreatedRepo(repo_id=url.repo_id or repo_id, url=str(url))
+
+
+def create_commit(
+    repo_id: str,
+    files: Mapping[str, Path | bytes],
+    *,
+    endpoint: str,
+    token: str | None,
+    message: str,
+    description: str = "",
+    offline: bool = False,
+) -> Commit:
+    """Add `files` (path in the repo -> local file or bytes) to `repo_id` in one commit.
+
+    One `create_commit` call: the Hub applies all files or none.
+
+    Raises:
+        HubError: no token, offline, or the Hub refuses (no write access, invalid card YAML).
+    """
+    token = _write_token(token, f"committing to {repo_id}")
+    _require_online(offline, endpoint, f"commit to {repo_id}")
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(content) if isinstance(content, Path) else content)
+        for path, content in files.items()
+    ]
+    with _hub_errors(endpoint, repo_id=repo_id):
+        try:
+            info = HfApi(endpoint=_base(endpoint)).create_commit(
+                repo_id, operations, commit_message=message, commit_description=description or None, token=token
+            )
+        except (HFValidationError, HfHubHTTPError):
+            raise
+        except ValueError as error:  # the Hub's /api/validate-yaml refused README.md
+            raise HubError(f"The Hub refused the model card (README.md): {error}; fix its YAML block.") from None
+    return Commit(repo_id=repo_id, oid=info.oid, url=info.commit_url)
+
+
+def delete_repo(repo_id: str, *, endpoint: str, token: str | None, offline: bool = False) -> None:
+    """Delete the model repo `repo_id` (used to undo a repo this app just created); a missing one is fine."""
+    token = _write_token(token, f"deleting {repo_id}")
+    _require_online(offline, endpoint, f"delete {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id):
+        HfApi(endpoint=_base(endpoint)).delete_repo(repo_id, token=token, missing_ok=True)
 
 
 def _base(endpoint: str) -> str:

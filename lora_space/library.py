@@ -18,24 +18,23 @@ listed with format "invalid" and a `problem`, and the scan goes on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import LoraFileError, UnsafeFileError
+from .errors import LoraFileError
 from .lora.keymap import detect_format
+from .lora.safefile import read_local_header
 
 SUFFIX = ".safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_SIDECAR_BYTES = 1024 * 1024
+MAX_WORD_CHARS = 200  # a longer "trigger word" would fill the prompt; it is left out
 
 _JSON_SIDECAR_KEYS = ("trigger_words", "trigger_word", "instance_prompt")
 _METADATA_KEYS = ("trigger_words", "trigger_word", "instance_prompt", "modelspec.trigger_phrase")
@@ -77,53 +76,6 @@ class LibraryEntry:
         }
 
 
-def read_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, read within bounds.
-
-    Raises:
-        UnsafeFileError: a pickle or zip file (torch.save) under a `.safetensors` name, or a
-            header larger than `MAX_HEADER_BYTES`.
-        LoraFileError: a file too short, truncated, or whose header is not a JSON object.
-        OSError: the file cannot be read.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as file:
-        head = file.read(8)
-        if head.startswith((b"\x80", b"PK")):
-            raise UnsafeFileError(
-                f"'{path.name}' is a pickle or zip file (as torch.save writes) under a .safetensors name; "
-                "such files can run code when loaded, so it is refused. Convert it to real safetensors first."
-            )
-        if size < 8:
-            raise LoraFileError(
-                f"'{path.name}' is {size} bytes long, too short for a safetensors file; "
-                "it is damaged. Download it again."
-            )
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES:
-            raise UnsafeFileError(
-                f"'{path.name}' declares a {length:,}-byte header, over the {MAX_HEADER_BYTES:,}-byte limit; "
-                "it is damaged or not a safetensors file."
-            )
-        if length > size - 8:
-            raise LoraFileError(
-                f"'{path.name}' declares a {length:,}-byte header but holds only {size - 8:,} bytes after the "
-                "length; the file is truncated. Download it again."
-            )
-        raw = file.read(length)
-    if not raw.startswith(b"{"):
-        raise LoraFileError(
-            f"'{path.name}' is not a safetensors file (its header is not JSON); use a .safetensors LoRA."
-        )
-    try:
-        header = json.loads(raw)
-    except ValueError as error:
-        raise LoraFileError(f"'{path.name}' has a damaged safetensors header ({error}); download it again.") from None
-    if not isinstance(header, dict):
-        raise LoraFileError(f"'{path.name}' has a safetensors header that is not a JSON object; download it again.")
-    return header
-
-
 def guess_format(keys: Iterable[str]) -> str:
     """The LoRA's key layout from its tensor names (`lora.keymap.detect_format`)."""
     return detect_format({key for key in keys if key != "__metadata__"})
@@ -132,15 +84,17 @@ def guess_format(keys: Iterable[str]) -> str:
 def _words(value: Any) -> list[str]:
     """Trigger words from a list, a JSON list in a string, or a comma/line separated string."""
     if isinstance(value, str) and value.strip().startswith("["):
-        with contextlib.suppress(ValueError):
+        try:
             value = json.loads(value)
+        except (ValueError, RecursionError):  # not a JSON list (or one nested 200,000 deep): no words
+            return []
     if isinstance(value, str):
         value = re.split(r"[,\n]", value)
     if not isinstance(value, list):
         return []
     words: list[str] = []
     for word in value:
-        if isinstance(word, str) and word.strip() and word.strip().casefold() not in {w.casefold() for w in words}:
+        if isinstance(word, str) and 0 < len(word.strip()) <= MAX_WORD_CHARS and word.strip().casefold() not in {w.casefold() for w in words}:
             words.append(word.strip())
     return words
 
@@ -170,8 +124,9 @@ def _sidecar_words(path: Path) -> tuple[list[str], str | None]:
         if json_file.is_file():
             data = json.loads(_read_small_text(json_file))
             return (_first_words(data, _JSON_SIDECAR_KEYS) if isinstance(data, dict) else []), None
-    except (OSError, ValueError) as error:
-        return [], f"Its sidecar file cannot be read ({error}); fix or delete it."
+    except (OSError, ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else getattr(error, "strerror", None) or error
+        return [], f"Its sidecar file cannot be read ({reason}); fix or delete it."
     return [], None
 
 
@@ -180,14 +135,13 @@ def _entry(lora_dir: Path, name: str, path: Path) -> LibraryEntry:
     words, problem = _sidecar_words(path)
     size = path.stat().st_size if path.is_file() else 0
     try:
-        header = read_header(path)
+        header = read_local_header(path)  # the one reader, with the bounds the engine applies
     except (LoraFileError, OSError) as error:
-        message = str(error) if isinstance(error, LoraFileError) else f"'{location}' cannot be read ({error})."
+        message = str(error) if isinstance(error, LoraFileError) else f"{location} cannot be read ({error.strerror or type(error).__name__})."
         return LibraryEntry(name, location, path, size, "invalid", tuple(words), message)
-    metadata = header.get("__metadata__")
-    if not words and isinstance(metadata, dict):
-        words = _first_words(metadata, _METADATA_KEYS)
-    return LibraryEntry(name, location, path, size, guess_format(header), tuple(words), problem)
+    if not words:
+        words = _first_words(header.metadata, _METADATA_KEYS)
+    return LibraryEntry(name, location, path, size, guess_format(header.tensors), tuple(words), problem)
 
 
 def trigger_words_for(path: Path) -> list[str]:
@@ -286,7 +240,7 @@ def add_to_library(
             "(pickle-based .ckpt/.pt/.bin files can run code when loaded). Convert it to .safetensors first."
         )
     try:
-        read_header(uploaded_path)
+        read_local_header(uploaded_path)  # checked before anything is written
     except OSError as error:
         raise LoraFileError(
             f"'{uploaded_path.name}' cannot be read ({error.strerror or error}); upload it again."

@@ -80,7 +80,7 @@ def test_scan_subfolders_names_sidecars_metadata_and_invalid_files(lora_dir):
     assert (by_name["xl"].format, by_name["xl"].trigger_words) == ("xlabs", ("sks dog",))
     for bad in ("short", "huge"):
         assert by_name[bad].format == "invalid"
-        assert by_name[bad].problem and f"'{bad}.safetensors'" in by_name[bad].problem
+        assert by_name[bad].problem and f"{bad}.safetensors" in by_name[bad].problem
     assert by_name["watercolor_style"].problem is None
     assert by_name["watercolor_style"].size_bytes == (lora_dir / "watercolor_style.safetensors").stat().st_size
 

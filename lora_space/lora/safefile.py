@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..errors import LoraFileError, UnsafeFileError
+from .keymap import split_key
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ MAX_TENSORS = 20_000
 MAX_NDIM = 4  # 2-D linear LoRAs, 4-D conv LoRAs (SD), 0-D alphas
 MAX_DIM = 1 << 18
 MAX_FILE_BYTES = 8 * 1024**3
+MAX_RANK = 3072  # FLUX's hidden size: no FLUX linear layer has min(in, out) above it
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F16": (torch.float16, 2),
     "BF16": (torch.bfloat16, 2),
@@ -198,7 +200,41 @@ def parse_header(header: bytes, file_size: int, *, name: str = "the file") -> Sa
         position, previous = info.end, key
     if position != data_size:
         raise UnsafeFileError(f"{name}: {data_size - position} bytes after the last tensor belong to no tensor; the file is corrupt.")
+    # 5. LoRA ranks within the shapes and the bound, before anything allocates rank x rank.
+    check_ranks(tensors, name=name)
     return SafetensorsHeader(tensors=tensors, metadata=dict(metadata), header_bytes=len(header), file_size=file_size)
+
+
+def check_ranks(tensors: dict[str, TensorInfo], *, name: str = "the file") -> None:
+    """Refuse LoRA ranks above `min(in, out)` of their module or above `MAX_RANK`.
+
+    A down matrix A is (rank, in, ...), an up matrix B is (out, rank, ...); a rank above the
+    module's own size adds nothing a full update could not hold, and costs rank x rank memory in
+    every comparison (a 24 KB file of rank 6,000 would take 850 MB), so it is refused from the
+    header alone. A module's A and B must agree on the rank.
+
+    Raises:
+        UnsafeFileError: names the tensor, its rank and the bound.
+    """
+    ranks: dict[str, tuple[str, int]] = {}
+    for key, info in tensors.items():
+        role = split_key(key)
+        if role is None or role[1] not in ("A", "B") or len(info.shape) < 2:
+            continue
+        module, part = role
+        rank = info.shape[0] if part == "A" else info.shape[1]
+        size = prod(info.shape[1:]) if part == "A" else info.shape[0]
+        if rank > min(size, MAX_RANK):
+            raise UnsafeFileError(
+                f"{name}: tensor {key!r} has rank {rank}, but a LoRA's rank may be at most {MAX_RANK} and at most "
+                f"the module's {'input' if part == 'A' else 'output'} size ({size}); the file is forged or broken."
+            )
+        other = ranks.setdefault(module, (key, rank))
+        if other[1] != rank:
+            raise UnsafeFileError(
+                f"{name}: tensors {other[0]!r} and {key!r} disagree on the rank ({other[1]} and {rank}); "
+                "the file is broken."
+            )
 
 
 def read_local_header(path: str | Path) -> SafetensorsHeader:
