@@ -16,10 +16,11 @@ from pathlib import Path
 
 from . import library
 from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options
-from .errors import LimitError, PromptError
+from .errors import LimitError, LoraFileError, PromptError
 from .grid import labelled_grid
 from .lora.conflicts import PairSummary, mix_warnings
 from .lora.tools import compare_files
+from .owners import LOCAL, Visitor, visitor_lora_dir
 from .prompts import (
     MAX_STRENGTH,
     MIN_STRENGTH,
@@ -142,8 +143,44 @@ class LoraSpace:
 
     # -- library ------------------------------------------------------------------------
 
-    def list_loras(self) -> list[dict]:
-        return [entry.to_dict() for entry in library.scan_library(self.settings.lora_dir)]
+    def list_loras(self, visitor: Visitor = LOCAL) -> list[dict]:
+        """The shared library, then what `visitor` added (`owner`: "shared" or "you")."""
+        entries = [entry.to_dict() | {"owner": "shared"} for entry in library.scan_library(self.settings.lora_dir)]
+        if not visitor.is_local:
+            own = library.scan_library(visitor_lora_dir(self.settings, visitor))
+            entries += [entry.to_dict() | {"owner": "you"} for entry in own]
+        return entries
+
+    def add_lora(
+        self,
+        path: Path | str,
+        *,
+        visitor: Visitor = LOCAL,
+        name: str | None = None,
+        trigger_words: tuple[str, ...] | list[str] = (),
+        overwrite: bool = False,
+    ) -> library.LibraryEntry:
+        """Put a LoRA file into `visitor`'s library (API.md "Who owns what").
+
+        On a local run that is the shared library, as the course describes. On a Space it is
+        the visitor's own library: the shared one is read-only for visitors, and a name the
+        shared library has is refused, so that no visitor's name shadows it for anyone.
+
+        Raises:
+            LoraFileError: not a usable `.safetensors` file, a bad name, or the name is taken.
+        """
+        stem = Path(path).stem if name is None else name
+        if not visitor.is_local and library.find_entry(self.settings.lora_dir, stem.strip().removesuffix(library.SUFFIX)):
+            raise LoraFileError(
+                f"The shared library already has a LoRA named {stem!r}; choose another name for yours."
+            )
+        folder = visitor_lora_dir(self.settings, visitor)
+        entry = library.add_to_library(folder, path, name=name, overwrite=overwrite)
+        words = [word.strip() for word in trigger_words if word.strip()]
+        if words:
+            library.write_sidecar(folder, entry.name, words)
+            entry = library.find_entry(folder, entry.location) or entry
+        return entry
 
     # -- generate -----------------------------------------------------------------------
 
@@ -155,6 +192,7 @@ class LoraSpace:
         token: str | None = None,
         swept: tuple[str, ...] = (),
         found: dict[str, ResolvedSource] | None = None,
+        visitor: Visitor = LOCAL,
     ) -> tuple[ParsedPrompt, Blend]:
         """Parse the prompt and find every LoRA named by slots and tags, before any GPU time.
 
@@ -177,7 +215,7 @@ class LoraSpace:
                 raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
         for source, _ in choices:
             if source not in found:
-                found[source] = resolve_source(source, settings=self.settings, token=token)
+                found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor)
         return parsed, [(found[source], strength) for source, strength in choices]
 
     def generate(
@@ -187,10 +225,11 @@ class LoraSpace:
         options: Options = Options(),
         *,
         token: str | None = None,
+        visitor: Visitor = LOCAL,
         progress=None,
     ) -> GenerateOutput:
         """Generate images with a blend of LoRAs from slots (`loras`) and `<lora:...>` tags."""
-        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token)
+        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, visitor=visitor)
         return self.run(parsed, blend, options, self.new_output_dir(), progress=progress)
 
     def run(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
@@ -263,6 +302,7 @@ class LoraSpace:
         options: Options = Options(),
         *,
         token: str | None = None,
+        visitor: Visitor = LOCAL,
         progress=None,
     ) -> SweepOutput:
         """The same seed at each strength of one LoRA (or an X/Y grid of two), as one labelled grid."""
@@ -273,7 +313,7 @@ class LoraSpace:
         if y_source.strip() and not y_strengths:
             raise PromptError(f"Give strengths for the second LoRA {y_source!r}, like '0, 0.5, 1'.")
         swept = (x_source,) + ((y_source,) if y_source.strip() else ())
-        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, swept=swept)
+        parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, swept=swept, visitor=visitor)
         fixed, x_item = blend[: len(blend) - len(swept)], blend[len(blend) - len(swept)]
         y_item = blend[-1] if y_source.strip() else None
         options = replace(options, num_images=1, seed=options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED))
@@ -316,6 +356,7 @@ class LoraSpace:
         options: Options = Options(),
         *,
         token: str | None = None,
+        visitor: Visitor = LOCAL,
         progress=None,
     ) -> BatchOutput:
         """Several prompts with the same LoRA mix, zipped with the recipe of each image."""
@@ -331,7 +372,7 @@ class LoraSpace:
         for index, prompt in enumerate(prompts):
             if progress is not None:
                 progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
-            parsed, blend = self.resolve(prompt, choices, token=token, found=found)
+            parsed, blend = self.resolve(prompt, choices, token=token, found=found, visitor=visitor)
             outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
         archive = folder / "portfolio.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

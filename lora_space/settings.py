@@ -93,6 +93,8 @@ class Settings:
         fuse_memory_mb: CPU memory for the original weights of fused layers, so that unfusing
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
+        on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
+            only what they add (API.md "Who owns what"); off a Space one local user owns everything.
     """
 
     base_model: str
@@ -103,6 +105,7 @@ class Settings:
     adapter_cache_size: int = 8
     fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
+    on_space: bool = False
 
     @property
     def is_tiny(self) -> bool:
@@ -137,6 +140,7 @@ class Settings:
             adapter_cache_size=_int(env, "LORA_SPACE_ADAPTER_CACHE", 8, 1, 256),
             fuse_memory_mb=_int(env, "LORA_SPACE_FUSE_MEMORY_MB", 8192, 0, 1024**2),
             limits=limits,
+            on_space=bool(env.get("SPACE_ID", "").strip()),
         )
         if check:
             settings.check()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import hub, library
 from .errors import LoraFileError, UnsafeFileError
+from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 from .settings import Settings
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
@@ -42,16 +43,12 @@ def _check_suffix(source: str) -> None:
         )
 
 
-def _allowed_roots(settings: Settings) -> list[Path]:
-    return [settings.lora_dir.resolve(), settings.data_dir.resolve()]
-
-
-def _local_file(source: str, settings: Settings) -> ResolvedSource | None:
+def _local_file(source: str, settings: Settings, visitor: Visitor) -> ResolvedSource | None:
     path = Path(source).expanduser()
     if not path.exists():
         return None
     resolved = path.resolve()
-    if not any(resolved.is_relative_to(root) for root in _allowed_roots(settings)):
+    if not any(resolved.is_relative_to(root) for root in readable_roots(settings, visitor)):
         raise LoraFileError(
             f"{source!r} is outside the LoRA library and the data folder; copy it into "
             f"{settings.lora_dir} (or upload it in the Generate tab) and use its name."
@@ -82,10 +79,21 @@ def hub_file(source: str, *, settings: Settings, token: str | None = None) -> tu
     return repo_id, filename
 
 
-def resolve_source(source: str, *, settings: Settings, token: str | None = None) -> ResolvedSource:
+def find_library_entry(source: str, *, settings: Settings, visitor: Visitor = LOCAL) -> library.LibraryEntry | None:
+    """The library entry `source` names: the shared library first, then `visitor`'s own."""
+    entry = library.find_entry(settings.lora_dir, source)
+    if entry is None and not visitor.is_local:
+        entry = library.find_entry(visitor_lora_dir(settings, visitor), source)
+    return entry
+
+
+def resolve_source(
+    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+) -> ResolvedSource:
     """Find the LoRA a source names, downloading it from the Hub when needed.
 
-    Hub files are fetched with the caller's `token` only (never the Space's own).
+    Hub files are fetched with the caller's `token` only (never the Space's own). Library names
+    and local paths are looked up as `visitor` may see them (API.md "Who owns what").
 
     Raises:
         LoraFileError: nothing by that name, or not a `.safetensors` file.
@@ -97,11 +105,11 @@ def resolve_source(source: str, *, settings: Settings, token: str | None = None)
         raise LoraFileError("A LoRA slot is empty; pick a LoRA from the library or type a Hub id like 'user/repo'.")
     _check_suffix(source)
     # 1. The library, by name or location.
-    entry = library.find_entry(settings.lora_dir, source)
+    entry = find_library_entry(source, settings=settings, visitor=visitor)
     if entry is not None:
         return ResolvedSource(source=source, name=entry.name, file=entry.path, trigger_words=list(entry.trigger_words))
     # 2. A local file in the library or the data folder (e.g. a training job's output).
-    local = _local_file(source, settings)
+    local = _local_file(source, settings, visitor)
     if local is not None:
         return local
     # 3. The Hub: `user/repo` or `user/repo/file.safetensors`.

@@ -35,7 +35,7 @@ def library(settings):
 
 def test_panel_builds_and_leaves_the_api_to_the_typed_endpoints(settings) -> None:
     with gr.Blocks() as demo:
-        build_lora_tools(settings)
+        build_lora_tools(settings, gr.BrowserState(""))
     visibility = [dependency.api_visibility for dependency in demo.fns.values()]
     assert visibility == ["private"] * 4  # /convert_lora and friends are typed gr.api endpoints (ui/api.py)
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
-from .. import hub, library, sources
+from .. import hub, sources
 from ..errors import HubError, LoraFileError
+from ..owners import LOCAL, Visitor
 from ..settings import Settings
 from .formats import LoraSet, read_lora
 from .keymap import block_of, module_kind, split_key, unsupported_part
@@ -236,7 +237,9 @@ def inspect_file(path: str | Path, *, base: BaseShapes, source: str | None = Non
     return inspect_header(header, source=source or str(path), base=base, alphas=alphas, trigger_words=trigger_words)
 
 
-def inspect_source(source: str, *, settings: Settings, token: str | None = None) -> InspectReport:
+def inspect_source(
+    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+) -> InspectReport:
     """The `/inspect_lora` report for a library name, a local path, `user/repo` or `user/repo/file`.
 
     A Hub file is read with range requests (its header only); nothing is downloaded.
@@ -255,8 +258,8 @@ def inspect_source(source: str, *, settings: Settings, token: str | None = None)
         check_suffix(source)
     base = current_base(settings, token=token)
     # 2. The library or a local file: the same rules as loading (`sources.resolve_source`).
-    if library.find_entry(settings.lora_dir, source) is not None or Path(source).expanduser().exists():
-        resolved = sources.resolve_source(source, settings=settings, token=token)
+    if sources.find_library_entry(source, settings=settings, visitor=visitor) is not None or Path(source).expanduser().exists():
+        resolved = sources.resolve_source(source, settings=settings, token=token, visitor=visitor)
         return inspect_file(resolved.file, base=base, source=source, trigger_words=list(resolved.trigger_words))
     # 3. The Hub: the header by range requests, the card for trigger words and training facts,
     #    with the caller's token only (never the Space's own).

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import sources
 from ..errors import LoraFileError
+from ..owners import LOCAL, Visitor
 from ..settings import Settings
 from .conflicts import ConflictReport, compare_loras
 from .export import TARGETS, save_lora
@@ -54,9 +55,11 @@ def read_lora_file(path: str | Path) -> LoraSet:
     return read_lora(tensors, metadata)
 
 
-def read_source(source: str, *, settings: Settings, token: str | None = None) -> tuple[LoraSet, str]:
+def read_source(
+    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+) -> tuple[LoraSet, str]:
     """Resolve a source (downloading a Hub file once) and read it; returns the LoRA and its name."""
-    resolved = sources.resolve_source(source, settings=settings, token=token)
+    resolved = sources.resolve_source(source, settings=settings, token=token, visitor=visitor)
     lora = read_lora_file(resolved.file)
     if not lora.modules:
         raise LoraFileError(
@@ -66,7 +69,9 @@ def read_source(source: str, *, settings: Settings, token: str | None = None) ->
     return lora, resolved.name
 
 
-def convert_source(source: str, target: str, *, settings: Settings, token: str | None = None) -> ConvertResult:
+def convert_source(
+    source: str, target: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+) -> ConvertResult:
     """Write a source in another layout: `diffusers`, `kohya` (A1111/Forge) or `comfyui`.
 
     Raises:
@@ -74,7 +79,7 @@ def convert_source(source: str, target: str, *, settings: Settings, token: str |
     """
     if target not in TARGETS:
         raise LoraFileError(f"Unknown target layout {target!r}; use one of {', '.join(TARGETS)}.")
-    lora, name = read_source(source, settings=settings, token=token)
+    lora, name = read_source(source, settings=settings, token=token, visitor=visitor)
     path = output_folder(settings) / f"{_file_stem(name)}-{target}.safetensors"
     warnings = save_lora(lora, path, target=target, step={"op": "convert", "from": lora.format, "to": target})
     if lora.unplaced:
@@ -87,6 +92,7 @@ def optimize_source(
     *,
     settings: Settings,
     token: str | None = None,
+    visitor: Visitor = LOCAL,
     rank: int | None = None,
     energy: float | None = None,
     dtype: str = "keep",
@@ -94,7 +100,7 @@ def optimize_source(
     target: str = "diffusers",
 ) -> tuple[Path, OptimizeReport]:
     """Resize / change dtype / prune a source (see `optimize.optimize`) and write the new file."""
-    lora, name = read_source(source, settings=settings, token=token)
+    lora, name = read_source(source, settings=settings, token=token, visitor=visitor)
     smaller, report = optimize(lora, rank=rank, energy=energy, dtype=dtype, prune_below=prune_below)
     if not smaller.modules:
         raise LoraFileError(f"prune_below={prune_below} would remove every module; use a smaller share.")
@@ -109,6 +115,7 @@ def compare_sources(
     *,
     settings: Settings,
     token: str | None = None,
+    visitor: Visitor = LOCAL,
     strengths: list[float] | None = None,
 ) -> ConflictReport:
     """Compare 2 to `max_loras` sources; `strengths` (default 1.0 each) are in the same order."""
@@ -120,7 +127,7 @@ def compare_sources(
     loras: dict[str, LoraSet] = {}
     weights: dict[str, float] = {}
     for index, source in enumerate(names):
-        lora, name = read_source(source, settings=settings, token=token)
+        lora, name = read_source(source, settings=settings, token=token, visitor=visitor)
         label = name if name not in loras else f"{name} ({index + 1})"
         loras[label] = lora
         weights[label] = strengths[index] if strengths is not None else 1.0

@@ -11,6 +11,7 @@ from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
 from . import api, blend_tools, generate, lora_tools
+from .visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
 TINY_NOTE = (
@@ -31,19 +32,21 @@ def header_markdown(space: LoraSpace) -> str:
 def build_demo(space: LoraSpace) -> gr.Blocks:
     """The whole app for one `LoraSpace`; tabs in the order Discover, Generate, Train, Publish."""
     with gr.Blocks(title=TITLE) as demo:
+        browser_id = build_browser_id(space.settings)  # who the page's visitor is (API.md "Who owns what")
         gr.Markdown(header_markdown(space), elem_id="header")
         with gr.Tabs():
             with gr.Tab("Discover", id="discover"):
                 gr.Markdown("Searching the Hub for LoRAs arrives here soon; type a Hub id in a Generate slot meanwhile.")
             with gr.Tab("Generate", id="generate"):
-                controls, last_metadata, pickers = generate.build_generate_tab(space)
-                blend_tools.build_blend_tools(space, controls, last_metadata, pickers)
-                lora_tools.build_lora_tools(space.settings)
+                controls, last_metadata, pickers = generate.build_generate_tab(space, browser_id)
+                blend_tools.build_blend_tools(space, controls, last_metadata, pickers, browser_id)
+                lora_tools.build_lora_tools(space.settings, browser_id)
             with gr.Tab("Train", id="train"):
                 gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
             with gr.Tab("Publish", id="publish"):
                 gr.Markdown("Publishing a LoRA with a model card to the Hub arrives here soon.")
         api.register_endpoints(space)
+        demo.load(fill_browser_id, browser_id, browser_id, api_visibility="private")
     return demo
 
 

@@ -12,6 +12,7 @@ from ..lora.inspect import inspect_source
 from ..lora.tools import compare_sources, convert_source, optimize_source
 from ..service import LoraSpace, Options
 from .errors import api_errors
+from .visitors import visitor_of
 
 
 def _file(path) -> gr.FileData:
@@ -21,10 +22,13 @@ def _file(path) -> gr.FileData:
 def register_endpoints(space: LoraSpace) -> None:
     """Register the public endpoints (call inside the demo's Blocks)."""
 
+    def who(request: gr.Request | None):
+        return visitor_of(space.settings, request)
+
     @api_errors
-    def list_loras() -> list[dict]:
-        """The local LoRA library: name, location, size_bytes, format, trigger_words of each file."""
-        return space.list_loras()
+    def list_loras(request: gr.Request) -> list[dict]:
+        """The local LoRA library: name, location, size_bytes, format, trigger_words, owner of each file."""
+        return space.list_loras(who(request))
 
     @api_errors
     def generate(
@@ -39,6 +43,7 @@ def register_endpoints(space: LoraSpace) -> None:
         num_images: int = 1,
         true_cfg: float = 1.0,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request = None,
     ) -> dict:
         """Generate images with a blend of LoRAs.
 
@@ -57,7 +62,7 @@ def register_endpoints(space: LoraSpace) -> None:
             {"images": [files], "metadata": {...}}: PNGs carrying their recipe, and the recipe as JSON.
         """
         options = Options(negative_prompt, seed, steps, guidance, true_cfg, width, height, num_images)
-        output = space.generate(prompt, loras, options, token=oauth_token.token if oauth_token else None)
+        output = space.generate(prompt, loras, options, token=oauth_token.token if oauth_token else None, visitor=who(request))
         return {"images": [_file(file) for file in output.files], "metadata": output.metadata}
 
     @api_errors
@@ -75,6 +80,7 @@ def register_endpoints(space: LoraSpace) -> None:
         width: int = 1024,
         height: int = 1024,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request = None,
     ) -> dict:
         """One seed at several strengths of one LoRA (X), or of two (X/Y), as one labelled grid.
 
@@ -90,7 +96,9 @@ def register_endpoints(space: LoraSpace) -> None:
         """
         options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
         token = oauth_token.token if oauth_token else None
-        output = space.sweep(prompt, loras, x_source, list(x_strengths), y_source, y_strengths, options, token=token)
+        output = space.sweep(
+            prompt, loras, x_source, list(x_strengths), y_source, y_strengths, options, token=token, visitor=who(request)
+        )
         images = [_file(file) for cell in output.cells for file in cell.files]
         return {"grid": _file(output.grid), "images": images, "metadata": output.metadata}
 
@@ -105,6 +113,7 @@ def register_endpoints(space: LoraSpace) -> None:
         width: int = 1024,
         height: int = 1024,
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request = None,
     ) -> dict:
         """Several prompts with one LoRA mix (the course's portfolio); a zip with each image's recipe.
 
@@ -112,12 +121,12 @@ def register_endpoints(space: LoraSpace) -> None:
             {"zip": file, "images": [files], "metadata": [one per prompt]}
         """
         options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
-        output = space.batch(prompts, loras, options, token=oauth_token.token if oauth_token else None)
+        output = space.batch(prompts, loras, options, token=oauth_token.token if oauth_token else None, visitor=who(request))
         images = [_file(file) for result in output.outputs for file in result.files]
         return {"zip": _file(output.archive), "images": images, "metadata": [result.metadata for result in output.outputs]}
 
     @api_errors
-    def inspect_lora(source: str, oauth_token: gr.OAuthToken | None = None) -> dict:
+    def inspect_lora(source: str, oauth_token: gr.OAuthToken | None = None, request: gr.Request = None) -> dict:
         """Judge a LoRA before loading it, from its file header alone (Hub files by range requests).
 
         Args:
@@ -126,10 +135,13 @@ def register_endpoints(space: LoraSpace) -> None:
             format, rank, ranks, alpha, num_tensors, target_modules, size_bytes, dtype, compatible,
             coverage, base_model_guess, trigger_words, training_info, warnings, and more.
         """
-        return inspect_source(source, settings=space.settings, token=oauth_token.token if oauth_token else None).to_dict()
+        token = oauth_token.token if oauth_token else None
+        return inspect_source(source, settings=space.settings, token=token, visitor=who(request)).to_dict()
 
     @api_errors
-    def convert_lora(source: str, target: str = "kohya", oauth_token: gr.OAuthToken | None = None) -> dict:
+    def convert_lora(
+        source: str, target: str = "kohya", oauth_token: gr.OAuthToken | None = None, request: gr.Request = None
+    ) -> dict:
         """Write a LoRA for diffusers, kohya (A1111/Forge) or ComfyUI; every weight is kept bit for bit.
 
         Args:
@@ -138,7 +150,8 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"file": the converted .safetensors, "source_format", "target", "num_modules", "warnings"}
         """
-        result = convert_source(source, target, settings=space.settings, token=oauth_token.token if oauth_token else None)
+        token = oauth_token.token if oauth_token else None
+        result = convert_source(source, target, settings=space.settings, token=token, visitor=who(request))
         return {
             "file": _file(result.file),
             "source_format": result.source_format,
@@ -156,6 +169,7 @@ def register_endpoints(space: LoraSpace) -> None:
         prune_below: float = 0.0,
         target: str = "diffusers",
         oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request = None,
     ) -> dict:
         """Shrink a LoRA: lower its rank by SVD of each B @ A, change dtype, drop quiet modules.
 
@@ -173,6 +187,7 @@ def register_endpoints(space: LoraSpace) -> None:
             source,
             settings=space.settings,
             token=oauth_token.token if oauth_token else None,
+            visitor=who(request),
             rank=rank or None,
             energy=energy or None,
             dtype=dtype,
@@ -182,7 +197,12 @@ def register_endpoints(space: LoraSpace) -> None:
         return {"file": _file(path), "report": report.to_dict()}
 
     @api_errors
-    def compare_loras(sources: list[str], strengths: list[float] | None = None, oauth_token: gr.OAuthToken | None = None) -> dict:
+    def compare_loras(
+        sources: list[str],
+        strengths: list[float] | None = None,
+        oauth_token: gr.OAuthToken | None = None,
+        request: gr.Request = None,
+    ) -> dict:
         """Which LoRAs of a mix compete: per pair and per block, shared modules and the cosine of their updates.
 
         Args:
@@ -192,7 +212,7 @@ def register_endpoints(space: LoraSpace) -> None:
             {"pairs": [...], "blocks": [...], "modules": [...], "warnings": [...]}
         """
         token = oauth_token.token if oauth_token else None
-        return compare_sources(sources, settings=space.settings, token=token, strengths=strengths).to_dict()
+        return compare_sources(sources, settings=space.settings, token=token, visitor=who(request), strengths=strengths).to_dict()
 
     gr.api(list_loras, api_name="list_loras")
     gr.api(inspect_lora, api_name="inspect_lora")

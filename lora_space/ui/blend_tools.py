@@ -11,9 +11,12 @@ from ..recipe import recipe_from_json
 from ..service import LoraSpace, parse_strengths
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, slot_values_to_loras, warnings_markdown
+from .visitors import with_caller
 
 
-def build_blend_tools(space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown]) -> None:
+def build_blend_tools(
+    space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown], browser_id: gr.BrowserState
+) -> None:
     """Three accordions that reuse the Generate tab's prompt, slots and settings."""
     with gr.Accordion("Strength sweep: where does a LoRA start to break?", open=False):
         gr.Markdown("Same seed, one LoRA at several strengths (or two LoRAs as an X/Y grid); the slots stay as they are.")
@@ -40,8 +43,7 @@ def build_blend_tools(space: LoraSpace, controls: GenerateControls, last_metadat
     def slots_and_options(values: tuple):
         return values[: len(controls.slots)], controls.options(*values[len(controls.slots) :])
 
-    @user_errors
-    def on_sweep(prompt, x, x_text, y, y_text, *values, progress=gr.Progress()):
+    def on_sweep(prompt, x, x_text, y, y_text, *values, visitor, token, progress):
         slot_values, options = slots_and_options(values)
         if not x:
             raise PromptError("Pick the LoRA to sweep (X) first.")
@@ -53,14 +55,17 @@ def build_blend_tools(space: LoraSpace, controls: GenerateControls, last_metadat
             y or "",
             parse_strengths(y_text) if y else None,
             options,
+            visitor=visitor,
+            token=token,
             progress=progress,
         )
         return str(output.grid)
 
-    @user_errors
-    def on_batch(prompt_lines, *values, progress=gr.Progress()):
+    def on_batch(prompt_lines, *values, visitor, token, progress):
         slot_values, options = slots_and_options(values)
-        output = space.batch(prompt_lines.splitlines(), slot_values_to_loras(list(slot_values)), options, progress=progress)
+        output = space.batch(
+            prompt_lines.splitlines(), slot_values_to_loras(list(slot_values)), options, visitor=visitor, token=token, progress=progress
+        )
         images = [str(file) for result in output.outputs for file in result.files]
         notes = sorted({text for result in output.outputs for text in result.warnings})
         return images, str(output.archive), warnings_markdown(notes)
@@ -84,9 +89,17 @@ def build_blend_tools(space: LoraSpace, controls: GenerateControls, last_metadat
 
     option_inputs = controls.option_inputs
     sweep_button.click(
-        on_sweep, [controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs], sweep_grid, api_visibility="private"
+        with_caller(space.settings, on_sweep),
+        [browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
+        sweep_grid,
+        api_visibility="private",
     )
-    batch_button.click(on_batch, [prompts, *controls.slots, *option_inputs], [batch_gallery, batch_zip, batch_warnings], api_visibility="private")
+    batch_button.click(
+        with_caller(space.settings, on_batch),
+        [browser_id, prompts, *controls.slots, *option_inputs],
+        [batch_gallery, batch_zip, batch_warnings],
+        api_visibility="private",
+    )
     save_button.click(on_save, last_metadata, saved, api_visibility="private")
     loaded.upload(
         on_load,

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from .. import library
 from ..service import LoraSpace, Options
-from .errors import user_errors
+from .visitors import with_caller
 
 SLOTS = 6
 VISIBLE_SLOTS = 2  # the rest fold away until needed
@@ -66,10 +65,10 @@ def slot_values_to_loras(values: list) -> list[dict]:
     return loras
 
 
-def library_rows(space: LoraSpace) -> list[list]:
+def library_rows(items: list[dict]) -> list[list]:
     return [
-        [item["name"], item["format"], ", ".join(item["trigger_words"]), f"{item['size_bytes'] / 1e6:.1f} MB"]
-        for item in space.list_loras()
+        [item["name"], item["format"], ", ".join(item["trigger_words"]), f"{item['size_bytes'] / 1e6:.1f} MB", item["owner"]]
+        for item in items
     ]
 
 
@@ -93,8 +92,11 @@ def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
     return [source, strength, enabled]
 
 
-def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
-    """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers."""
+def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
+    """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers.
+
+    The pickers and the library table start with the shared library; once the page has its
+    visitor id (`browser_id` changes on load) they also list what the visitor owns."""
     presets = TINY_SIZE_PRESETS if space.settings.is_tiny else SIZE_PRESETS
     default_steps = 2 if space.settings.is_tiny else 28
     names = [item["name"] for item in space.list_loras()]
@@ -134,8 +136,8 @@ def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, lis
         with gr.Column(scale=2):
             with gr.Accordion("Library (models/loras)", open=True):
                 table = gr.Dataframe(
-                    headers=["name", "format", "trigger words", "size"],
-                    value=library_rows(space),
+                    headers=["name", "format", "trigger words", "size", "owner"],
+                    value=library_rows(space.list_loras()),
                     interactive=False,
                     wrap=True,
                 )
@@ -146,30 +148,45 @@ def build_generate_tab(space: LoraSpace) -> tuple[GenerateControls, gr.JSON, lis
 
     controls = GenerateControls(prompt, negative, slots, seed, steps, guidance, size, num_images, true_cfg, presets)
 
-    @user_errors
-    def on_generate(prompt_text, *values, progress=gr.Progress()):
+    def on_generate(prompt_text, *values, visitor, token, progress):
         option_values, slot_values = values[:7], values[7:]
         output = space.generate(
-            prompt_text, slot_values_to_loras(list(slot_values)), controls.options(*option_values), progress=progress
+            prompt_text,
+            slot_values_to_loras(list(slot_values)),
+            controls.options(*option_values),
+            visitor=visitor,
+            token=token,
+            progress=progress,
         )
         captions = [(str(file), f"seed {output.metadata['seed'] + index}") for index, file in enumerate(output.files)]
         return captions, warnings_markdown(output.warnings), output.metadata
 
-    def refreshed():
-        names = [item["name"] for item in space.list_loras()]
-        return [library_rows(space)] + [gr.Dropdown(choices=names) for _ in dropdowns]
+    def library_updates(visitor) -> list:
+        items = space.list_loras(visitor)
+        names = [item["name"] for item in items]
+        return [library_rows(items)] + [gr.Dropdown(choices=names) for _ in dropdowns]
 
-    @user_errors
-    def on_upload(file_path, trigger_words):
+    def refreshed(*, visitor, token):
+        return library_updates(visitor)
+
+    def on_upload(file_path, trigger_words, *, visitor, token):
         if not file_path:
             return [gr.skip()] * (2 + len(dropdowns))
-        entry = library.add_to_library(space.settings.lora_dir, file_path)
         words = [word.strip() for word in (trigger_words or "").split(",") if word.strip()]
-        if words:
-            library.write_sidecar(space.settings.lora_dir, entry.name, words)
-        return [f"Added **{entry.name}** to the library."] + refreshed()
+        entry = space.add_lora(file_path, visitor=visitor, trigger_words=words)
+        where = "the library" if visitor.is_local else "your library (only you see it)"
+        return [f"Added **{entry.name}** to {where}."] + library_updates(visitor)
 
-    run.click(on_generate, [prompt, *controls.option_inputs, *slots], [gallery, warnings, metadata], api_visibility="private")
-    refresh.click(refreshed, None, [table, *dropdowns], api_visibility="private")
-    upload.upload(on_upload, [upload, upload_words], [upload_status, table, *dropdowns], api_visibility="private")
+    settings = space.settings
+    run.click(
+        with_caller(settings, on_generate),
+        [browser_id, prompt, *controls.option_inputs, *slots],
+        [gallery, warnings, metadata],
+        api_visibility="private",
+    )
+    refresh.click(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
+    browser_id.change(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
+    upload.upload(
+        with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload_status, table, *dropdowns], api_visibility="private"
+    )
     return controls, metadata, dropdowns

@@ -1,0 +1,110 @@
+"""Who a request is for, as the UI and the API see it (API.md "Who owns what").
+
+Off a Space every request is the one local user's. On a Space a visitor is the signed-in Hub
+user, else the anonymous id their browser keeps across reloads (a `gr.BrowserState` filled on
+page load), else the `gradio_client` session. Handlers declare `request: gr.Request` and
+`profile: gr.OAuthProfile | None` (gradio injects both) and take the browser id as an input.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gradio as gr
+
+from ..owners import LOCAL, Visitor, browser_secret, is_browser_id, new_browser_id
+from ..settings import Settings
+from .errors import user_errors
+
+STORAGE_KEY = "lora_space_visitor"
+
+
+def visitor_of(
+    settings: Settings,
+    request: gr.Request | None,
+    profile: gr.OAuthProfile | None = None,
+    browser_id: str | None = None,
+) -> Visitor:
+    """The owner of this request (see the module docstring)."""
+    if not settings.on_space:
+        return LOCAL
+    if profile is not None and getattr(profile, "username", None):
+        return Visitor("hub", profile.username)
+    if is_browser_id(browser_id):
+        return Visitor("browser", browser_id)  # type: ignore[arg-type]
+    session = getattr(request, "session_hash", None) if request is not None else None
+    if session:
+        return Visitor("session", session)
+    return Visitor("session", new_browser_id())  # no way to find it again: a one-off visitor
+
+
+def build_browser_id(settings: Settings) -> gr.BrowserState:
+    """The browser's anonymous visitor id, kept in its localStorage (encrypted with a secret
+    stored in the data folder, so it survives app restarts); `fill_browser_id` sets it on load."""
+    return gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
+
+
+def fill_browser_id(current: str | None) -> str:
+    """On page load: keep the browser's id, or give it a new one."""
+    return current if is_browser_id(current) else new_browser_id()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, for one request: the owner, and their own Hub token (never stored)."""
+
+    visitor: Visitor
+    token: str | None = None
+
+
+def caller_of(
+    settings: Settings,
+    request: gr.Request | None,
+    profile: gr.OAuthProfile | None = None,
+    browser_id: str | None = None,
+    oauth_token: gr.OAuthToken | None = None,
+) -> Caller:
+    return Caller(visitor_of(settings, request, profile, browser_id), oauth_token.token if oauth_token else None)
+
+
+def with_caller(settings: Settings, handler: Callable) -> Callable:
+    """Make `handler(*values, visitor=..., token=...)` a UI event handler that knows its caller.
+
+    The event's first input must be the browser id (`build_browser_id`); gradio injects the
+    request, the signed-in profile and the OAuth token. A `progress` parameter of `handler`
+    gets the event's progress bar. Errors become messages (`user_errors`).
+    """
+    takes_progress = "progress" in inspect.signature(handler).parameters
+
+    def call(browser_id, request, profile, oauth_token, progress, values):
+        caller = caller_of(settings, request, profile, browser_id, oauth_token)
+        extra = {"progress": progress} if takes_progress else {}
+        return handler(*values, visitor=caller.visitor, token=caller.token, **extra)
+
+    if inspect.isgeneratorfunction(handler):
+
+        def stream(
+            browser_id,
+            request: gr.Request,
+            profile: gr.OAuthProfile | None,
+            oauth_token: gr.OAuthToken | None,
+            progress=gr.Progress(),
+            *values,
+        ):
+            yield from call(browser_id, request, profile, oauth_token, progress, values)
+
+        return user_errors(stream)
+
+    def run(
+        browser_id,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None,
+        oauth_token: gr.OAuthToken | None,
+        progress=gr.Progress(),
+        *values,
+    ):
+        return call(browser_id, request, profile, oauth_token, progress, values)
+
+    return user_errors(run)
