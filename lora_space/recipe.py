@@ -14,6 +14,9 @@ The `parameters` text is what A1111 and Forge write into a PNG and what Civitai 
   (two-pass) CFG, 1 meaning off; `Distilled CFG Scale` is FLUX-dev's guidance. A value holding
   `,` `:` `"` or a line break, or with spaces at its ends, is written as a JSON string
   (`Model: "C:\\\\models\\\\flux"`), as A1111 does.
+- `Model hash` (a single-file base model only) and `Lora hashes: "name: 0123456789ab, ..."`, as
+  A1111 writes them (`lora_space.hashes`): Civitai links the LoRAs by these, and a recipe whose
+  names differ from the library's finds its LoRAs by them.
 
 `parse_parameters` reads this back exactly (prompt lines are stripped, as in A1111, so a
 prompt should not start or end a line with spaces). Sources, revisions and trigger words
@@ -45,6 +48,7 @@ RECIPE_VERSION = 1
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"(\d+)x(\d+)")
 _NEGATIVE = "Negative prompt:"
+_HASH = re.compile(r"[0-9a-f]{8,64}")
 # `parameters` key -> (Recipe field, type), in the order Forge writes them.
 _KEYS: dict[str, tuple[str, type]] = {
     "Steps": ("steps", int),
@@ -53,6 +57,7 @@ _KEYS: dict[str, tuple[str, type]] = {
     "CFG scale": ("true_cfg", float),
     "Distilled CFG Scale": ("guidance", float),
     "Seed": ("seed", int),
+    "Model hash": ("model_hash", str),
     "Model": ("model", str),
 }
 
@@ -67,6 +72,7 @@ class LoraRef:
         source: where it was loaded from (`user/repo/file.safetensors`, a library name).
         revision: the Hub commit it was loaded at, for an exact replay.
         trigger_words: the trigger words inserted for it.
+        hash: A1111's short hash of the file (`lora_space.hashes`, 12 hex digits), or "".
     """
 
     name: str
@@ -74,10 +80,12 @@ class LoraRef:
     source: str = ""
     revision: str = ""
     trigger_words: tuple[str, ...] = ()
+    hash: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", check_name(self.name))
         object.__setattr__(self, "trigger_words", tuple(self.trigger_words))
+        object.__setattr__(self, "hash", _checked_hash(self.hash, f"LoRA {self.name!r}"))
         if not MIN_STRENGTH <= self.strength <= MAX_STRENGTH:
             raise PromptError(
                 f"LoRA {self.name!r} has strength {self.strength}, outside {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; "
@@ -98,6 +106,8 @@ class Recipe:
         true_cfg: true classifier-free guidance ("CFG scale"); 1 is off.
         model: the base model's Hub id (or `tiny`, or a local folder).
         loras: the LoRAs, in order: `LoraRef`s, or `(name, strength)` pairs made into them.
+        model_hash: A1111's `Model hash` of a single-file base model, or "" (a diffusers folder,
+            a Hub id or `tiny` has none).
     """
 
     prompt: str
@@ -112,10 +122,12 @@ class Recipe:
     height: int = 1024
     model: str = FLUX_DEV
     loras: tuple[LoraRef, ...] = field(default_factory=tuple)
+    model_hash: str = ""
 
     def __post_init__(self) -> None:
         loras = tuple(item if isinstance(item, LoraRef) else LoraRef(*item) for item in self.loras)
         object.__setattr__(self, "loras", loras)
+        object.__setattr__(self, "model_hash", _checked_hash(self.model_hash, "The model"))
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON types (no `path` key)."""
@@ -127,6 +139,7 @@ class Recipe:
                 "source": lora.source,
                 "revision": lora.revision,
                 "trigger_words": list(lora.trigger_words),
+                "hash": lora.hash,
             }
             for lora in self.loras
         ]
@@ -147,10 +160,25 @@ class Recipe:
 
 _FIELD_TYPES: dict[str, type] = {
     "prompt": str, "negative_prompt": str, "steps": int, "sampler": str, "schedule": str, "guidance": float,
-    "true_cfg": float, "seed": int, "width": int, "height": int, "model": str, "loras": list,
+    "true_cfg": float, "seed": int, "width": int, "height": int, "model": str, "loras": list, "model_hash": str,
 }
-_LORA_TYPES: dict[str, type] = {"name": str, "strength": float, "source": str, "revision": str, "trigger_words": list}
+_LORA_TYPES: dict[str, type] = {
+    "name": str, "strength": float, "source": str, "revision": str, "trigger_words": list, "hash": str,
+}
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _checked_hash(value: str, where: str) -> str:
+    """A file hash as A1111 writes it: "" or 8 to 64 hex digits (kept lower case)."""
+    value = value.strip().lower()
+    if value and not _HASH.fullmatch(value):
+        raise PromptError(f"{where} has the hash {value!r}; a hash is 8 to 64 hex digits, like '0123456789ab'.")
+    return value
+
+
+def hash_alias(name: str) -> str:
+    """A LoRA's name as A1111 writes it in `Lora hashes` (':' and ',' removed)."""
+    return name.replace(":", "").replace(",", "")
 
 
 def _checked(data: Any, where: str, types: dict[str, type], *, required: tuple[str, ...]) -> dict[str, Any]:
@@ -244,8 +272,12 @@ def to_parameters(recipe: Recipe) -> str:
         "Distilled CFG Scale": _number(recipe.guidance),
         "Seed": str(recipe.seed),
         "Size": f"{recipe.width}x{recipe.height}",
+        **({"Model hash": recipe.model_hash} if recipe.model_hash else {}),
         "Model": recipe.model,
     }
+    hashed = [f"{hash_alias(lora.name)}: {lora.hash}" for lora in recipe.loras if lora.hash]
+    if hashed:
+        values["Lora hashes"] = ", ".join(hashed)
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in values.items()))
     return "\n".join(lines).strip()
 
@@ -264,9 +296,10 @@ def parse_parameters(text: str) -> dict[str, Any]:
 
     Returns:
         `prompt` (tags taken out), `negative_prompt`, `loras` (`{"name", "strength"}` from the
-        prompt's tags), the `Recipe` field of each known key that is present (`steps`, `sampler`,
-        `schedule`, `true_cfg`, `guidance`, `seed`, `width`, `height`, `model`), and `extra`:
-        every other key with its text value.
+        prompt's tags, with `"hash"` where `Lora hashes` names one), the `Recipe` field of each
+        known key that is present (`steps`, `sampler`, `schedule`, `true_cfg`, `guidance`, `seed`,
+        `width`, `height`, `model_hash`, `model`), and `extra`: every other key with its text
+        value (`Lora hashes` included).
 
     Raises:
         PromptError: a malformed `<lora:...>` tag or a number that does not parse.
@@ -305,14 +338,32 @@ def parse_parameters(text: str) -> dict[str, Any]:
             result[name] = _convert(key, value, kind)
         else:
             result["extra"][key] = value
+    if "model_hash" in result and not _HASH.fullmatch(result["model_hash"].lower()):
+        result["extra"]["Model hash"] = result.pop("model_hash")  # another tool's kind of hash: kept as text
+    hashes = _lora_hashes(result["extra"].get("Lora hashes", ""))
+    for lora in result["loras"]:
+        found = hashes.get(hash_alias(lora["name"]))
+        if found:
+            lora["hash"] = found
     return result
+
+
+def _lora_hashes(text: str) -> dict[str, str]:
+    """`"a: 0123456789ab, b: ..."` -> {alias: hash}; entries that are not a name and a hash are skipped."""
+    hashes = {}
+    for item in text.split(","):
+        alias, _, value = item.rpartition(":")
+        value = value.strip().lower()
+        if alias.strip() and _HASH.fullmatch(value):
+            hashes[alias.strip()] = value
+    return hashes
 
 
 def recipe_from_parameters(text: str) -> Recipe:
     """A recipe from `parameters` text; fields the text lacks keep `Recipe`'s defaults."""
     values = parse_parameters(text)
     values.pop("extra")
-    loras = tuple(LoraRef(name=item["name"], strength=item["strength"]) for item in values.pop("loras"))
+    loras = tuple(LoraRef(name=item["name"], strength=item["strength"], hash=item.get("hash", "")) for item in values.pop("loras"))
     return Recipe(**values, loras=loras)
 
 

@@ -164,7 +164,7 @@ def test_png_from_forge_has_only_parameters(tmp_path: Path):
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     data = read_png_recipe(path)
     assert (data["prompt"], data["seed"], data["width"], data["model"]) == ("a cat", 7, 896, "flux1-dev-fp8")
-    assert data["loras"] == [{"name": "ink", "strength": 0.7, "source": "", "revision": "", "trigger_words": []}]
+    assert data["loras"] == [{"name": "ink", "strength": 0.7, "source": "", "revision": "", "trigger_words": [], "hash": ""}]
 
 
 def test_png_without_parameters_or_not_a_png(tmp_path: Path):
