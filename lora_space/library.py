@@ -19,15 +19,14 @@ listed with format "invalid" and a `problem`, and the scan goes on.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from .atomic import write_atomically
 from .errors import LoraFileError
 from .lora.keymap import detect_format
 from .lora.safefile import read_local_header
@@ -144,6 +143,11 @@ def _entry(lora_dir: Path, name: str, path: Path) -> LibraryEntry:
     return LibraryEntry(name, location, path, size, guess_format(header.tensors), tuple(words), problem)
 
 
+def metadata_trigger_words(metadata: dict[str, Any]) -> list[str]:
+    """Trigger words a safetensors `__metadata__` declares (rule 3 of the module docstring)."""
+    return _first_words(metadata, _METADATA_KEYS)
+
+
 def trigger_words_for(path: Path) -> list[str]:
     """Trigger words of a LoRA file anywhere (e.g. a training output): its sidecar, else its metadata."""
     path = Path(path)
@@ -200,18 +204,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_atomically(target: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write through a hidden temp file in the same folder, then `os.replace` it into place."""
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+_write_atomically = write_atomically  # the shared writer (lora_space/atomic.py); old name kept for callers
 
 
 def add_to_library(
