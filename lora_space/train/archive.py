@@ -142,10 +142,15 @@ def read_members(archive: zipfile.ZipFile, *, limits: ZipLimits, skipped: list[S
         if info.file_size > limits.max_member_bytes:
             skipped.append(Skipped(shown, f"{info.file_size / 2**20:.0f} MiB uncompressed, over the {limits.max_member_bytes / 2**20:.0f} MiB limit per file"))
             continue
-        if total >= limits.max_total_bytes:
-            notes.append(f"The zip holds more than {limits.max_total_bytes / 2**20:.0f} MiB uncompressed; files after {shown!r} were not read.")
+        remaining = limits.max_total_bytes - total
+        over_total = f"The zip holds more than {limits.max_total_bytes / 2**20:.0f} MiB uncompressed; {shown!r} and the files after it were not read."
+        if info.file_size > remaining:
+            notes.append(over_total)
             break
-        data, problem = _read_bounded(archive, info, min(limits.max_member_bytes, limits.max_total_bytes - total))
+        data, problem = _read_bounded(archive, info, min(limits.max_member_bytes, remaining))
+        if data is None and remaining < limits.max_member_bytes and problem.startswith("inflates"):
+            notes.append(over_total)
+            break
         total += len(data) if data is not None else 0
         if problem:
             skipped.append(Skipped(shown, problem))

@@ -227,8 +227,8 @@ def _canonical_keys(values: dict) -> tuple[dict, list[str]]:
         if name not in names:
             unknown.append(str(key))
             continue
-        if name in canonical and key != name:
-            problems.append(f"{key!r} and {name!r} both set {name}; keep one.")
+        if name in canonical:
+            problems.append(f"{key!r} sets {name} a second time (another spelling of the same key); keep one.")
             continue
         canonical[name] = value
     if unknown:

@@ -24,14 +24,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import (  # importing the plugins registers them for `Image.open(..., formats=...)`
+    BmpImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
 
 from ..errors import DatasetError
 from .archive import Member, Skipped, ZipLimits, display_name, open_zip, read_members
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")
-PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG also opens MPO (phone photos)
 ROLE_FOLDERS = ("images", "captions")
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; more is refused before decoding (below PIL's own bomb limit)
 MIN_SIDE = 16
@@ -121,7 +131,7 @@ def ingest(
     members = _strip_top_folder(members)
 
     # 2. Sort members into images, captions, metadata.jsonl and config.json.
-    images: dict[str, tuple[str, bytes]] = {}  # key -> (name, bytes)
+    images: dict[str, tuple[str, str, bytes]] = {}  # key -> (name, member name, bytes)
     text_captions: dict[str, tuple[str, bytes]] = {}
     metadata: dict[str, str] = {}
     zip_config = None
@@ -134,9 +144,9 @@ def ingest(
             metadata.update(_read_metadata(member, skipped))
         elif lower.endswith(IMAGE_SUFFIXES):
             if key in images:
-                skipped.append(Skipped(member.name, f"another image has the same name ({images[key][0]}); rename one"))
+                skipped.append(Skipped(member.name, f"another image has the same name ({images[key][1]}); rename one"))
             else:
-                images[key] = (_display_key(member.parts), member.data)
+                images[key] = (_display_key(member.parts), member.name, member.data)
         elif lower.endswith(CAPTION_SUFFIXES):
             text_captions[key] = (_display_key(member.parts), member.data)
         else:
@@ -158,11 +168,11 @@ def ingest(
     # 4. Open, normalise and save each image; drop duplicates by pixel hash.
     rows = []
     seen_hashes: dict[str, str] = {}
-    for index, (key, (name, data)) in enumerate(sorted(images.items())):
+    for index, (key, (name, member_name, data)) in enumerate(sorted(images.items())):
         try:
             image, original_size = open_normalised(data, notes=report.notes, name=name)
         except ValueError as error:
-            skipped.append(Skipped(name, str(error)))
+            skipped.append(Skipped(member_name, str(error)))
             continue
         digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
         if digest in seen_hashes:
