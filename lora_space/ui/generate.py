@@ -65,6 +65,32 @@ def slot_values_to_loras(values: list) -> list[dict]:
     return loras
 
 
+def fill_next_slot(slot_values: list, source: str, strength: float = 0.8) -> list:
+    """Put `source` in the first empty slot, at `strength` and switched on (Discover's and Train's
+    "Use in Generate"); a slot that already holds it is switched on at `strength` instead.
+
+    Args:
+        slot_values: the current (source, strength, enabled) x SLOTS values.
+        source: a library name, `user/repo` or `user/repo/file.safetensors`.
+        strength: the strength to set (the course's balanced default is 0.8).
+
+    Returns:
+        The new values for `GenerateControls.slots`, in the same order.
+
+    Raises:
+        LimitError: every slot holds another LoRA.
+    """
+    from ..errors import LimitError
+
+    values = list(slot_values)
+    sources = [str(values[index] or "").strip() for index in range(0, len(values), 3)]
+    slot = sources.index(source) if source in sources else next((i for i, name in enumerate(sources) if not name), None)
+    if slot is None:
+        raise LimitError(f"All {len(sources)} LoRA slots are taken; clear one in the Generate tab, then try again.")
+    values[3 * slot : 3 * slot + 3] = [source, strength, True]
+    return values
+
+
 def library_rows(items: list[dict]) -> list[list]:
     return [
         [item["name"], item["format"], ", ".join(item["trigger_words"]), f"{item['size_bytes'] / 1e6:.1f} MB", item["owner"]]
@@ -140,10 +166,11 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
                     value=library_rows(space.list_loras()),
                     interactive=False,
                     wrap=True,
+                    elem_id="library-table",
                 )
                 refresh = gr.Button("Refresh", size="sm")
                 upload_words = gr.Textbox(label="Its trigger words (optional, comma-separated)", placeholder="wtrclr")
-                upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], type="filepath")
+                upload = gr.File(label="Add a .safetensors LoRA", file_types=[".safetensors"], type="filepath", elem_id="library-upload")
                 upload_status = gr.Markdown()
 
     controls = GenerateControls(prompt, negative, slots, seed, steps, guidance, size, num_images, true_cfg, presets)
@@ -171,11 +198,11 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
 
     def on_upload(file_path, trigger_words, *, visitor, token):
         if not file_path:
-            return [gr.skip()] * (2 + len(dropdowns))
+            return [gr.skip()] * (3 + len(dropdowns))
         words = [word.strip() for word in (trigger_words or "").split(",") if word.strip()]
         entry = space.add_lora(file_path, visitor=visitor, trigger_words=words)
         where = "the library" if visitor.is_local else "your library (only you see it)"
-        return [f"Added **{entry.name}** to {where}."] + library_updates(visitor)
+        return [None, f"Added **{entry.name}** to {where}."] + library_updates(visitor)  # the upload box empties for the next
 
     settings = space.settings
     run.click(
@@ -187,6 +214,6 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     refresh.click(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
     browser_id.change(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
     upload.upload(
-        with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload_status, table, *dropdowns], api_visibility="private"
+        with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload, upload_status, table, *dropdowns], api_visibility="private"
     )
     return controls, metadata, dropdowns
