@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import library
+from . import blends, library
 from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options
 from .errors import LimitError, LoraFileError, PromptError
 from .grid import labelled_grid
+from .hashes import LORA_SHORT, MODEL_SHORT, HashCache
 from .lora.conflicts import PairSummary, mix_warnings
 from .lora.tools import compare_files
 from .owners import LOCAL, Visitor, visitor_lora_dir
@@ -130,6 +131,8 @@ class LoraSpace:
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
         self._pair_summary = functools.lru_cache(maxsize=128)(_pair_at_unit_strength)
+        # A1111's file hashes (`Lora hashes`, `Model hash`), computed once per file, kept on disk.
+        self.hashes = HashCache(settings.data_dir / "cache" / "file_hashes.json")
 
     @property
     def outputs_dir(self) -> Path:
@@ -248,9 +251,18 @@ class LoraSpace:
         warnings += result.warnings
         # 3. Save each image (seed + index) with its recipe.
         refs = tuple(
-            LoraRef(item.name, strength, source=item.source, revision=item.revision or "", trigger_words=tuple(item.trigger_words))
+            LoraRef(
+                item.name,
+                strength,
+                source=item.source,
+                revision=item.revision or "",
+                trigger_words=tuple(item.trigger_words),
+                hash=self.hashes.lora_hash(item.file)[:LORA_SHORT],
+            )
             for item, strength in blend
         )
+        base_file = Path(self.settings.base_model)
+        model_hash = self.hashes.model_hash(base_file)[:MODEL_SHORT] if base_file.is_file() else ""  # a folder has none
         files = []
         for index, image in enumerate(result.images):
             recipe = Recipe(
@@ -264,6 +276,7 @@ class LoraSpace:
                 height=options.height,
                 model=self.settings.base_model,
                 loras=refs,
+                model_hash=model_hash,
             )
             files.append(Path(save_png(image, folder / f"{stem}_{index:02d}_seed{result.seed + index}.png", recipe)))
         metadata = {
@@ -281,6 +294,7 @@ class LoraSpace:
             "loras": [
                 {"name": ref.name, "source": ref.source, "strength": ref.strength, "trigger_words": list(ref.trigger_words)}
                 | ({"revision": ref.revision} if ref.revision else {})
+                | ({"hash": ref.hash} if ref.hash else {})
                 for ref in refs
             ],
             "fused": result.fused,
@@ -397,13 +411,64 @@ class LoraSpace:
             height=metadata["height"],
             model=metadata["base_model"],
             loras=tuple(
-                LoraRef(lora["name"], lora["strength"], source=lora["source"], revision=lora.get("revision", ""), trigger_words=tuple(lora["trigger_words"]))
+                LoraRef(
+                    lora["name"],
+                    lora["strength"],
+                    source=lora["source"],
+                    revision=lora.get("revision", ""),
+                    trigger_words=tuple(lora["trigger_words"]),
+                    hash=lora.get("hash", ""),
+                )
                 for lora in metadata["loras"]
             ),
         )
         path = self.new_output_dir() / "recipe.json"
         path.write_text(recipe_to_json(recipe))
         return path
+
+    def link_recipe(self, recipe: Recipe, *, visitor: Visitor = LOCAL) -> tuple[Recipe, list[str]]:
+        """The recipe with LoRAs renamed since (or named otherwise by A1111/Forge) found by hash.
+
+        Returns:
+            the recipe, its LoRAs pointing at library names where a hash matched, and a note for each.
+        """
+        return blends.link_recipe(self, recipe, visitor=visitor)
+
+    # -- bake ---------------------------------------------------------------------------------
+
+    def bake(
+        self,
+        loras: list[dict] | None,
+        *,
+        rank: int = 0,
+        name: str = "",
+        target: str = "diffusers",
+        visitor: Visitor = LOCAL,
+        token: str | None = None,
+        progress=None,
+    ) -> blends.BakeResult:
+        """Bake a blend (`[{"source", "strength"}]`, as `/generate` takes) into one LoRA.
+
+        Args:
+            loras: the blend's LoRAs and strengths (library names, paths, Hub ids).
+            rank: 0 for exact (each module's rank is the sum of the parts' ranks); else the
+                most rank a module keeps, by SVD, with the energy kept reported.
+            name: its library name (default: the parts' names joined by '+').
+            target: the layout of the file handed back (`diffusers`, `kohya`, `comfyui`); the
+                library copy is diffusers.
+            visitor: whose library it joins (API.md "Who owns what").
+            token: the caller's Hub token, for Hub LoRAs.
+
+        Returns:
+            the file, its library name, rank, energy kept and the per-module report.
+
+        Raises:
+            LoraFileError: a LoRA that fits no module of the base, a bad name or rank.
+            PromptError, LimitError: malformed `loras`, or more than the limit.
+        """
+        return blends.bake_blend(
+            self, loras_from_dicts(loras), rank=rank, name=name, target=target, visitor=visitor, token=token, progress=progress
+        )
 
 
 def _open_image(path: Path):

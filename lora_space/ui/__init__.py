@@ -10,7 +10,7 @@ import gradio as gr
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
-from . import api, blend_tools, generate, lora_tools
+from . import api, bake_api, blend_tools, generate, lora_tools
 from .visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
@@ -46,6 +46,7 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Publish", id="publish"):
                 gr.Markdown("Publishing a LoRA with a model card to the Hub arrives here soon.")
         api.register_endpoints(space)
+        bake_api.register_bake_endpoint(space)
         demo.load(fill_browser_id, browser_id, browser_id, api_visibility="private")
     return demo
 

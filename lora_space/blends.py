@@ -1,0 +1,187 @@
+"""Blends that travel: bake a mix into one library LoRA, and link recipes to LoRAs by hash.
+
+`LoraSpace.bake` and `LoraSpace.link_recipe` call these; they resolve names the way Generate
+does (`LoraSpace.resolve`), read files with `lora.tools.read_lora_file`, do the math in
+`lora.bake` and put the result into the visitor's library with `LoraSpace.add_lora`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import library
+from .errors import LoraFileError
+from .hashes import LORA_SHORT, is_hash_prefix
+from .lora.bake import BakePart, BakeReport, bake
+from .lora.export import TARGETS, save_lora
+from .lora.shapes import current_base
+from .lora.tools import read_lora_file
+from .owners import LOCAL, Visitor, visitor_lora_dir
+from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .service import LoraSpace
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME = 80
+
+
+@dataclass
+class BakeResult:
+    """A baked blend: the file handed back, its library name, rank and energy kept.
+
+    Attributes:
+        file: the baked file in the `target` layout (in the caller's output folder).
+        lora_name: its name in the visitor's library, usable as a `source`.
+        rank: the largest module rank of the baked LoRA.
+        energy_kept: the share of the blend's update it keeps (1.0: exact).
+        target: the layout of `file`; the library copy is always diffusers.
+        report: per-module ranks and energy, the parts and strengths.
+    """
+
+    file: Path
+    lora_name: str
+    rank: int
+    energy_kept: float
+    target: str
+    report: BakeReport
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The `/bake_lora` result without the file (the endpoint adds it)."""
+        return {
+            "lora_name": self.lora_name,
+            "rank": self.rank,
+            "energy_kept": self.energy_kept,
+            "exact": self.report.exact,
+            "target": self.target,
+            "parts": self.report.parts,
+            "modules": [vars(result) for result in self.report.modules],
+            "warnings": self.warnings,
+        }
+
+
+def _default_name(names: list[str], taken: set[str]) -> str:
+    """`ink+watercolor`, made a valid library name, with ` (2)`, ` (3)`... when it is taken."""
+    stem = "+".join(re.sub(r"[^\w .()+\-]+", "_", Path(name).stem if name.endswith(library.SUFFIX) else name) for name in names)
+    stem = re.sub(r"^[^\w]+", "", stem)[:MAX_NAME].rstrip(" .") or "blend"
+    candidate, number = stem, 2
+    while candidate.casefold() in taken:
+        candidate, number = f"{stem} ({number})", number + 1
+    return candidate
+
+
+def bake_blend(
+    space: LoraSpace,
+    loras: list[tuple[str, float]],
+    *,
+    rank: int = 0,
+    name: str = "",
+    target: str = "diffusers",
+    visitor: Visitor = LOCAL,
+    token: str | None = None,
+    progress=None,
+) -> BakeResult:
+    """Bake `(source, strength)` pairs into one LoRA in the visitor's library (see `LoraSpace.bake`)."""
+    # 1. Check what can be checked before reading any file.
+    if target not in TARGETS:
+        raise LoraFileError(f"Unknown target layout {target!r}; use one of {', '.join(TARGETS)}.")
+    if not loras:
+        raise LoraFileError("Give at least one LoRA to bake, e.g. [{'source': 'watercolor_style', 'strength': 0.8}].")
+    taken = {item["name"].casefold() for item in space.list_loras(visitor)}
+    if name.strip():
+        name = library._check_name(name)
+        if name.casefold() in taken:
+            raise LoraFileError(f"Your library already has a LoRA named {name!r}; choose another name for the baked blend.")
+    # 2. Resolve the sources as Generate does (library, own library, paths, Hub) and read them.
+    _, blend = space.resolve("", loras, token=token, visitor=visitor)
+    parts = []
+    for index, (item, strength) in enumerate(blend):
+        if progress is not None:
+            progress(index / (len(blend) + 1), desc=f"reading {item.name}")
+        parts.append(
+            BakePart(
+                name=item.name,
+                lora=read_lora_file(item.file),
+                strength=strength,
+                hash=space.hashes.lora_hash(item.file)[:LORA_SHORT],
+                trigger_words=tuple(item.trigger_words),
+            )
+        )
+    # 3. The math: the exact sum, or its SVD to `rank`.
+    if progress is not None:
+        progress(len(blend) / (len(blend) + 1), desc="baking")
+    baked, report = bake(parts, base=current_base(space.settings, token=token), rank=rank)
+    # 4. Write it (diffusers) and put it into the visitor's library; export a copy when asked.
+    name = name.strip() or _default_name([part.name for part in parts], taken)
+    folder = space.new_output_dir()
+    path = folder / (re.sub(r"[^\w.()+-]+", "_", name) + library.SUFFIX)
+    warnings = list(report.warnings) + save_lora(baked, path, step=report.step())
+    entry = space.add_lora(path, visitor=visitor, name=name)
+    returned = path
+    if target != "diffusers":
+        returned = path.with_name(f"{path.stem}-{target}.safetensors")
+        warnings += save_lora(baked, returned, target=target, step=report.step())
+    logger.info("baked %s (%d parts, rank %d)", entry.name, len(parts), report.rank)
+    return BakeResult(
+        file=returned,
+        lora_name=entry.name,
+        rank=report.rank,
+        energy_kept=report.energy_kept,
+        target=target,
+        report=report,
+        warnings=list(dict.fromkeys(warnings)),
+    )
+
+
+# -- linking recipes by hash -----------------------------------------------------------------
+
+
+def library_entries(space: LoraSpace, visitor: Visitor) -> list[library.LibraryEntry]:
+    """The LoRAs `visitor` can use by name: the shared library, then their own."""
+    entries = library.scan_library(space.settings.lora_dir)
+    if not visitor.is_local:
+        entries += library.scan_library(visitor_lora_dir(space.settings, visitor))
+    return entries
+
+
+def find_by_hash(space: LoraSpace, prefix: str, *, visitor: Visitor = LOCAL) -> library.LibraryEntry | None:
+    """The library LoRA whose A1111 hash starts with `prefix` (8 to 64 hex digits), or None.
+
+    Each file is hashed once (`LoraSpace.hashes` keeps the values on disk).
+    """
+    prefix = prefix.strip().lower()
+    if not is_hash_prefix(prefix):
+        return None
+    for entry in library_entries(space, visitor):
+        if entry.problem is None and entry.format != "invalid":
+            try:
+                if space.hashes.lora_hash(entry.path).startswith(prefix):
+                    return entry
+            except (OSError, LoraFileError) as error:
+                logger.info("cannot hash %s: %s", entry.location, error)
+    return None
+
+
+def link_recipe(space: LoraSpace, recipe: Recipe, *, visitor: Visitor = LOCAL) -> tuple[Recipe, list[str]]:
+    """The recipe with each LoRA that carries a hash pointed at the library LoRA of that hash.
+
+    A LoRA renamed since (or named otherwise by A1111/Forge) is found by its content, as A1111
+    does when it pastes parameters; LoRAs without a hash, or whose hash no library file has,
+    keep their names. Returns the recipe and one note per LoRA that was found under another name.
+    """
+    loras, notes = [], []
+    for lora in recipe.loras:
+        entry = find_by_hash(space, lora.hash, visitor=visitor) if lora.hash else None
+        if entry is None or entry.name in (lora.name, lora.source):
+            loras.append(lora)
+            continue
+        notes.append(f"{lora.name!r} was found in the library by its hash {lora.hash} as {entry.name!r}.")
+        loras.append(replace(lora, name=entry.name, source=entry.name, revision=""))
+    return replace(recipe, loras=tuple(loras)), notes
+
