@@ -1,0 +1,260 @@
+"""The Discover tab: search the Hub for LoRAs of the current base, open one, use it in Generate.
+
+`build_discover_tab` lays the tab out and returns its handles; `wire_discover_to_generate`
+connects "Use in Generate" to the Generate tab's slots once both tabs exist (build_demo calls
+it); `register_discover_endpoints` adds `/search_loras`. Handlers only format what
+`lora_space.discover` returns; each one that reaches the Hub gets the visitor's own token per
+request (`with_caller`), never a stored one.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from ..discover import Evaluation, LoraSummary, starter_list
+from ..hub_search import SORTS
+from ..service import LoraSpace
+from ..sources import resolve_source
+from .errors import api_errors
+from .generate import GenerateControls, fill_next_slot
+from .visitors import with_caller
+
+DEFAULT_STRENGTH = 0.8
+PAGE_SIZE = 12
+RESULT_COLUMNS = ["repo", "downloads", "likes", "licence", "updated", "trigger words", "weight file"]
+STARTER_COLUMNS = ["category", "repo", "what it does"]
+
+
+@dataclass
+class DiscoverHandles:
+    """What other tabs connect to: the opened LoRA and the button that uses it."""
+
+    browser_id: gr.BrowserState
+    selected: gr.State  # {"source", "repo_id", "trigger_words"} of the opened LoRA, or None
+    use_button: gr.Button
+    use_status: gr.Markdown
+    space: LoraSpace
+
+
+def result_rows(results: list[dict[str, Any]]) -> list[list]:
+    return [
+        [
+            item["repo_id"],
+            item["downloads"],
+            item["likes"],
+            item["license"] or "-",
+            item["last_modified"][:10],
+            ", ".join(item["trigger_words"]),
+            item["weight_file"] or "(none usable)",
+        ]
+        for item in results
+    ]
+
+
+def starter_rows() -> list[list]:
+    return [[entry["category"], entry["repo_id"], entry["title"]] for entry in starter_list()]
+
+
+def previews(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Preview images (Hub URLs the browser loads) captioned with their repo."""
+    return [(item["preview_url"], item["repo_id"]) for item in results if item["preview_url"]]
+
+
+def verdict_markdown(evaluation: Evaluation) -> str:
+    summary = evaluation.summary
+    facts = [
+        f"### {summary.repo_id}",
+        f"by **{summary.author}** · updated {summary.last_modified[:10] or 'unknown'} · "
+        f"weight file `{summary.weight_file or 'none usable'}`",
+    ]
+    facts += [f"- {line}" for line in evaluation.verdict]
+    facts += [f"- ⚠️ {note}" for note in evaluation.notes]
+    if evaluation.example_prompts:
+        facts.append("Example prompts from the card: " + "; ".join(f"`{prompt}`" for prompt in evaluation.example_prompts[:4]))
+    return "\n".join(facts).replace("<", "&lt;")
+
+
+def card_html(evaluation: Evaluation) -> str:
+    """The card's safe HTML (see `card_render`) in a scrollable box."""
+    body = evaluation.card.html or f"<p>{html.escape(evaluation.summary.repo_id)} has no model card.</p>"
+    return f'<div class="prose" style="max-height:600px;overflow:auto">{body}</div>'
+
+
+def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> DiscoverHandles:
+    """Lay out the Discover tab inside the caller's `gr.Tab`; returns the handles Generate connects to."""
+    settings = space.settings
+    gr.Markdown(
+        f"Search the Hub for LoRAs made for **{settings.hub_base_model}**"
+        + (" (the model tiny mode stands in for)" if settings.is_tiny else "")
+        + ". Open one to read its card, check its file against the current base and see a verdict; "
+        "**Use in Generate** puts it in the next free slot."
+    )
+    with gr.Row(equal_height=True):
+        query = gr.Textbox(label="Search", placeholder="watercolor, anime, realism ...", scale=4, elem_id="discover-query")
+        sort = gr.Dropdown(list(SORTS), value="downloads", label="Sort by", scale=1, elem_id="discover-sort")
+        page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=1, elem_id="discover-page")
+        search_button = gr.Button("Search", variant="primary", scale=1, elem_id="discover-search")
+    status = gr.Markdown(elem_id="discover-status")
+    results = gr.State([])
+    with gr.Accordion("Start here: hand-picked LoRAs", open=True) as starter_box:
+        starter = gr.Dataframe(
+            headers=STARTER_COLUMNS, value=starter_rows(), interactive=False, wrap=True, elem_id="discover-starter"
+        )
+    gallery = gr.Gallery(label="Previews (click one to open it)", columns=6, height=220, visible=False, elem_id="discover-previews")
+    table = gr.Dataframe(headers=RESULT_COLUMNS, interactive=False, wrap=True, visible=False, elem_id="discover-results")
+    with gr.Row(equal_height=True):
+        open_box = gr.Textbox(label="Open a LoRA", placeholder="user/repo (or click a row above)", scale=4, elem_id="discover-open-box")
+        open_button = gr.Button("Open", scale=1, elem_id="discover-open")
+    verdict = gr.Markdown(elem_id="discover-verdict")
+    selected = gr.State(None)
+    with gr.Row():
+        use_button = gr.Button("Use in Generate", variant="primary", interactive=False, elem_id="discover-use")
+        use_status = gr.Markdown(elem_id="discover-use-status")
+    images = gr.Gallery(label="Images from the card", columns=4, height=260, visible=False, elem_id="discover-images")
+    with gr.Accordion("Model card", open=True):
+        card = gr.HTML(elem_id="discover-card")
+    with gr.Accordion("File header inspection (no download)", open=False):
+        report = gr.JSON(label="Report", elem_id="discover-report")
+
+    def on_search(text, sort_by, page_number, *, visitor, token):
+        found = space.discover.search(text or "", sort=sort_by, limit=PAGE_SIZE, page=int(page_number or 1), token=token)
+        items = [item.to_dict() for item in found]
+        note = (
+            f"{len(items)} LoRAs on page {int(page_number or 1)}, sorted by {sort_by}."
+            if items else "No LoRAs found for this search; try fewer or other words."
+        )
+        return (
+            items, note, gr.Gallery(value=previews(items), visible=bool(previews(items))),
+            gr.Dataframe(value=result_rows(items), visible=True), gr.Accordion(open=False),
+        )
+
+    def on_open(repo_id, *, visitor, token):
+        if not (repo_id or "").strip():
+            return [gr.skip()] * 6
+        evaluation = space.discover.evaluate(repo_id, token=token)
+        summary: LoraSummary = evaluation.summary
+        usable = summary.weight_file is not None and summary.problem is None
+        chosen = {"source": summary.source, "repo_id": summary.repo_id, "trigger_words": summary.trigger_words} if usable else None
+        return (
+            verdict_markdown(evaluation),
+            chosen,
+            gr.Button(interactive=usable),
+            gr.Gallery(value=[(url, "") for url in evaluation.card.images], visible=bool(evaluation.card.images)),
+            card_html(evaluation),
+            evaluation.report or {},
+        )
+
+    def pick_row(items: list[dict[str, Any]], event: gr.SelectData) -> str:
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return items[row]["repo_id"] if 0 <= row < len(items) else gr.skip()
+
+    def pick_starter(event: gr.SelectData) -> str:
+        entries = starter_list()
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return entries[row]["repo_id"] if 0 <= row < len(entries) else gr.skip()
+
+    def pick_preview(items: list[dict[str, Any]], event: gr.SelectData) -> str:
+        shown = [item for item in items if item["preview_url"]]
+        return shown[event.index]["repo_id"] if 0 <= event.index < len(shown) else gr.skip()
+
+    search_outputs = [results, status, gallery, table, starter_box]
+    search_inputs = [browser_id, query, sort, page]
+    open_outputs = [verdict, selected, use_button, images, card, report]
+    searcher = with_caller(settings, on_search)
+    opener = with_caller(settings, on_open)
+    search_button.click(searcher, search_inputs, search_outputs, api_visibility="private")
+    query.submit(searcher, search_inputs, search_outputs, api_visibility="private")
+    sort.input(searcher, search_inputs, search_outputs, api_visibility="private")
+    page.submit(searcher, search_inputs, search_outputs, api_visibility="private")
+    open_button.click(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+    open_box.submit(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+    for event in (
+        table.select(pick_row, results, open_box, api_visibility="private"),
+        gallery.select(pick_preview, results, open_box, api_visibility="private"),
+        starter.select(pick_starter, None, open_box, api_visibility="private"),
+    ):
+        event.then(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+    return DiscoverHandles(browser_id, selected, use_button, use_status, space)
+
+
+def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values: list, *, visitor, token, progress=None) -> tuple[list, str]:
+    """Download the opened LoRA once into the Hub cache (with the caller's token) and fill the next free slot.
+
+    Returns:
+        The new slot values and a line saying where it went and its trigger words.
+    """
+    if not chosen:
+        from ..errors import LoraFileError
+
+        raise LoraFileError("Open a LoRA with a usable .safetensors file first, then press Use in Generate.")
+    if progress is not None:
+        progress(0.1, desc=f"Downloading {chosen['source']} into the Hub cache")
+    resolved = resolve_source(chosen["source"], settings=space.settings, token=token, visitor=visitor)
+    if progress is not None:
+        progress(1.0, desc="Downloaded")
+    values = fill_next_slot(slot_values, chosen["source"], DEFAULT_STRENGTH)
+    slot = next(index for index in range(0, len(values), 3) if values[index] == chosen["source"]) // 3 + 1
+    words = list(dict.fromkeys(list(chosen.get("trigger_words") or []) + list(resolved.trigger_words)))
+    note = f"**{chosen['source']}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
+    note += (" Its trigger words " + ", ".join(f"`{word}`" for word in words) + " go into the prompt.") if words else ""
+    return values, note
+
+
+def with_trigger_words(prompt: str, words: list[str]) -> str:
+    """The prompt with the trigger words it lacks put in front (as Generate itself does)."""
+    missing = [word for word in words if word.casefold() not in (prompt or "").casefold()]
+    return ", ".join(missing + ([prompt.strip()] if (prompt or "").strip() else []))
+
+
+def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateControls, tabs: gr.Tabs | None = None) -> None:
+    """"Use in Generate": download once, fill the next free slot at 0.8, add the trigger words, show Generate."""
+    space = handles.space
+
+    def on_use(chosen, prompt, *slot_values, visitor, token, progress):
+        values, note = use_in_generate(space, chosen, list(slot_values), visitor=visitor, token=token, progress=progress)
+        prompt = with_trigger_words(prompt, list(chosen.get("trigger_words") or []))
+        return [note, prompt, *values] + ([gr.Tabs(selected="generate")] if tabs is not None else [])
+
+    outputs = [handles.use_status, controls.prompt, *controls.slots] + ([tabs] if tabs is not None else [])
+    handles.use_button.click(
+        with_caller(space.settings, on_use),
+        [handles.browser_id, handles.selected, controls.prompt, *controls.slots],
+        outputs,
+        api_visibility="private",
+    )
+
+
+def register_discover_endpoints(space: LoraSpace) -> None:
+    """Add `/search_loras` (call inside the demo's Blocks)."""
+
+    @api_errors
+    def search_loras(
+        query: str = "",
+        base_model: str = "",
+        sort: str = "downloads",
+        limit: int = 24,
+        page: int = 1,
+        oauth_token: gr.OAuthToken | None = None,
+    ) -> list[dict]:
+        """Search the Hub for LoRAs made for a base model, best first; one Hub request per page.
+
+        Args:
+            query: free text matched against repo ids ("" for all).
+            base_model: the base model's Hub id ("": the current base; tiny mode searches FLUX.1-dev).
+            sort: "downloads", "likes", "trending" or "recent" (last modified).
+            limit: results per page, 1..100.
+            page: the page, from 1.
+        Returns:
+            One dict per LoRA: repo_id, author, downloads, likes, trigger_words, preview_url, license,
+            last_modified, weight_file, base_model (plus trigger_words_from, gated, problem).
+        """
+        token = oauth_token.token if oauth_token else None
+        found = space.discover.search(query, base_model=base_model, sort=sort, limit=int(limit), page=int(page), token=token)
+        return [item.to_dict() for item in found]
+
+    gr.api(search_loras, api_name="search_loras")
+

@@ -1,0 +1,124 @@
+"""LoRA repos on the Hub stand-in for the Discover tests: the cases a search and an evaluation meet."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from PIL import Image
+
+from tests.hub_standin import HubStandIn
+from tests.lora_factory import write_lora
+
+FLUX = "black-forest-labs/FLUX.1-dev"
+SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+GATED_USER, GATED_TOKEN = "gina", "hf_gina_reads_gated"
+SCRIPT_MARK = "pwned_by_card"
+
+
+def png_bytes(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def lora_bytes(folder: Path, name: str, seed: int, metadata: dict[str, str] | None = None) -> bytes:
+    return write_lora(folder / f"{name}.safetensors", seed, metadata=metadata).read_bytes()
+
+
+def card(front: str, body: str = "") -> str:
+    return f"---\n{front.strip()}\n---\n\n{body}\n"
+
+
+def add_discover_repos(hub: HubStandIn, folder: Path) -> dict[str, str]:
+    """Six LoRA repos for FLUX.1-dev and one for SDXL; returns their ids by role."""
+    now = datetime.now(UTC)
+    hub.add_user(GATED_USER, token=GATED_TOKEN, role="read")
+    hub.add_model(
+        "alice/watercolor-flux",
+        files={
+            "README.md": card(
+                f"""
+base_model: {FLUX}
+license: apache-2.0
+tags: [lora, flux, text-to-image]
+instance_prompt: wtrclr
+widget:
+  - text: wtrclr, a lighthouse at dawn
+    output:
+      url: images/preview.png
+""",
+                "# Watercolor\n\nSoft washes. ![sample](images/preview.png)",
+            ),
+            "watercolor-flux.safetensors": lora_bytes(folder, "watercolor", 1),
+            "images/preview.png": png_bytes((200, 120, 40)),
+        },
+        downloads=5000, likes=80, trending_score=5, last_modified=now - timedelta(days=30),
+    )
+    hub.add_model(
+        "bob/several-files",
+        files={
+            "README.md": card(
+                f"""
+base_model: {FLUX}
+license: cc-by-nc-4.0
+tags: [lora]
+widget:
+  - text: bobstyle, a cat on a sofa
+  - text: a dog in the snow, bobstyle
+""",
+                "Load it with `pipe.load_lora_weights('bob/several-files', weight_name='chosen.safetensors')`.",
+            ),
+            "pytorch_lora_weights.safetensors": lora_bytes(folder, "bob_main", 2),
+            "chosen.safetensors": lora_bytes(folder, "bob_chosen", 3, metadata={"trigger_words": "bobword"}),
+            "checkpoints/step-100.safetensors": lora_bytes(folder, "bob_step", 4),
+        },
+        downloads=300, likes=3, trending_score=50, last_modified=now - timedelta(days=1),
+    )
+    hub.add_model(
+        "carol/pickle-only",
+        files={"README.md": card(f"base_model: {FLUX}\ntags: [lora]\nlicense: mit"), "lora.bin": b"\x80\x04not really a pickle"},
+        downloads=900, likes=1, last_modified=now - timedelta(days=5),
+    )
+    hub.add_model(
+        "dave/gated-lora",
+        files={
+            "README.md": card(f"base_model: {FLUX}\ntags: [lora]\nlicense: other\nlicense_name: flux-1-dev-non-commercial-license\ninstance_prompt: gtd"),
+            "gated-lora.safetensors": lora_bytes(folder, "gated", 5),
+        },
+        gated="manual", downloads=1200, likes=10, last_modified=now - timedelta(days=10),
+    )
+    hub.grant_access("dave/gated-lora", GATED_USER)
+    hub.add_model(
+        "mallory/html-card",
+        files={
+            "README.md": card(
+                f"base_model: {FLUX}\ntags: [lora]",
+                "# Nice LoRA\n\n"
+                f"<script>document.title = '{SCRIPT_MARK}'; window.{SCRIPT_MARK} = true;</script>\n\n"
+                '<div align="center"><img src="https://evil.example/track.png" onerror="alert(1)">'
+                '<img src="images/ok.png" alt="ok"></div>\n\n'
+                "Click [here](javascript:alert(1)) or <a href=\"javascript:alert(2)\">there</a>. "
+                "<b onclick=\"alert(3)\">bold</b> ![tracker](https://evil.example/pixel.gif)\n",
+            ),
+            "html-card.safetensors": lora_bytes(folder, "html", 6),
+            "images/ok.png": png_bytes((10, 200, 10)),
+        },
+        downloads=20, likes=0, last_modified=now - timedelta(days=2),
+    )
+    hub.add_model(
+        "erin/sdxl-lora",
+        files={"README.md": card(f"base_model: {SDXL}\ntags: [lora]\nlicense: mit"),
+               "sdxl-lora.safetensors": lora_bytes(folder, "sdxl", 7)},
+        downloads=99999, likes=999, last_modified=now,
+    )
+    hub.add_model(
+        "frank/no-card",
+        files={"no-card.safetensors": lora_bytes(folder, "nocard", 8)},
+        tags=["lora", f"base_model:adapter:{FLUX}"], downloads=0, likes=0, last_modified=now - timedelta(days=100),
+    )
+    return {
+        "card": "alice/watercolor-flux", "several": "bob/several-files", "pickle": "carol/pickle-only",
+        "gated": "dave/gated-lora", "html": "mallory/html-card", "other_base": "erin/sdxl-lora", "no_card": "frank/no-card",
+    }
