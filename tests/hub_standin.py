@@ -5,7 +5,7 @@ background thread). Point `huggingface_hub` at it with `HfApi(endpoint=hub.endpo
 with `HF_ENDPOINT=hub.endpoint`). It answers the subset of the Hub API that huggingface_hub 2.4
 uses for: `list_models`, `model_info`/`repo_info`, `list_repo_tree`/`list_repo_files`, file
 resolve (`hf_hub_download`, ranged reads such as `parse_safetensors_file_metadata`), `whoami`,
-`create_repo`, and commits (`create_commit`, `upload_file`) through `/api/validate-yaml`,
+`create_repo`, `delete_repo`, and commits (`create_commit`, `upload_file`) through `/api/validate-yaml`,
 `preupload` and `commit`, with the Hub's JSON shapes and `X-Error-Code` headers.
 
 Uploads always get the "regular" mode (content inline in the commit), and no response carries
@@ -65,6 +65,8 @@ class User:
     token: str
     orgs: tuple[str, ...] = ()
     role: str = "write"  # "read" tokens may not create repos or commit
+    # role "fineGrained": namespace -> permissions (e.g. ("repo.content.read", "repo.write")), as whoami-v2 lists them
+    scoped: Mapping[str, tuple[str, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.hub._serve(self)
 
-    do_HEAD = do_POST = do_GET
+    do_HEAD = do_POST = do_DELETE = do_GET
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("hub stand-in: " + format, *args)
@@ -232,7 +234,9 @@ class HubStandIn:
         self.page_size = page_size  # the most models one `/api/models` page holds
         self.honour_ranges = True  # False: resolve ignores `Range` and sends whole files, as some CDNs do
         self.outage: int | None = None  # an HTTP status (say 503) to answer every request with
+        self.commit_failure: int | None = None  # an HTTP status (say 500) to answer commit requests with
         self.commits: defaultdict[str, list[ReceivedCommit]] = defaultdict(list)
+        self.deleted: list[str] = []  # repo ids deleted through the API, in order
         self._users: dict[str, User] = {}
         self._repos: dict[str, Repo] = {}
         self._lock = threading.RLock()
@@ -247,6 +251,7 @@ class HubStandIn:
             ("GET", re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)(/revision/(?P<rev>[^/]+))?"), self._model_info),
             ("GET", re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(/(?P<sub>.+))?"), self._tree),
             ("POST", re.compile(r"/api/repos/create"), self._create_repo),
+            ("DELETE", re.compile(r"/api/repos/delete"), self._delete_repo),
             ("POST", re.compile(r"/api/validate-yaml"), self._validate_yaml),
             ("POST", re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)"), self._preupload),
             ("POST", re.compile(r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)"), self._commit),
@@ -281,9 +286,17 @@ class HubStandIn:
 
     # ------------------------------------------------------------ test set-up API
 
-    def add_user(self, name: str, *, token: str, orgs: Sequence[str] = (), role: str = "write") -> User:
-        """A user whose `token` authenticates reads, `whoami` and (role "write") writes."""
-        user = User(name, token, tuple(orgs), role)
+    def add_user(self, name: str, *, token: str, orgs: Sequence[str] = (), role: str = "write",
+                 scoped: Mapping[str, Sequence[str]] | None = None) -> User:
+        """A user whose `token` authenticates reads, `whoami` and (role "write") writes.
+
+        `scoped` makes it a fine-grained token (role "fineGrained"): it may write only to the
+        namespaces whose permissions include "repo.write".
+        """
+        if scoped is not None:
+            role = "fineGrained"
+        user = User(name, token, tuple(orgs), role,
+                    {key: tuple(value) for key, value in scoped.items()} if scoped is not None else None)
         self._users[token] = user
         return user
 
@@ -409,7 +422,9 @@ class HubStandIn:
     def _check_write(self, user: User | None, namespace: str) -> None:
         if user is None:
             raise _HttpError(401, "You must be authenticated to write to the Hub")
-        if not self._is_member(user, namespace) or user.role != "write":
+        can_write = user.role == "write" or (
+            user.role == "fineGrained" and "repo.write" in (user.scoped or {}).get(namespace, ()))
+        if not self._is_member(user, namespace) or not can_write:
             raise _HttpError(403, f"You don't have the rights to write to the namespace {namespace}")
 
     def _revision(self, repo: Repo, rev: str) -> Revision:
@@ -527,7 +542,11 @@ class HubStandIn:
             "type": "user", "id": hashlib.sha1(user.name.encode()).hexdigest()[:24], "name": user.name,
             "fullname": user.name, "isPro": False, "canPay": False, "emailVerified": True,
             "orgs": [{"type": "org", "name": org, "fullname": org} for org in user.orgs],
-            "auth": {"type": "access_token", "accessToken": {"displayName": "stand-in", "role": user.role}},
+            "auth": {"type": "access_token", "accessToken": {"displayName": "stand-in", "role": user.role, **(
+                {"fineGrained": {"canReadGatedRepos": True, "global": [], "scoped": [
+                    {"entity": {"type": "user" if namespace == user.name else "org", "name": namespace},
+                     "permissions": list(permissions)} for namespace, permissions in user.scoped.items()]}}
+                if user.scoped is not None else {})}},
         })
 
     def _list_models(self, request: _Request) -> _Reply:
@@ -627,6 +646,18 @@ class HubStandIn:
         return _json_reply({"url": f"{self.endpoint}/{repo_id}", "name": repo_id,
                             "id": self._model_json(self._repos[repo_id])["_id"]})
 
+    def _delete_repo(self, request: _Request) -> _Reply:
+        payload = json.loads(request.body or b"{}")
+        if request.user is None:
+            raise _HttpError(401, "You must be authenticated to delete a repo")
+        namespace = payload.get("organization") or request.user.name
+        repo_id = f"{namespace}/{payload.get('name')}"
+        self._writable(repo_id, request.user)
+        with self._lock:
+            del self._repos[repo_id]
+        self.deleted.append(repo_id)
+        return _json_reply({})
+
     def _validate_yaml(self, request: _Request) -> _Reply:
         content = json.loads(request.body).get("content", "")
         try:
@@ -645,6 +676,8 @@ class HubStandIn:
 
     def _commit(self, request: _Request, repo: str, rev: str) -> _Reply:
         found = self._writable(repo, request.user)
+        if self.commit_failure is not None:
+            raise _HttpError(self.commit_failure, "the Hub stand-in refuses this commit (a test failure)")
         if rev != "main" or request.flag("create_pr"):
             raise _HttpError(400, "the Hub stand-in commits to main only (no branches, no pull requests)")
         lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]

@@ -11,6 +11,7 @@ from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
 from . import api, bake_api, blend_tools, generate, lora_tools
+from . import publish
 from .visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
@@ -44,8 +45,9 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
             with gr.Tab("Publish", id="publish"):
-                gr.Markdown("Publishing a LoRA with a model card to the Hub arrives here soon.")
+                publish.build_publish_tab(space, browser_id)
         api.register_endpoints(space)
+        publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
         demo.load(fill_browser_id, browser_id, browser_id, api_visibility="private")
     return demo

@@ -1,0 +1,314 @@
+"""What a publish sends: a LoRA the visitor owns, its sample images and the facts of its making.
+
+A source is one of (API.md "Who owns what"):
+
+- a finished training job, by its id: its LoRA, its samples, the facts of the run;
+- a LoRA in the visitor's own library, by name (on a local run the one user owns the shared
+  library; on a Space the shared library belongs to the Space's owner and is not offered);
+- a file the visitor owns: a path in their own area (a bake, a converted file), or an upload.
+
+Hub LoRAs are not re-published: they already have a home and an author. Sample images (a
+Generate batch's portfolio, as PNGs or its zip) become the card's widget entries, each with
+the prompt its recipe holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from .. import library
+from ..errors import LoraSpaceError, PublishError
+from ..owners import Visitor, visitor_area, visitor_lora_dir
+from ..recipe import Recipe, read_png_recipe, save_png
+from ..settings import Settings
+from .card import TrainingFacts
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+MAX_IMAGES = 24
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 4096 * 4096
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample image ready to publish (`file`, re-saved without local paths) and its prompt."""
+
+    file: Path
+    prompt: str
+    recipe: dict[str, Any] | None = None
+
+
+@dataclass
+class Bundle:
+    """A LoRA to publish and everything the card and the reproducibility file say about it.
+
+    Attributes:
+        kind: "job", "library" or "file".
+        name: the LoRA's name (the card's title).
+        lora_file: the local `.safetensors` file, in any layout.
+        trigger_words: the words that switch it on.
+        samples: sample images with their prompts.
+        training: the facts of the training run (jobs only).
+        config: the training config (jobs only).
+        dataset_hash: sha256 of the training data, when known.
+        seed: the training seed, when known.
+    """
+
+    kind: str
+    name: str
+    lora_file: Path
+    trigger_words: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    training: TrainingFacts | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset_hash: str = ""
+    seed: int | None = None
+
+
+def own_roots(settings: Settings, visitor: Visitor) -> list[Path]:
+    """Folders whose LoRA files `visitor` owns and may publish by path."""
+    if visitor.is_local:
+        return [settings.lora_dir.resolve(), settings.data_dir.resolve()]
+    return [visitor_area(settings.data_dir, visitor).resolve()]
+
+
+def library_bundle(settings: Settings, name: str, *, visitor: Visitor) -> Bundle | None:
+    """The visitor's own library LoRA called `name`, or None.
+
+    Raises:
+        PublishError: on a Space, `name` is in the shared library (it belongs to the Space's owner).
+    """
+    entry = library.find_entry(visitor_lora_dir(settings, visitor), name)
+    if entry is not None:
+        return Bundle("library", entry.name, entry.path, list(entry.trigger_words))
+    if not visitor.is_local and library.find_entry(settings.lora_dir, name) is not None:
+        raise PublishError(
+            f"{name!r} is in this Space's shared library, which belongs to the Space's owner; you can publish "
+            "LoRAs you trained, baked or uploaded here. Upload your own file in the Publish tab to publish it."
+        )
+    return None
+
+
+def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: bool = False) -> Bundle:
+    """A LoRA file by path: inside the visitor's own folders, or one they just uploaded.
+
+    Raises:
+        PublishError: outside what the visitor owns, missing, or not `.safetensors`.
+    """
+    resolved = Path(path).expanduser().resolve()
+    if not uploaded and not any(resolved.is_relative_to(root) for root in own_roots(settings, visitor)):
+        raise PublishError(
+            f"{Path(path).name!r} is not among your files here; publish a LoRA you trained, baked or uploaded "
+            "(a training job id, a name in your library, or a file you upload in the Publish tab)."
+        )
+    if resolved.suffix.lower() != ".safetensors" or not resolved.is_file():
+        raise PublishError(f"{Path(path).name!r} is not a .safetensors file; only .safetensors LoRAs are published.")
+    return Bundle("file", resolved.stem, resolved, library.trigger_words_for(resolved))
+
+
+def job_bundle(space: Any, job_id: str, *, visitor: Visitor) -> Bundle:
+    """A finished training job's LoRA, samples and facts (`space.jobs`, the Train tab's jobs).
+
+    Raises:
+        PublishError: the job is not finished, or has no LoRA.
+        JobError: no such job (for this visitor).
+    """
+    status = space.jobs.status(job_id, visitor=visitor)
+    data = status.to_dict()
+    if data.get("state") != "done":
+        raise PublishError(
+            f"Training job {job_id[:8]}... is {data.get('state')}; publish it once it is done (see /training_status)."
+        )
+    lora_file = data.get("lora_file")
+    if not lora_file:
+        raise PublishError(f"Training job {job_id[:8]}... has no LoRA file; train it again.")
+    config = dict(data.get("config") or {})
+    report = data.get("dataset_report") or {}
+    training = TrainingFacts(
+        images=report.get("images_used") or report.get("train_count"),
+        steps=config.get("max_train_steps") or data.get("total_steps"),
+        rank=config.get("network_dim"),
+        alpha=config.get("network_alpha"),
+        learning_rate=config.get("learning_rate"),
+        optimizer=config.get("optimizer_type"),
+        resolution=config.get("resolution"),
+        batch_size=config.get("train_batch_size"),
+        scheduler=config.get("lr_scheduler"),
+        seed=config.get("seed"),
+        train_loss=_final(data.get("loss")),
+        val_loss=_final(data.get("val_loss")),
+    )
+    words = [word for word in [config.get("trigger_word") or report.get("trigger_word")] if word]
+    samples = [(Path(_file_path(item)), "") for item in data.get("samples") or []]
+    bundle = Bundle(
+        kind="job",
+        name=str(data.get("lora_name") or Path(_file_path(lora_file)).stem),
+        lora_file=Path(_file_path(lora_file)),
+        trigger_words=words,
+        training=training,
+        config=config,
+        dataset_hash=str(data.get("dataset_hash") or report.get("dataset_hash") or ""),
+        seed=config.get("seed"),
+    )
+    bundle.samples = [Sample(path, prompt) for path, prompt in samples]
+    return bundle
+
+
+def _file_path(value: Any) -> str:
+    """A file as a job reports it: a path, or a Gradio file dict `{"path": ...}`."""
+    return str(value.get("path") if isinstance(value, dict) else value)
+
+
+def _final(values: Any) -> float | None:
+    """The last value of a loss curve (`[[step, value], ...]`) or a single number."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        return float(values)
+    if isinstance(values, list) and values:
+        last = values[-1]
+        return float(last[-1]) if isinstance(last, (list, tuple)) else float(last)
+    return None
+
+
+def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
+    """The `Bundle` that the API's `lora` names: a job id, a library name, or a path.
+
+    Raises:
+        PublishError: nothing the visitor owns goes by that name (a Hub id is refused).
+    """
+    lora = lora.strip()
+    settings: Settings = space.settings
+    if not lora:
+        raise PublishError("Name the LoRA to publish: a training job id, a name in your library, or a file path.")
+    # 1. A training job (ids are 32 hex digits).
+    if JOB_ID.fullmatch(lora) and getattr(space, "jobs", None) is not None:
+        return job_bundle(space, lora, visitor=visitor)
+    # 2. The visitor's own library.
+    found = library_bundle(settings, lora, visitor=visitor)
+    if found is not None:
+        return found
+    # 3. A file the visitor owns.
+    if Path(lora).expanduser().exists():
+        return file_bundle(Path(lora), settings=settings, visitor=visitor)
+    if lora.count("/") >= 1 and not lora.startswith(("/", ".", "~")):
+        raise PublishError(
+            f"{lora!r} looks like a Hub repo; publishing takes a LoRA you made here (a training job id, a name in "
+            "your library, or a file you upload), not one that is already on the Hub."
+        )
+    raise PublishError(
+        f"No LoRA {lora!r} among yours: give a training job id, a name in your library (see /list_loras), "
+        "or upload the file in the Publish tab."
+    )
+
+
+def read_samples(
+    files: list[Path], staging: Path, *, settings: Settings, default_prompt: str, published: tuple[str, str] = ("", "")
+) -> list[Sample]:
+    """Sample images (PNG/JPEG/WebP files, or a portfolio zip from Generate's batch) ready to publish.
+
+    Each image is re-saved into `staging` (PNGs with their recipe, local paths dropped); its
+    prompt is the recipe's, else `default_prompt`. `published` is `(name, repo_id)`: the recipe's
+    LoRA of that name is pointed at its new home on the Hub, so the image replays from there.
+
+    Raises:
+        PublishError: not an image, too large, or too many.
+    """
+    images: list[tuple[str, bytes]] = []
+    for file in files:
+        file = Path(file)
+        if file.suffix.lower() == ".zip":
+            images += _zip_images(file)
+        elif file.suffix.lower() in IMAGE_SUFFIXES:
+            images.append((file.name, _bounded_read(file)))
+        else:
+            raise PublishError(f"{file.name!r} is not a sample image; give PNG, JPEG or WebP images, or a portfolio zip.")
+    if len(images) > MAX_IMAGES:
+        raise PublishError(f"{len(images)} sample images given; publish at most {MAX_IMAGES} (the course's portfolio is 6).")
+    staging.mkdir(parents=True, exist_ok=True)
+    return [_sample(name, data, staging / f"sample_{index + 1:02d}.png", settings, default_prompt, published)
+            for index, (name, data) in enumerate(images)]
+
+
+def _bounded_read(file: Path) -> bytes:
+    if file.stat().st_size > MAX_IMAGE_BYTES:
+        raise PublishError(f"{file.name!r} is larger than {MAX_IMAGE_BYTES // 2**20} MB; use a smaller sample image.")
+    return file.read_bytes()
+
+
+def _zip_images(archive: Path) -> list[tuple[str, bytes]]:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [info for info in bundle.infolist()
+                       if not info.is_dir() and PurePosixPath(info.filename).suffix.lower() in IMAGE_SUFFIXES
+                       and not PurePosixPath(info.filename).name.startswith(".")]
+            if len(members) > MAX_IMAGES:
+                raise PublishError(f"{archive.name} holds {len(members)} images; publish at most {MAX_IMAGES}.")
+            if any(info.file_size > MAX_IMAGE_BYTES for info in members):
+                raise PublishError(f"{archive.name} holds an image over {MAX_IMAGE_BYTES // 2**20} MB; use smaller images.")
+            return [(PurePosixPath(info.filename).name, bundle.read(info)) for info in sorted(members, key=lambda i: i.filename)]
+    except zipfile.BadZipFile:
+        raise PublishError(f"{archive.name} is not a readable zip; use the portfolio zip from Generate's batch.") from None
+
+
+def _sample(name: str, data: bytes, target: Path, settings: Settings, default_prompt: str, published: tuple[str, str]) -> Sample:
+    """Re-save one image as PNG; keep its recipe without local paths."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise PublishError(f"{name!r} is {image.width}x{image.height}; use a sample image of at most 4096x4096.")
+            picture = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        raise PublishError(f"{name!r} is not a readable image; give PNG, JPEG or WebP sample images.") from None
+    recipe = None
+    source = target.with_name(f".{target.name}.source.png")
+    try:
+        source.write_bytes(data)
+        recipe = _public_recipe(Recipe.from_dict(read_png_recipe(source)), settings, published)
+    except LoraSpaceError:
+        recipe = None  # an image without a recipe (a photo, a JPEG): published as it is
+    finally:
+        source.unlink(missing_ok=True)
+    if recipe is not None:
+        save_png(picture, target, recipe)
+        return Sample(target, recipe.prompt, recipe.to_dict())
+    picture.save(target, format="PNG")
+    return Sample(target, default_prompt)
+
+
+def _public_recipe(recipe: Recipe, settings: Settings, published: tuple[str, str]) -> Recipe:
+    """The recipe without paths of this machine: LoRAs by name (the published one by its repo id,
+    at no fixed revision), the base model by Hub id."""
+    name, repo_id = published
+    loras = tuple(
+        replace(lora, source=repo_id, revision="") if name and lora.name == name
+        else replace(lora, source=lora.name) if _is_local_path(lora.source) else lora
+        for lora in recipe.loras
+    )
+    model = settings.hub_base_model if _is_local_path(recipe.model) else recipe.model
+    return replace(recipe, loras=loras, model=model)
+
+
+def _is_local_path(value: str) -> bool:
+    return value.startswith(("/", "~", ".")) or "\\" in value or (len(value) > 1 and value[1] == ":")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"

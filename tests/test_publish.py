@@ -1,0 +1,233 @@
+"""Publishing to the Hub stand-in: one commit, a card the Hub reads, checks that refuse, no token leaks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lora_space.engine import Engine
+from lora_space.errors import HubError, PublishError
+from lora_space.owners import LOCAL, Visitor
+from lora_space.publish.card import parse_card
+from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token, writable_namespaces
+from lora_space.recipe import read_png_recipe
+from lora_space.service import LoraSpace, Options
+from lora_space.tiny import build_tiny_pipeline
+from tests.hub_standin import isolated_hub
+from tests.lora_factory import write_lora
+
+TINY = Options(seed=7, steps=2, width=64, height=64)
+TOKEN = "hf_alice_WRITE_token_9f8e7d6c5b4a"
+READ_TOKEN = "hf_alice_READ_token_0123456789"
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    with isolated_hub(tmp_path, monkeypatch) as stand_in:
+        stand_in.add_user("alice", token=TOKEN, orgs=["acme"])
+        stand_in.add_user("alice", token=READ_TOKEN, role="read")
+        yield stand_in
+
+
+@pytest.fixture
+def space(settings, hub) -> LoraSpace:
+    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
+    write_lora(settings.lora_dir / "ink.safetensors", 1)
+    (settings.lora_dir / "ink.txt").write_text("inkstyle")
+    return LoraSpace(settings, Engine(build_tiny_pipeline()))
+
+
+@pytest.fixture
+def portfolio(space) -> Path:
+    """A Generate batch's portfolio zip: two PNGs made with the LoRA, each with its recipe."""
+    return space.batch(["a harbour at dawn", "a cat: on a mat"], [{"source": "ink", "strength": 0.8}], TINY).archive
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_one_commit_holds_the_lora_the_card_the_images_and_the_reproducibility_file(space, hub, portfolio):
+    request = PublishRequest(lora="ink", repo_id="alice/ink-flux", sample_images=(portfolio,), extra_formats=("kohya",))
+    result = publish(space, request, token=TOKEN, visitor=LOCAL)
+
+    (commit,) = hub.commits["alice/ink-flux"]
+    assert set(commit.files) == {
+        "pytorch_lora_weights.safetensors", "ink-flux-kohya.safetensors", "README.md",
+        "images/sample_01.png", "images/sample_02.png", "reproducibility.json",
+    }
+    assert result.commit == commit.oid and result.url == f"{hub.endpoint}/alice/ink-flux"
+    assert sorted(result.files) == sorted(commit.files)
+    assert hub._repos["alice/ink-flux"].private  # private unless told otherwise
+    # The card's YAML is what the Hub and the LoRA Spaces read.
+    card = parse_card(commit.files["README.md"].decode())
+    assert card["base_model"] == "black-forest-labs/FLUX.1-dev"  # tiny stands in for FLUX.1-dev
+    assert card["license"] == "other" and card["license_name"] == "flux-1-dev-non-commercial-license"
+    assert card["license_link"].startswith("https://huggingface.co/black-forest-labs/FLUX.1-dev")
+    assert {"text-to-image", "diffusers", "lora", "flux", "template:sd-lora",
+            "base_model:adapter:black-forest-labs/FLUX.1-dev"} <= set(card["tags"])
+    assert card["instance_prompt"] == "inkstyle"
+    assert card["widget"] == [
+        {"text": "inkstyle, a harbour at dawn", "output": {"url": "images/sample_01.png"}},
+        {"text": "inkstyle, a cat: on a mat", "output": {"url": "images/sample_02.png"}},
+    ]
+    # The images keep their recipes, now pointing at the published repo.
+    sample = Path(hub.root) / "sample.png"
+    sample.write_bytes(commit.files["images/sample_01.png"])
+    (lora_ref,) = read_png_recipe(sample)["loras"]
+    assert lora_ref["source"] == "alice/ink-flux" and lora_ref["strength"] == 0.8
+    repro = json.loads(commit.files["reproducibility.json"])
+    assert {"torch", "diffusers", "peft"} <= set(repro["versions"])
+    assert repro["samples"][1]["recipe"]["seed"] == 7
+
+
+def test_the_token_goes_only_in_the_authorization_header(space, hub, portfolio, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    request = PublishRequest(lora="ink", repo_id="alice/ink-flux", sample_images=(portfolio,))
+    publish(space, request, token=TOKEN, visitor=LOCAL)
+
+    secret = TOKEN.encode()
+    requests = hub.requests
+    assert requests and all(r.user in (None, "alice") for r in requests)
+    assert {r.user for r in requests if r.method == "POST"} == {"alice"}  # it did authenticate, by header
+    for recorded in requests:
+        assert TOKEN not in recorded.path and TOKEN not in json.dumps(recorded.query)
+    for commit in hub.commits["alice/ink-flux"]:
+        assert TOKEN not in commit.summary + commit.description + json.dumps(commit.operations)
+        assert not any(secret in content for content in commit.files.values())
+    blobs = list((Path(hub.root) / "blobs").iterdir())
+    assert blobs and not any(secret in blob.read_bytes() for blob in blobs)
+    assert TOKEN not in caplog.text
+    # Nothing the app wrote holds it either (the staged files are gone).
+    written = [path for path in space.settings.data_dir.rglob("*") if path.is_file()]
+    assert not any(secret in path.read_bytes() for path in written)
+    assert not list(space.settings.data_dir.glob("outputs/publish-*"))
+
+
+@pytest.mark.parametrize(
+    ("repo_id", "token", "expected"),
+    [
+        ("alice/ink-flux", READ_TOKEN, "read-only"),
+        ("bob/ink-flux", TOKEN, "cannot write to 'bob'"),
+        ("alice/bad--name", TOKEN, "not a valid Hub repo name"),
+        ("alice/taken", TOKEN, "already exists"),
+        ("ink-flux", TOKEN, "must be 'your-name/repo-name'"),
+    ],
+)
+def test_refused_publishes_say_why_and_commit_nothing(space, hub, repo_id, token, expected):
+    hub.add_model("alice/taken", files={"README.md": "---\nlicense: mit\n---\nmine\n"})
+    hub.reset_log()
+    with pytest.raises(PublishError, match=expected):
+        publish(space, PublishRequest(lora="ink", repo_id=repo_id), token=token, visitor=LOCAL)
+    assert not hub.commits
+    assert not [r for r in hub.requests if r.path == "/api/repos/create"]
+    assert hub.file_bytes("alice/taken", "README.md").endswith(b"mine\n")
+
+
+def test_overwrite_commits_into_an_existing_repo(space, hub):
+    hub.add_model("alice/ink-flux", files={"README.md": "old card\n", "notes.txt": "kept"})
+    publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux", overwrite=True), token=TOKEN, visitor=LOCAL)
+    (commit,) = hub.commits["alice/ink-flux"]
+    assert "pytorch_lora_weights.safetensors" in commit.files
+    assert hub.file_bytes("alice/ink-flux", "README.md").startswith(b"---\nbase_model:")
+    assert hub.file_bytes("alice/ink-flux", "notes.txt") == b"kept"
+
+
+def test_an_organisation_the_user_belongs_to_is_a_valid_namespace(space, hub):
+    result = publish(space, PublishRequest(lora="ink", repo_id="acme/ink-flux", private=False), token=TOKEN, visitor=LOCAL)
+    assert result.url.endswith("/acme/ink-flux") and not hub._repos["acme/ink-flux"].private
+
+
+def test_a_fine_grained_token_writes_only_where_it_is_scoped(space, hub):
+    hub.add_user("alice", token="hf_fine_grained_token_abc", orgs=["acme"],
+                 scoped={"alice": ["repo.content.read", "repo.write"], "acme": ["repo.content.read"]})
+    with pytest.raises(PublishError, match="cannot write to 'acme'"):
+        publish(space, PublishRequest(lora="ink", repo_id="acme/ink-flux"), token="hf_fine_grained_token_abc", visitor=LOCAL)
+    publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux"), token="hf_fine_grained_token_abc", visitor=LOCAL)
+    assert len(hub.commits["alice/ink-flux"]) == 1 and not hub.commits.get("acme/ink-flux")
+
+
+def test_a_failed_commit_removes_the_repo_it_created_and_says_why(space, hub):
+    hub.commit_failure = 500
+    with pytest.raises(HubError, match="nothing was published") as raised:
+        publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux"), token=TOKEN, visitor=LOCAL)
+    assert "HTTP 500" in str(raised.value) and TOKEN not in str(raised.value)
+    assert hub.deleted == ["alice/ink-flux"] and "alice/ink-flux" not in hub._repos
+    assert not hub.commits
+
+
+def test_a_failed_commit_into_an_existing_repo_leaves_it_as_it_was(space, hub):
+    hub.add_model("alice/ink-flux", files={"README.md": "old card\n"})
+    hub.commit_failure = 503
+    with pytest.raises(HubError, match="nothing was published"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux", overwrite=True), token=TOKEN, visitor=LOCAL)
+    assert hub.file_bytes("alice/ink-flux", "README.md") == b"old card\n" and not hub.deleted
+
+
+def test_the_published_lora_generates_the_same_image_as_the_local_file(space, hub):
+    publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux"), token=TOKEN, visitor=LOCAL)
+    local = space.generate("a lighthouse", [{"source": "ink", "strength": 0.9}], TINY)
+    fetched = space.generate("a lighthouse", [{"source": "alice/ink-flux", "strength": 0.9}], TINY, token=TOKEN)
+    assert fetched.metadata["prompt"] == local.metadata["prompt"] == "inkstyle, a lighthouse"  # trigger word from the card
+    assert fetched.metadata["loras"][0]["revision"] == hub.commits["alice/ink-flux"][0].oid
+    assert np.array_equal(pixels(local.files[0]), pixels(fetched.files[0]))
+    base = space.generate("a lighthouse", [], TINY)
+    assert not np.array_equal(pixels(base.files[0]), pixels(local.files[0]))  # the LoRA does change the image
+
+
+def test_an_edited_card_is_published_as_written_and_a_broken_one_is_refused(space, hub):
+    card = preview_card(space, PublishRequest(lora="ink", repo_id="alice/ink-flux"), visitor=LOCAL)
+    edited = card.replace("# ink\n", "# Ink, my first LoRA\n")
+    publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux", card=edited), token=TOKEN, visitor=LOCAL)
+    assert hub.file_bytes("alice/ink-flux", "README.md").decode() == edited
+    broken = "---\nbase_model: [unclosed\n---\nbody\n"
+    with pytest.raises(PublishError, match="YAML block does not parse"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/other", card=broken), token=TOKEN, visitor=LOCAL)
+    with pytest.raises(PublishError, match="contains your Hub token"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/other", card=card + TOKEN), token=TOKEN, visitor=LOCAL)
+    assert not hub.commits.get("alice/other")
+
+
+def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
+    hub.add_model("bob/famous", files={"lora.safetensors": write_lora(tmp_path / "famous.safetensors", 3).read_bytes()})
+    with pytest.raises(PublishError, match="looks like a Hub repo"):
+        publish(space, PublishRequest(lora="bob/famous", repo_id="alice/famous"), token=TOKEN, visitor=LOCAL)
+    outside = write_lora(tmp_path / "elsewhere" / "x.safetensors", 4)
+    with pytest.raises(PublishError, match="not among your files"):
+        publish(space, PublishRequest(lora=str(outside), repo_id="alice/x"), token=TOKEN, visitor=LOCAL)
+    # On a Space the shared library is the Space owner's; a visitor publishes their own LoRAs.
+    on_space = LoraSpace(dataclasses.replace(space.settings, on_space=True), space.engine)
+    visitor = Visitor("hub", "alice")
+    with pytest.raises(PublishError, match="shared library, which belongs to the Space's owner"):
+        publish(on_space, PublishRequest(lora="ink", repo_id="alice/ink"), token=TOKEN, visitor=visitor)
+    on_space.add_lora(write_lora(tmp_path / "mine.safetensors", 5), visitor=visitor, trigger_words=["minestyle"])
+    publish(on_space, PublishRequest(lora="mine", repo_id="alice/mine"), token=TOKEN, visitor=visitor)
+    assert parse_card(hub.file_bytes("alice/mine", "README.md").decode())["instance_prompt"] == "minestyle"
+    assert not hub.commits.get("alice/ink") and not hub.commits.get("alice/x")
+
+
+def test_the_token_is_the_callers_own():
+    assert user_token("hf_oauth", "hf_typed", on_space=True, environment_token="hf_space") == "hf_oauth"
+    with pytest.raises(PublishError, match="Sign in"):  # on a Space never the Space's own HF_TOKEN
+        user_token(None, "hf_typed", on_space=True, environment_token="hf_space")
+    assert user_token(None, "hf_typed", on_space=False, environment_token="hf_env") == "hf_typed"
+    assert user_token(None, "", on_space=False, environment_token="hf_env") == "hf_env"
+    with pytest.raises(PublishError, match="HF_TOKEN"):
+        user_token("mock-oauth-token-for-local-dev", None, on_space=False)
+
+
+def test_write_access_as_the_hub_reports_it():
+    classic = {"name": "alice", "orgs": [{"name": "acme", "roleInOrg": "write"}, {"name": "club", "roleInOrg": "read"}],
+               "auth": {"type": "access_token", "accessToken": {"role": "write"}}}
+    assert writable_namespaces(classic) == ("alice", ["alice", "acme"])
+    read = {**classic, "auth": {"type": "access_token", "accessToken": {"role": "read"}}}
+    assert writable_namespaces(read) == ("alice", [])
+    oauth = {"name": "alice", "orgs": [], "auth": {"type": "oauth"}}
+    assert writable_namespaces(oauth, oauth_scope="openid profile read-repos") == ("alice", [])
+    assert writable_namespaces(oauth, oauth_scope="openid profile write-repos manage-repos") == ("alice", ["alice"])
