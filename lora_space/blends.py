@@ -80,6 +80,7 @@ def bake_blend(
     space: LoraSpace,
     loras: list[tuple[str, float]],
     *,
+    prompt: str = "",
     rank: int = 0,
     name: str = "",
     target: str = "diffusers",
@@ -91,15 +92,15 @@ def bake_blend(
     # 1. Check what can be checked before reading any file.
     if target not in TARGETS:
         raise LoraFileError(f"Unknown target layout {target!r}; use one of {', '.join(TARGETS)}.")
-    if not loras:
-        raise LoraFileError("Give at least one LoRA to bake, e.g. [{'source': 'watercolor_style', 'strength': 0.8}].")
     taken = {item["name"].casefold() for item in space.list_loras(visitor)}
     if name.strip():
         name = library._check_name(name)
         if name.casefold() in taken:
             raise LoraFileError(f"Your library already has a LoRA named {name!r}; choose another name for the baked blend.")
     # 2. Resolve the sources as Generate does (library, own library, paths, Hub) and read them.
-    _, blend = space.resolve("", loras, token=token, visitor=visitor)
+    _, blend = space.resolve(prompt, loras, token=token, visitor=visitor)  # slots and the prompt's tags
+    if not blend:
+        raise LoraFileError("Give at least one LoRA to bake, e.g. [{'source': 'watercolor_style', 'strength': 0.8}].")
     parts = []
     for index, (item, strength) in enumerate(blend):
         if progress is not None:

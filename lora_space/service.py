@@ -440,6 +440,7 @@ class LoraSpace:
         self,
         loras: list[dict] | None,
         *,
+        prompt: str = "",
         rank: int = 0,
         name: str = "",
         target: str = "diffusers",
@@ -451,6 +452,7 @@ class LoraSpace:
 
         Args:
             loras: the blend's LoRAs and strengths (library names, paths, Hub ids).
+            prompt: a prompt whose `<lora:NAME:STRENGTH>` tags join the blend, as in Generate.
             rank: 0 for exact (each module's rank is the sum of the parts' ranks); else the
                 most rank a module keeps, by SVD, with the energy kept reported.
             name: its library name (default: the parts' names joined by '+').
@@ -467,7 +469,15 @@ class LoraSpace:
             PromptError, LimitError: malformed `loras`, or more than the limit.
         """
         return blends.bake_blend(
-            self, loras_from_dicts(loras), rank=rank, name=name, target=target, visitor=visitor, token=token, progress=progress
+            self,
+            loras_from_dicts(loras),
+            prompt=prompt,
+            rank=rank,
+            name=name,
+            target=target,
+            visitor=visitor,
+            token=token,
+            progress=progress,
         )
 
 

@@ -163,3 +163,59 @@ def test_hub_lora_is_inspected_from_its_header_only(settings, shapes, hub_standi
         assert report.format == "kohya" and report.rank == RANK and report.alpha == ALPHA
         assert report.trigger_words == ["wtrclr"] and report.size_bytes == len(data)
         assert served < 150_000 < len(data), served
+
+
+def _split_kohya(shapes, metadata: dict[str, str]) -> tuple[dict, dict]:
+    """A rank-4 kohya file whose fused q/k/v and linear1 are block-diagonal (as sd-scripts' split_qkv writes),
+    without LoRA Space's own `lora_space.split` record; `metadata` stands for what the trainer wrote."""
+    tensors, written = lora_tensors(_tiny_lora(shapes), "kohya")[:2]
+    assert "lora_space.split" in written  # our export records the split; a foreign file does not
+    return tensors, metadata
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"ss_network_args": '{"split_qkv": "True", "train_blocks": "all"}'}, {"ss_network_dim": "4", "ss_network_alpha": "8"}],
+    ids=["sd-scripts split_qkv", "network_dim"],
+)
+def test_header_only_split_layout_reports_the_true_rank(settings, shapes, metadata) -> None:
+    tensors, metadata = _split_kohya(shapes, metadata)
+    _write(settings.lora_dir, "split", tensors, metadata)
+    report = inspect_source("split", settings=settings)
+    assert (report.rank, report.ranks, report.rank_upper_bounds) == (RANK, {}, [])
+    assert report.alpha == ALPHA and report.coverage == 1.0
+    assert tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 3 * RANK  # 12 rows in the file
+
+
+def test_header_only_split_layout_without_metadata_marks_upper_bounds(settings, shapes) -> None:
+    tensors, _ = _split_kohya(shapes, {})
+    _write(settings.lora_dir, "split", tensors)
+    report = inspect_source("split", settings=settings)
+    assert report.rank == RANK  # the modules whose rank the header shows exactly
+    assert "transformer.transformer_blocks.0.attn.to_q" in report.rank_upper_bounds
+    assert report.ranks["transformer.transformer_blocks.0.attn.to_q"] == 12
+    assert report.ranks["transformer.single_transformer_blocks.0.proj_mlp"] == 16
+    assert set(report.rank_upper_bounds) == set(report.ranks)
+    assert any("upper bounds (probably rank 4" in warning for warning in report.warnings)
+
+
+def test_dense_fused_modules_are_not_flagged(settings, shapes) -> None:
+    """A dense kohya file (q, k and v share one down matrix) of rank 12 throughout: its rank is the true one."""
+    lora = random_lora(shapes, rank=12, alpha=12.0, seed=9)
+    groups = [
+        [f"transformer.transformer_blocks.{b}.attn.{p}" for p in ("to_q", "to_k", "to_v")] for b in (0, 1)
+    ] + [
+        [f"transformer.transformer_blocks.{b}.attn.{p}" for p in ("add_q_proj", "add_k_proj", "add_v_proj")] for b in (0, 1)
+    ] + [
+        [f"transformer.single_transformer_blocks.{b}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")] for b in (0, 1)
+    ]
+    for group in groups:
+        shared = lora.modules[group[0]].A
+        for name in group:
+            lora.modules[name] = dataclasses.replace(lora.modules[name], A=shared)
+    tensors, metadata, _ = lora_tensors(lora, "kohya")
+    assert "lora_space.split" not in metadata and tensors["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 12
+    _write(settings.lora_dir, "dense", tensors, metadata)
+    report = inspect_source("dense", settings=settings)
+    assert (report.rank, report.ranks, report.rank_upper_bounds) == (12, {}, [])
+    assert not any("upper bound" in warning for warning in report.warnings)

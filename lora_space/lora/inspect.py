@@ -10,6 +10,7 @@ file is read with HTTP range requests (`hub.read_safetensors_header`), never dow
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -23,8 +24,8 @@ from .. import hub, sources
 from ..errors import HubError, LoraFileError
 from ..owners import LOCAL, Visitor
 from ..settings import Settings
-from .formats import LoraSet, read_lora
-from .keymap import block_of, module_kind, split_key, unsupported_part
+from .formats import SPLIT_METADATA, LoraSet, read_lora
+from .keymap import block_of, detect_format, module_kind, split_key, target_of, unsupported_part
 from .safefile import (
     MAX_HEADER_BYTES,
     PICKLE_SUFFIXES,
@@ -83,6 +84,7 @@ class InspectReport:
     trigger_words: list[str] = field(default_factory=list)
     training_info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    rank_upper_bounds: list[str] = field(default_factory=list)  # modules whose rank the header only bounds
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (no `path` key: gradio_client would take the dict for a file)."""
@@ -98,6 +100,51 @@ def _meta_view(header: SafetensorsHeader, alphas: dict[str, float]) -> dict[str,
         else:
             view[name] = torch.empty(info.shape, dtype=info.torch_dtype, device="meta")
     return view
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _split_hints(header: SafetensorsHeader) -> tuple[dict[str, str], list[str]]:
+    """What the header tells about block-diagonal fused modules (kohya `img_attn.qkv`, `linear1`).
+
+    A fused module of n parts written block-diagonally (sd-scripts' `split_qkv`, or our export)
+    has n * r down rows for rank r per part; its shapes alone look like a dense module of rank
+    n * r. The true part ranks are known from our `lora_space.split` record, from sd-scripts'
+    `ss_network_args` naming `split_qkv`, or when `ss_network_dim` is the rows / n.
+
+    Returns:
+        the metadata with the inferred part ranks added to `lora_space.split` (so `read_lora`
+        splits those modules exactly), and the diffusers modules that may still be split (their
+        rows divide into the parts), whose rank is then only an upper bound.
+    """
+    metadata = header.metadata
+    recorded = _json_object(metadata.get(SPLIT_METADATA, ""))
+    split_flag = str(_json_object(metadata.get("ss_network_args", "")).get("split_qkv", "")).lower() == "true"
+    dim = metadata.get("ss_network_dim", "")
+    fmt = detect_format(list(header.tensors))
+    inferred: dict[str, list[int]] = {}
+    upper: list[str] = []
+    for key, info in header.tensors.items():
+        module, role = split_key(key) or ("", "")
+        target = target_of(module, fmt) if role == "A" else None
+        if target is None or not target.fused or target.bfl in recorded:
+            continue
+        parts, rows = len(target.names), info.shape[0]
+        if rows % parts or rows <= parts:
+            continue  # cannot be n equal parts: the rank is the true one
+        if split_flag or (dim.isdigit() and int(dim) * parts == rows):
+            inferred[target.bfl] = [rows // parts] * parts
+        else:
+            upper += target.names
+    if inferred:
+        metadata = {**metadata, SPLIT_METADATA: json.dumps({**recorded, **inferred})}
+    return metadata, upper
 
 
 def _training_info(metadata: dict[str, str], card: dict[str, Any]) -> dict[str, Any]:
@@ -179,13 +226,23 @@ def inspect_header(
         warnings.append("Alpha was taken from the ss_network_alpha metadata; the per-module alpha tensors were not read.")
     elif missing_alphas:
         warnings.append("This file stores alpha per module in tensors, which a header-only read does not fetch; alpha is not known.")
-    lora = read_lora(_meta_view(header, alphas), header.metadata)
+    metadata, upper = _split_hints(header)
+    lora = read_lora(_meta_view(header, alphas), metadata)
     modules = lora.modules
-    # 2. Ranks and alphas: the common value, and the modules that differ.
+    # 2. Ranks and alphas: the common value (from the modules whose rank is known), and those that differ.
     ranks = {name: module.rank for name, module in modules.items()}
     if not ranks:  # a layout no table knows: ranks from the file's own down matrices
         ranks = {split_key(n)[0]: i.shape[0] for n, i in header.tensors.items() if (split_key(n) or ("", ""))[1] == "A"}
-    rank = Counter(ranks.values()).most_common(1)[0][0] if ranks else 0
+    others = [r for name, r in ranks.items() if name not in upper]
+    rank = Counter(others or list(ranks.values())).most_common(1)[0][0] if ranks else 0
+    upper = [name for name in upper if name in ranks and (not others or ranks[name] != rank)]  # a dense match stays
+    if upper:
+        parts = ranks[upper[0]] // rank if rank and ranks[upper[0]] % rank == 0 else 0
+        hint = f" (probably rank {rank}: {parts} parts of rank {rank} side by side)" if parts > 1 else ""
+        warnings.append(
+            f"{len(upper)} modules come from fused q/k/v (and MLP) modules that a header alone cannot tell apart from a "
+            f"block-diagonal (split) layout; their ranks, e.g. {ranks[upper[0]]} for {upper[0]}, are upper bounds{hint}."
+        )
     known_alpha = not missing_alphas or bool(alphas)
     effective = {name: float(module.rank if module.alpha is None else module.alpha) for name, module in modules.items()}
     alpha = Counter(effective.values()).most_common(1)[0][0] if effective and known_alpha else None
@@ -227,6 +284,7 @@ def inspect_header(
         trigger_words=list(trigger_words or []) or [w for w in [header.metadata.get("modelspec.trigger_phrase", "")] if w],
         training_info=_training_info(header.metadata, card),
         warnings=lora.warnings + warnings,
+        rank_upper_bounds=upper,
     )
 
 

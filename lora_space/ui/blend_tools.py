@@ -1,4 +1,4 @@
-"""Beside Generate: strength sweep (X/Y grid), batch portfolio, and blend recipes as JSON."""
+"""Beside Generate: strength sweep (X/Y grid), batch portfolio, blend recipes, and baking a blend."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import PromptError
-from ..recipe import recipe_from_json
+from ..lora.export import TARGETS
+from ..recipe import Recipe, read_png_recipe, recipe_from_json
 from ..service import LoraSpace, parse_strengths
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, slot_values_to_loras, warnings_markdown
+from .lora_tools import energy_frame
 from .visitors import with_caller
 
 
@@ -33,12 +35,30 @@ def build_blend_tools(
         batch_gallery = gr.Gallery(label="Portfolio", columns=3, height=300, format="png")
         batch_zip = gr.File(label="Portfolio (.zip with each image's recipe)")
         batch_warnings = gr.Markdown()
-    with gr.Accordion("Blend recipe: save and load", open=False):
-        gr.Markdown("Save the last run's sources, revisions, strengths, trigger words and seed; load one to fill the form.")
+    with gr.Accordion("Blend recipe: save, load, bake", open=False):
+        gr.Markdown(
+            "Save the last run's sources, revisions, strengths, trigger words and seed; load one (or a PNG from "
+            "LoRA Space, A1111 or Forge) to fill the form: LoRAs renamed since are found by their hash."
+        )
         with gr.Row():
             save_button = gr.Button("Save recipe of the last run")
             saved = gr.File(label="recipe.json")
-            loaded = gr.File(label="Load a recipe.json", file_types=[".json"], type="filepath")
+            loaded = gr.File(label="Load a recipe (.json or .png)", file_types=[".json", ".png"], type="filepath")
+        load_notes = gr.Markdown()
+        gr.Markdown(
+            "**Bake blend**: the slots and `<lora:...>` tags of the form become one LoRA in your library, to use "
+            "in ComfyUI or Forge or to publish. Rank 0 is exact (the sum of the ranks); a lower rank is smaller "
+            "and keeps the share of the blend's energy shown below."
+        )
+        with gr.Row():
+            bake_rank = gr.Number(value=0, precision=0, minimum=0, label="rank (0 = exact)")
+            bake_name = gr.Textbox(label="name in the library (optional)", placeholder="ink+film")
+            bake_target = gr.Dropdown(list(TARGETS), value="diffusers", label="file for (diffusers, kohya: A1111/Forge, ComfyUI)")
+            bake_button = gr.Button("Bake blend", elem_id="bake-button")
+        with gr.Row():
+            baked_file = gr.File(label="baked LoRA")
+            bake_summary = gr.Markdown(elem_id="bake-summary")
+        bake_plot = gr.BarPlot(x="module", y="energy_kept", y_lim=[0, 1], label="Energy kept per module", x_label_angle=-45)
 
     def slots_and_options(values: tuple):
         return values[: len(controls.slots)], controls.options(*values[len(controls.slots) :])
@@ -76,16 +96,44 @@ def build_blend_tools(
             raise PromptError("Generate an image first; its recipe is what gets saved.")
         return str(space.save_recipe(metadata))
 
-    @user_errors
-    def on_load(path):
+    def on_load(path, *, visitor, token):
         if not path:
-            return [gr.skip()] * (5 + len(controls.slots))
-        recipe = recipe_from_json(Path(path).read_text(encoding="utf-8"))
+            return [gr.skip()] * (6 + len(controls.slots))
+        if Path(path).suffix.lower() == ".png":
+            recipe = Recipe.from_dict(read_png_recipe(path))
+        else:
+            recipe = recipe_from_json(Path(path).read_text(encoding="utf-8"))
+        recipe, notes = space.link_recipe(recipe, visitor=visitor)
         slot_updates: list = []
         for index in range(SLOTS):
             lora = recipe.loras[index] if index < len(recipe.loras) else None
             slot_updates += [lora.source or lora.name, lora.strength, True] if lora else [None, 0.8, True]
-        return [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.guidance, *slot_updates]
+        fields = [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.guidance]
+        return [*fields, *slot_updates, "\n".join(f"- {note}" for note in notes)]
+
+    def on_bake(prompt, rank, name, target, *slot_values, visitor, token, progress):
+        result = space.bake(
+            slot_values_to_loras(list(slot_values)),
+            prompt=prompt or "",
+            rank=int(rank or 0),
+            name=name or "",
+            target=target,
+            visitor=visitor,
+            token=token,
+            progress=progress,
+        )
+        report = result.to_dict()
+        kept = "exact: the blend's own update" if result.report.exact else f"keeps {result.energy_kept:.2%} of the blend's energy"
+        parts = ", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"])
+        summary = f"**{result.lora_name}** joined your library (rank {result.rank}, {kept}) from {parts}."
+        names = [item["name"] for item in space.list_loras(visitor)]
+        pickers_update = [gr.Dropdown(choices=names) for _ in all_pickers]
+        text = "\n\n".join([summary, warnings_markdown(result.warnings)])
+        return [str(result.file), text, energy_frame(report["modules"]), *pickers_update]
+
+    def pickers_refreshed(*, visitor, token):
+        names = [item["name"] for item in space.list_loras(visitor)]
+        return [gr.Dropdown(choices=names) for _ in (x_source, y_source)]
 
     option_inputs = controls.option_inputs
     sweep_button.click(
@@ -102,8 +150,17 @@ def build_blend_tools(
     )
     save_button.click(on_save, last_metadata, saved, api_visibility="private")
     loaded.upload(
-        on_load,
-        loaded,
-        [controls.prompt, controls.negative, controls.seed, controls.steps, controls.guidance, *controls.slots],
+        with_caller(space.settings, on_load),
+        [browser_id, loaded],
+        [controls.prompt, controls.negative, controls.seed, controls.steps, controls.guidance, *controls.slots, load_notes],
         api_visibility="private",
     )
+    all_pickers = [*pickers, x_source, y_source]
+    bake_button.click(
+        with_caller(space.settings, on_bake),
+        [browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
+        [baked_file, bake_summary, bake_plot, *all_pickers],
+        api_visibility="private",
+    )
+    for event in controls.library_events:  # the sweep's pickers follow the library, as the slots do
+        event.then(with_caller(space.settings, pickers_refreshed), browser_id, [x_source, y_source], api_visibility="private")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 
@@ -36,6 +36,9 @@ class GenerateControls:
     num_images: gr.Slider
     true_cfg: gr.Slider
     presets: dict[str, tuple[int, int]]
+    # Events after which the library may have changed (refresh, page load, upload): other panels'
+    # LoRA pickers refresh with `.then` on these.
+    library_events: list = field(default_factory=list)
 
     @property
     def option_inputs(self) -> list[gr.components.Component]:
@@ -211,9 +214,11 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
         [gallery, warnings, metadata],
         api_visibility="private",
     )
-    refresh.click(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
-    browser_id.change(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private")
-    upload.upload(
-        with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload, upload_status, table, *dropdowns], api_visibility="private"
-    )
+    controls.library_events += [
+        refresh.click(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private"),
+        browser_id.change(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private"),
+        upload.upload(
+            with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload, upload_status, table, *dropdowns], api_visibility="private"
+        ),
+    ]
     return controls, metadata, dropdowns
