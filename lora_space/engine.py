@@ -12,6 +12,7 @@ main process, so all adapter work happens inside it (`_run_locked`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
@@ -19,6 +20,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -160,6 +162,39 @@ class Engine:
         if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
             return _generate_on_gpu(id(self), request, seed, None)
         return _generate_on_gpu(id(self), request, seed, progress)
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[FluxPipeline]:
+        """Lend the pipeline to a training chunk, under the lock, and take it back unchanged.
+
+        The borrower gets the base model: the fused mix undone (exactly: originals copied
+        back) and every cached adapter switched off. It may attach its own adapter under a
+        name of its own, train it (only that adapter's parameters), and must delete it before
+        returning. On return the engine puts back what it had: `requires_grad` of every
+        parameter, the active mix and its strengths, and the fused weights if the mix was fused.
+        Generations wait for the lock meanwhile, so a visitor waits at most one chunk.
+        """
+        with self._lock:
+            fused_mix, mix = self._fused_mix, self._last_mix or ()
+            self._unfuse()
+            transformer = self.pipe.transformer
+            grads = {parameter: parameter.requires_grad for parameter in transformer.parameters()}
+            wrapped = {name for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
+            self._activate([], [])
+            try:
+                yield self.pipe
+            finally:
+                # Layers the borrower's adapter wrapped, now empty, become plain layers again.
+                for name, module in list(transformer.named_modules()):
+                    if isinstance(module, BaseTunerLayer) and name not in wrapped and not getattr(module, "lora_A", None):
+                        parent, _, child = name.rpartition(".")
+                        setattr(transformer.get_submodule(parent) if parent else transformer, child, module.get_base_layer())
+                self._layers = None
+                for parameter, needed in grads.items():
+                    parameter.requires_grad_(needed)
+                self._activate([name for name, _ in mix], [weight for _, weight in mix])
+                if fused_mix is not None and self._fuse([name for name, _ in fused_mix]):
+                    self._fused_mix = fused_mix
 
     # -- adapter state (call only under the lock) ---------------------------------------
 
@@ -388,6 +423,11 @@ class Engine:
 
 # Engines by id, written once per engine at start-up: the GPU function finds its engine here.
 _ENGINES: dict[int, Engine] = {}
+
+
+def engine_by_id(engine_id: int) -> Engine:
+    """The engine of this process with `id(engine) == engine_id` (GPU functions get ids, not engines)."""
+    return _ENGINES[engine_id]
 
 
 def _gpu_seconds(engine_id: int, request: GenerationRequest, seed: int, progress) -> int:

@@ -1,0 +1,52 @@
+"""Build training datasets and job folders in code for the train tests."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lora_space.train.checkpoint import JobFiles, write_json
+from lora_space.train.config import TrainConfig
+from lora_space.train.dataset import ingest
+
+RED = (230, 30, 30)
+TINY_RUN = dict(  # a quick tiny run: 64 px, rank 4, no bf16 on a CPU
+    model_name="tiny", resolution=64, network_dim=4, network_alpha=4, mixed_precision="no", lr_scheduler="constant",
+    learning_rate=0.01, sample_every=0, checkpoint_every=0, validation_split=0.2, seed=0,
+)  # fmt: skip
+
+
+def colour_zip(path: Path, colour: tuple[int, int, int] = RED, *, count: int = 6, trigger: str = "redstyle", size: int = 64) -> Path:
+    """`count` images of one colour (each with faint different noise, so none is a duplicate), captioned."""
+    generator = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        for index in range(count):
+            noise = generator.integers(-6, 7, size=(size, size, 3))
+            array = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, "PNG")
+            archive.writestr(f"images/picture_{index}.png", buffer.getvalue())
+            archive.writestr(f"captions/picture_{index}.txt", f"{trigger}, a picture number {index}")
+    return path
+
+
+def job_folder(root: Path, zip_path: Path, **config) -> JobFiles:
+    """A job folder as `JobManager.start` writes it, for `run_chunk` directly."""
+    files = JobFiles(root)
+    root.mkdir(parents=True, exist_ok=True)
+    values = TrainConfig(**(TINY_RUN | config))
+    dataset = ingest(zip_path, root / "dataset", trigger_word=values.trigger_word, validation_split=values.validation_split, seed=values.seed)
+    rows = [dict(row) for row in dataset.dataset]
+    for row in rows:
+        row["image"] = str(Path(row["image"]).resolve().relative_to(root.resolve()))
+    write_json(files.rows, rows)
+    write_json(files.config, values.to_dict())
+    return files
+
+
+def mean_colour(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
