@@ -247,13 +247,16 @@ def render_body(facts: CardFacts) -> str:
             prompt=json.dumps(prompt),
         )
     )
-    tag_file_name = next((name for name in facts.extra_files if "kohya" in name), facts.weight_file)
+    kohya = next((name for name in facts.extra_files if "kohya" in name), "")
+    repo_name = facts.repo_id.split("/")[-1]
+    tag_stem = Path(kohya).stem if kohya else repo_name
+    tag_file = md_code(kohya) if kohya else f"{md_code(facts.weight_file)} (saved as {md_code(repo_name + '.safetensors')})"
     tag_text = _fenced(
         _fill(
             "tags",
             space_tag=f"<lora:{facts.repo_id}:{strength}> a photo of a lighthouse at dusk",
-            tag_file=md_code(tag_file_name),
-            a1111_tag=f"<lora:{Path(tag_file_name).stem}:{strength}> {', '.join(words)}".strip(),
+            tag_file=tag_file,
+            a1111_tag=f"<lora:{tag_stem}:{strength}> {', '.join(words)}".strip(),
         )
     )
     description = md_text(facts.description) if facts.description.strip() else (
