@@ -131,6 +131,10 @@ class LoraSpace:
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
         self._pair_summary = functools.lru_cache(maxsize=128)(_pair_at_unit_strength)
+        # Training jobs (lora_space/train/jobs.py): queued, trained chunk by chunk on this engine.
+        from .train.jobs import JobManager
+
+        self.jobs = JobManager(self)
         # A1111's file hashes (`Lora hashes`, `Model hash`), computed once per file, kept on disk.
         self.hashes = HashCache(settings.data_dir / "cache" / "file_hashes.json")
 

@@ -1,0 +1,396 @@
+"""Training jobs: on disk, one at a time, chunk by chunk, restart-safe (API.md `/start_training`).
+
+`JobManager` (reachable as `space.jobs`) takes a dataset zip and a config, checks both at the
+call (bad input is refused there), and queues the job. One worker thread trains one job at a
+time; each chunk borrows the engine's pipeline (`Engine.lend`) for a bounded time, so
+generations and chunks take turns. On ZeroGPU each chunk is one `@gpu` call; the chunk reads
+its state from the job folder and writes it back, so nothing depends on which worker ran it.
+
+A job's folder is `data_dir/jobs/<job id>` (the files of `checkpoint.JobFiles`, plus
+`job.json`, written atomically, and `report.json`). Job ids are 128 random bits: whoever holds
+one can follow and cancel the job; `list_jobs` shows a visitor only their own (the state keeps
+`visitor.id`, never a token). After a restart, jobs that were queued or running are marked
+`interrupted` and can be resumed from their last state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..engine import engine_by_id
+from ..errors import JobError, LoraSpaceError
+from ..gpu import gpu, on_zerogpu
+from ..owners import Visitor
+from .checkpoint import JobFiles, log_line, read_json, write_json
+from .config import merged
+from .dataset import ingest, split_names
+from .trainer import ChunkResult, run_chunk
+
+if TYPE_CHECKING:
+    from ..service import LoraSpace
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+RESUMABLE = ("interrupted", "cancelled", "failed")
+ZEROGPU_CHUNK_SECONDS = 90  # training time per ZeroGPU call; the call asks for this plus a margin
+CHUNK_SECONDS = 60  # elsewhere: a generation waits at most about this long for a chunk
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class JobStatus:
+    """What `/training_status` returns (`to_dict`), plus queue position, ETA and warnings."""
+
+    job_id: str
+    state: str
+    step: int = 0
+    total_steps: int = 0
+    loss: list[list[float]] = field(default_factory=list)
+    val_loss: list[list[float]] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    lora_file: Path | None = None
+    lora_name: str = ""
+    dataset_report: dict = field(default_factory=dict)
+    error: str = ""
+    queue_position: int = 0  # 1 = next; 0 when not queued
+    eta_seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["samples"] = [str(path) for path in self.samples]
+        values["checkpoints"] = [str(path) for path in self.checkpoints]
+        values["lora_file"] = str(self.lora_file) if self.lora_file else None
+        return values
+
+
+def _chunk_seconds(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> int:
+    """ZeroGPU duration of one chunk: its training time plus loading, samples and saving."""
+    return int((max_seconds or ZEROGPU_CHUNK_SECONDS) + 30)
+
+
+@gpu(duration=_chunk_seconds)
+def _train_chunk(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> ChunkResult:
+    """One chunk on the engine's pipeline; a stop file in the job folder ends it within one step."""
+    files = JobFiles(Path(job_dir))
+    with engine_by_id(engine_id).lend() as pipe:
+        return run_chunk(
+            pipe, files.root, adapter_name=adapter_name, max_steps=max_steps, max_seconds=max_seconds,
+            should_stop=files.stop_flag.exists,
+        )  # fmt: skip
+
+
+def lora_name_for(trigger_word: str, job_id: str) -> str:
+    """A library name for the job's LoRA: the trigger word (or "trained") and the id's start."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", trigger_word).strip("_-")[:40] or "trained"
+    return f"{stem}_{job_id[:8]}"
+
+
+class JobManager:
+    """Training jobs of one `LoraSpace`.
+
+    Args:
+        space: the app (settings, engine, `add_lora`).
+        chunk_steps: at most this many steps per chunk (None: bounded by time only).
+        chunk_seconds: training seconds per chunk (default: 90 on ZeroGPU, else 60).
+    """
+
+    def __init__(self, space: LoraSpace, *, chunk_steps: int | None = None, chunk_seconds: float | None = None) -> None:
+        self.space = space
+        self.root = space.settings.data_dir / "jobs"
+        self.chunk_steps = chunk_steps
+        self.chunk_seconds = chunk_seconds or (ZEROGPU_CHUNK_SECONDS if on_zerogpu() else CHUNK_SECONDS)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[str] = deque()
+        self._running: str | None = None
+        self._visitors: dict[str, Visitor] = {}
+        self._closing = False
+        self._worker: threading.Thread | None = None
+        self._chunks = 0
+        self._mark_interrupted()
+
+    # -- public -------------------------------------------------------------------------
+
+    def start(self, zip_path: str | Path, config: dict | None = None, *, visitor: Visitor, captions: dict | None = None) -> JobStatus:
+        """Check the zip and config, then queue the job; training runs in the background.
+
+        Args:
+            zip_path: the dataset zip (any layout of API.md).
+            config: training settings by the course's `config.json` names; they win over the zip's.
+            visitor: the job's owner.
+            captions: edited captions by image name, replacing the zip's.
+
+        Returns:
+            The job's status (`queued`, with its place in the queue).
+
+        Raises:
+            DatasetError: not a readable zip, or no usable image.
+            TrainConfigError: a bad setting (named).
+            JobError: the visitor already has a job queued or running.
+        """
+        self._refuse_second_job(visitor)
+        settings = self.space.settings
+        merged(None, config, is_tiny=settings.is_tiny)  # the call's own values, before any file work
+        job_id = secrets.token_hex(16)
+        files = JobFiles(self.root / job_id)
+        files.root.mkdir(parents=True)
+        try:
+            # 1. Read the zip with the call's trigger word, split and seed; the zip's config.json joins them.
+            first = merged(None, config, is_tiny=settings.is_tiny)
+            dataset = ingest(
+                zip_path, files.root / "dataset", trigger_word=first.trigger_word, validation_split=first.validation_split,
+                seed=first.seed, captions=captions,
+            )  # fmt: skip
+            final = merged(dataset.zip_config, config, is_tiny=settings.is_tiny)
+            rows = [dict(row) for row in dataset.dataset]
+            report = dataset.report
+            if (final.validation_split, final.seed) != (first.validation_split, first.seed):
+                for row, split in zip(rows, split_names(len(rows), final.validation_split, final.seed)):
+                    row["split"] = split
+                report.train_count = sum(row["split"] == "train" for row in rows)
+                report.validation_count = len(rows) - report.train_count
+            if final.trigger_word != first.trigger_word:
+                dataset = ingest(zip_path, files.root / "dataset", trigger_word=final.trigger_word, validation_split=final.validation_split, seed=final.seed, captions=captions)
+                rows, report = [dict(row) for row in dataset.dataset], dataset.report
+            # 2. The job folder: rows (paths relative to it), config, report, state.
+            for row in rows:
+                row["image"] = str(Path(row["image"]).resolve().relative_to(files.root.resolve()))
+            notes = list(final.notes)
+            if not settings.is_tiny and final.model_name != settings.base_model:
+                notes.append(f"model_name {final.model_name!r}: this Space trains the base model it runs, {settings.base_model}.")
+            write_json(files.rows, rows)
+            write_json(files.config, final.to_dict())
+            write_json(files.root / "report.json", report.to_dict())
+            state = {
+                "job_id": job_id, "owner": visitor.id, "state": "queued", "created": time.time(), "error": "",
+                "total_steps": final.max_train_steps, "notes": notes, "trigger_word": final.trigger_word,
+                "lora_name": "", "lora_file": "",
+            }  # fmt: skip
+            self._write_state(files, state)
+        except BaseException:
+            shutil.rmtree(files.root, ignore_errors=True)
+            raise
+        log_line(files, f"job created: {len(rows)} images, {final.max_train_steps} steps")
+        with self._lock:
+            self._visitors[job_id] = visitor
+            self._queue.append(job_id)
+            self._ensure_worker()
+            self._wake.notify_all()
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state, progress, files and warnings.
+
+        Raises:
+            JobError: no such job.
+        """
+        files, state = self._load(job_id)
+        progress = read_json(files.progress, {}) or {}
+        with self._lock:
+            position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
+            ahead = list(self._queue)[: max(position - 1, 0)] + ([self._running] if self._running and position else [])
+        step = progress.get("step", 0)
+        per_step = progress.get("seconds_per_step")
+        eta = None
+        if per_step and state["state"] in ACTIVE:
+            eta = per_step * (state["total_steps"] - step)
+            eta += sum(per_step * self._steps_left(other) for other in ahead if other)
+        lora_file = Path(state["lora_file"]) if state.get("lora_file") else None
+        return JobStatus(
+            job_id=job_id, state=state["state"], step=step, total_steps=state["total_steps"],
+            loss=progress.get("loss", []), val_loss=progress.get("val_loss", []),
+            samples=[files.samples / name for name in progress.get("samples", [])],
+            checkpoints=[files.checkpoints / name for name in progress.get("checkpoints", [])],
+            lora_file=lora_file, lora_name=state.get("lora_name", ""),
+            dataset_report=read_json(files.root / "report.json", {}), error=state.get("error", ""),
+            queue_position=position, eta_seconds=round(eta, 1) if eta is not None else None,
+            warnings=list(state.get("notes", [])) + progress.get("warnings", []),
+            config=read_json(files.config, {}),
+        )  # fmt: skip
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop the job within one step (a queued one at once); its last state is kept for `resume`.
+
+        Raises:
+            JobError: no such job.
+        """
+        files, state = self._load(job_id)
+        with self._lock:
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                state["state"] = "cancelled"
+                self._write_state(files, state)
+            elif state["state"] == "running":
+                files.stop_flag.write_text("cancel")
+        if state["state"] == "running":
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self._load(job_id)[1]["state"] == "running":
+                time.sleep(0.05)
+        return self.status(job_id)
+
+    def resume(self, job_id: str, *, visitor: Visitor) -> JobStatus:
+        """Queue an interrupted, cancelled or failed job again; it continues from its last state.
+
+        Raises:
+            JobError: no such job, not this visitor's, not resumable, or the visitor has a job running.
+        """
+        files, state = self._load(job_id)
+        if state["owner"] != visitor.id:
+            raise JobError("Only the visitor who started this job can resume it; start a new job with the same zip instead.")
+        if state["state"] not in RESUMABLE:
+            raise JobError(f"Job {job_id} is {state['state']}; only an interrupted, cancelled or failed job can be resumed.")
+        self._refuse_second_job(visitor)
+        files.stop_flag.unlink(missing_ok=True)
+        with self._lock:
+            state.update(state="queued", error="")
+            self._write_state(files, state)
+            self._visitors[job_id] = visitor
+            self._queue.append(job_id)
+            self._ensure_worker()
+            self._wake.notify_all()
+        log_line(files, "job resumed")
+        return self.status(job_id)
+
+    def list_jobs(self, visitor: Visitor) -> list[JobStatus]:
+        """The visitor's own jobs, newest first."""
+        found = []
+        for path in self.root.glob("*/job.json") if self.root.exists() else []:
+            state = read_json(path, {})
+            if state.get("owner") == visitor.id:
+                found.append((state.get("created", 0), state["job_id"]))
+        return [self.status(job_id) for _, job_id in sorted(found, reverse=True)]
+
+    def close(self, *, timeout: float = 60) -> None:
+        """Stop the worker within one step, as an app shutdown does; the job shows as interrupted on the next start."""
+        with self._lock:
+            self._closing = True
+            running = self._running
+            self._wake.notify_all()
+        if running:
+            JobFiles(self.root / running).stop_flag.write_text("shutdown")
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # -- the worker -------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="lora-space-trainer", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    return
+                job_id = self._running = self._queue.popleft()
+            try:
+                self._train(job_id)
+            except Exception:  # a bug: the job fails, the worker lives on
+                logger.exception("training job %s failed", job_id)
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def _train(self, job_id: str) -> None:
+        files, state = self._load(job_id)
+        state["state"] = "running"
+        self._write_state(files, state)
+        log_line(files, "running")
+        adapter_name = f"train_{job_id[:12]}"
+        try:
+            while True:
+                # One chunk: the engine is lent for at most chunk_seconds (or chunk_steps).
+                self._chunks += 1
+                result = _train_chunk(id(self.space.engine), str(files.root), adapter_name, self.chunk_steps, self.chunk_seconds)
+                if result.finished or result.stopped:
+                    break
+        except Exception as error:
+            message = str(error) if isinstance(error, (LoraSpaceError, FloatingPointError)) else f"internal error ({type(error).__name__})"
+            if not isinstance(error, (LoraSpaceError, FloatingPointError)):
+                logger.exception("training job %s failed", job_id)
+            state.update(state="failed", error=message)
+            self._write_state(files, state)
+            log_line(files, f"failed: {message}")
+            return
+        if result.stopped:
+            reason = files.stop_flag.read_text() if files.stop_flag.exists() else "cancel"
+            files.stop_flag.unlink(missing_ok=True)
+            if reason == "shutdown":
+                return  # left as running on disk: the next start marks it interrupted
+            state["state"] = "cancelled"
+            self._write_state(files, state)
+            log_line(files, f"cancelled at step {result.step}")
+            return
+        self._finish(files, state)
+
+    def _finish(self, files: JobFiles, state: dict) -> None:
+        """Put the final LoRA into the owner's library; its name is then a Generate source."""
+        visitor = self._visitors.get(state["job_id"])
+        name = lora_name_for(state.get("trigger_word", ""), state["job_id"])
+        try:
+            if visitor is None:
+                raise JobError("The job's owner is unknown after a restart; resume it to add the LoRA to your library.")
+            trigger = [state["trigger_word"]] if state.get("trigger_word") else []
+            entry = self.space.add_lora(files.final, visitor=visitor, name=name, trigger_words=trigger, overwrite=True)
+        except LoraSpaceError as error:
+            state.update(state="failed", error=f"Training finished, but the LoRA could not join your library: {error}")
+            state["lora_file"] = str(files.final)
+            self._write_state(files, state)
+            return
+        state.update(state="done", lora_name=entry.name, lora_file=str(entry.path), finished=time.time())
+        self._write_state(files, state)
+        log_line(files, f"done: {entry.name}")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _steps_left(self, job_id: str) -> int:
+        try:
+            files, state = self._load(job_id)
+        except JobError:
+            return 0
+        return state["total_steps"] - (read_json(files.progress, {}) or {}).get("step", 0)
+
+    def _refuse_second_job(self, visitor: Visitor) -> None:
+        for path in self.root.glob("*/job.json") if self.root.exists() else []:
+            state = read_json(path, {})
+            if state.get("owner") == visitor.id and state.get("state") in ACTIVE:
+                raise JobError(
+                    f"You already have a training job {state['state']} ({state['job_id']}); wait for it to finish "
+                    "or cancel it before starting another."
+                )
+
+    def _load(self, job_id: str) -> tuple[JobFiles, dict]:
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id.strip()):
+            raise JobError(f"There is no such job: {str(job_id)[:40]!r}. Use the job_id that /start_training returned.")
+        files = JobFiles(self.root / job_id.strip())
+        state = read_json(files.root / "job.json")
+        if state is None:
+            raise JobError(f"There is no such job: {job_id!r}. Use the job_id that /start_training returned.")
+        return files, state
+
+    def _write_state(self, files: JobFiles, state: dict) -> None:
+        write_json(files.root / "job.json", state)
+
+    def _mark_interrupted(self) -> None:
+        """At start: jobs that were queued or running when the app stopped are interrupted."""
+        for path in self.root.glob("*/job.json") if self.root.exists() else []:
+            state = read_json(path, {})
+            if state.get("state") in ACTIVE:
+                state["state"] = "interrupted"
+                write_json(path, state)
