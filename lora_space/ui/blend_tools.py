@@ -23,7 +23,7 @@ def build_blend_tools(
     with gr.Accordion("Strength sweep: where does a LoRA start to break?", open=False):
         gr.Markdown("Same seed, one LoRA at several strengths (or two LoRAs as an X/Y grid); the slots stay as they are.")
         with gr.Row():
-            x_source = gr.Dropdown(choices=pickers[0].choices, allow_custom_value=True, label="LoRA (X)")
+            x_source = gr.Dropdown(choices=pickers[0].choices, allow_custom_value=True, label="LoRA (X)", elem_id="sweep-x")
             x_values = gr.Textbox(value="0, 0.4, 0.8, 1.2, 1.6", label="X strengths")
             y_source = gr.Dropdown(choices=pickers[0].choices, allow_custom_value=True, label="second LoRA (Y, optional)")
             y_values = gr.Textbox(value="0, 0.5, 1", label="Y strengths")
