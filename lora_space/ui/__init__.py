@@ -12,6 +12,7 @@ from ..service import LoraSpace
 from ..settings import Settings
 from . import api, bake_api, blend_tools, generate, lora_tools
 from . import publish
+from . import train_api
 from .visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
@@ -49,6 +50,7 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
         api.register_endpoints(space)
         publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
+        train_api.register_train_endpoints(space)
         demo.load(fill_browser_id, browser_id, browser_id, api_visibility="private")
     return demo
 
@@ -74,6 +76,6 @@ def launch() -> None:
         raise SystemExit(2) from None
     demo = build_demo(space)
     demo.queue(default_concurrency_limit=4).launch(
-        allowed_paths=[str(space.outputs_dir.resolve())],
+        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve())],  # job ids are random
         theme=gr.themes.Soft(),
     )
