@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lora_space.engine import Engine
@@ -231,3 +233,49 @@ def test_write_access_as_the_hub_reports_it():
     oauth = {"name": "alice", "orgs": [], "auth": {"type": "oauth"}}
     assert writable_namespaces(oauth, oauth_scope="openid profile read-repos") == ("alice", [])
     assert writable_namespaces(oauth, oauth_scope="openid profile write-repos manage-repos") == ("alice", ["alice"])
+
+
+def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub, tmp_path):
+    from lora_space.train.jobs import JobManager
+    from tests.train_factory import TINY_RUN, colour_zip
+
+    space.jobs = JobManager(space, chunk_steps=3)
+    try:
+        config = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
+            "trigger_word": "redstyle", "max_train_steps": 6, "validation_prompts": ["redstyle, a lighthouse"]}
+        started = space.jobs.start(colour_zip(tmp_path / "red.zip"), config, visitor=LOCAL)
+        with pytest.raises(PublishError, match="once it is done"):
+            publish(space, PublishRequest(lora=started.job_id, repo_id="alice/early"), token=TOKEN, visitor=LOCAL)
+        status = space.jobs.status(started.job_id)
+        for _ in range(3000):
+            if status.state not in ("queued", "running"):
+                break
+            time.sleep(0.02)
+            status = space.jobs.status(started.job_id)
+        assert status.state == "done", status.error
+        result = publish(space, PublishRequest(lora=started.job_id, repo_id="alice/red-flux"), token=TOKEN, visitor=LOCAL)
+    finally:
+        space.jobs.close()
+
+    (commit,) = hub.commits["alice/red-flux"]
+    assert "images/sample_01.png" in result.files and "images/sample_02.png" not in result.files  # strength 1 only
+    card_text = commit.files["README.md"].decode()
+    card = parse_card(card_text)
+    assert card["instance_prompt"] == "redstyle"
+    assert card["widget"] == [{"text": "redstyle, a lighthouse", "output": {"url": "images/sample_01.png"}}]
+    for row in ("| training images | 6 |", "| steps | 6 |", "| rank (network_dim) | 4 |", "| alpha (network_alpha) | 4 |",
+                "| learning rate | 0.01 |", "| optimizer | AdamW |", "| resolution | 64 |",
+                f"| final training loss | {status.loss[-1][1]:.4g} |"):
+        assert row in card_text
+    if status.val_loss:
+        assert f"| final validation loss | {status.val_loss[-1][1]:.4g} |" in card_text
+    repro = json.loads(commit.files["reproducibility.json"])
+    assert repro["config"]["network_dim"] == 4 and repro["seed"] == 0 and len(repro["dataset_sha256"]) == 64
+    assert started.job_id not in card_text + json.dumps(repro)  # the job id is a capability: never published
+    # The published file is the job's LoRA, bit for bit in the diffusers layout.
+    published = tmp_path / "published.safetensors"
+    published.write_bytes(commit.files["pytorch_lora_weights.safetensors"])
+    from lora_space.lora.safefile import load_lora_file
+
+    mine, theirs = load_lora_file(status.lora_file)[0], load_lora_file(published)[0]
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)

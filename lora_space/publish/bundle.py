@@ -36,6 +36,7 @@ MAX_IMAGES = 24
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 JOB_ID = re.compile(r"[0-9a-f]{32}")
+_SAMPLE_NAME = re.compile(r"step(?P<step>\d+)_prompt(?P<prompt>\d+)_strength(?P<strength>[01])\.png")  # train/trainer.py
 
 
 @dataclass(frozen=True)
@@ -115,27 +116,27 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
     return Bundle("file", resolved.stem, resolved, library.trigger_words_for(resolved))
 
 
-def job_bundle(space: Any, job_id: str, *, visitor: Visitor) -> Bundle:
-    """A finished training job's LoRA, samples and facts (`space.jobs`, the Train tab's jobs).
+def job_bundle(space: Any, job_id: str) -> Bundle:
+    """A finished training job's LoRA, final samples and facts (`space.jobs`, the Train tab's jobs).
+
+    The job id is the proof of ownership (API.md: whoever holds it started the job). Only the
+    last samples made with the LoRA on (`..._strength1.png`) are published, each with its
+    validation prompt; the dataset hash covers the normalised images and captions it trained on.
 
     Raises:
         PublishError: the job is not finished, or has no LoRA.
-        JobError: no such job (for this visitor).
+        JobError: no such job.
     """
-    status = space.jobs.status(job_id, visitor=visitor)
-    data = status.to_dict()
-    if data.get("state") != "done":
+    data = space.jobs.status(job_id).to_dict()
+    if data.get("state") != "done" or not data.get("lora_file"):
         raise PublishError(
             f"Training job {job_id[:8]}... is {data.get('state')}; publish it once it is done (see /training_status)."
         )
-    lora_file = data.get("lora_file")
-    if not lora_file:
-        raise PublishError(f"Training job {job_id[:8]}... has no LoRA file; train it again.")
     config = dict(data.get("config") or {})
     report = data.get("dataset_report") or {}
     training = TrainingFacts(
-        images=report.get("images_used") or report.get("train_count"),
-        steps=config.get("max_train_steps") or data.get("total_steps"),
+        images=report.get("images_used"),
+        steps=data.get("total_steps") or config.get("max_train_steps"),
         rank=config.get("network_dim"),
         alpha=config.get("network_alpha"),
         learning_rate=config.get("learning_rate"),
@@ -147,25 +148,43 @@ def job_bundle(space: Any, job_id: str, *, visitor: Visitor) -> Bundle:
         train_loss=_final(data.get("loss")),
         val_loss=_final(data.get("val_loss")),
     )
-    words = [word for word in [config.get("trigger_word") or report.get("trigger_word")] if word]
-    samples = [(Path(_file_path(item)), "") for item in data.get("samples") or []]
-    bundle = Bundle(
+    word = config.get("trigger_word") or report.get("trigger_word") or ""
+    prompts = [str(prompt) for prompt in config.get("validation_prompts") or []]
+    return Bundle(
         kind="job",
-        name=str(data.get("lora_name") or Path(_file_path(lora_file)).stem),
-        lora_file=Path(_file_path(lora_file)),
-        trigger_words=words,
+        name=str(data.get("lora_name") or Path(data["lora_file"]).stem),
+        lora_file=Path(data["lora_file"]),
+        trigger_words=[word] if word else [],
+        samples=_final_samples([Path(item) for item in data.get("samples") or []], prompts),
         training=training,
-        config=config,
-        dataset_hash=str(data.get("dataset_hash") or report.get("dataset_hash") or ""),
+        config={key: value for key, value in config.items() if key != "notes"},
+        dataset_hash=_dataset_hash(space.jobs.root / job_id),
         seed=config.get("seed"),
     )
-    bundle.samples = [Sample(path, prompt) for path, prompt in samples]
-    return bundle
 
 
-def _file_path(value: Any) -> str:
-    """A file as a job reports it: a path, or a Gradio file dict `{"path": ...}`."""
-    return str(value.get("path") if isinstance(value, dict) else value)
+def _final_samples(paths: list[Path], prompts: list[str]) -> list[Sample]:
+    """The samples of the last sampling step with the LoRA on, each with its validation prompt."""
+    found = [(int(match["step"]), int(match["prompt"]), path) for path in paths
+             if (match := _SAMPLE_NAME.fullmatch(path.name)) and match["strength"] == "1" and path.is_file()]
+    if not found:
+        return []
+    last = max(step for step, _, _ in found)
+    return [Sample(path, prompts[number] if number < len(prompts) else "")
+            for step, number, path in sorted(found) if step == last]
+
+
+def _dataset_hash(job_folder: Path) -> str:
+    """sha256 over the job's normalised training images and its rows (captions, split)."""
+    digest = hashlib.sha256()
+    dataset = job_folder / "dataset"
+    for path in sorted(dataset.rglob("*")) if dataset.is_dir() else []:
+        if path.is_file():
+            digest.update(f"{path.relative_to(dataset).as_posix()}\0{file_sha256(path)}\n".encode())
+    rows = job_folder / "rows.json"
+    if rows.is_file():
+        digest.update(b"rows.json\0" + rows.read_bytes())
+    return digest.hexdigest()
 
 
 def _final(values: Any) -> float | None:
@@ -190,7 +209,7 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
         raise PublishError("Name the LoRA to publish: a training job id, a name in your library, or a file path.")
     # 1. A training job (ids are 32 hex digits).
     if JOB_ID.fullmatch(lora) and getattr(space, "jobs", None) is not None:
-        return job_bundle(space, lora, visitor=visitor)
+        return job_bundle(space, lora)
     # 2. The visitor's own library.
     found = library_bundle(settings, lora, visitor=visitor)
     if found is not None:
@@ -210,31 +229,37 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
 
 
 def read_samples(
-    files: list[Path], staging: Path, *, settings: Settings, default_prompt: str, published: tuple[str, str] = ("", "")
+    files: list[Path],
+    staging: Path,
+    *,
+    settings: Settings,
+    default_prompt: str,
+    published: tuple[str, str] = ("", ""),
+    prompts: list[str] | None = None,
 ) -> list[Sample]:
     """Sample images (PNG/JPEG/WebP files, or a portfolio zip from Generate's batch) ready to publish.
 
     Each image is re-saved into `staging` (PNGs with their recipe, local paths dropped); its
-    prompt is the recipe's, else `default_prompt`. `published` is `(name, repo_id)`: the recipe's
+    prompt is the recipe's, else its entry in `prompts` (one per file, for images only), else
+    `default_prompt`. `published` is `(name, repo_id)`: the recipe's
     LoRA of that name is pointed at its new home on the Hub, so the image replays from there.
 
     Raises:
         PublishError: not an image, too large, or too many.
     """
-    images: list[tuple[str, bytes]] = []
-    for file in files:
-        file = Path(file)
+    images: list[tuple[str, bytes, str]] = []
+    for index, file in enumerate(Path(item) for item in files):
         if file.suffix.lower() == ".zip":
-            images += _zip_images(file)
+            images += [(name, data, default_prompt) for name, data in _zip_images(file)]
         elif file.suffix.lower() in IMAGE_SUFFIXES:
-            images.append((file.name, _bounded_read(file)))
+            images.append((file.name, _bounded_read(file), (prompts[index] if prompts else "") or default_prompt))
         else:
             raise PublishError(f"{file.name!r} is not a sample image; give PNG, JPEG or WebP images, or a portfolio zip.")
     if len(images) > MAX_IMAGES:
         raise PublishError(f"{len(images)} sample images given; publish at most {MAX_IMAGES} (the course's portfolio is 6).")
     staging.mkdir(parents=True, exist_ok=True)
-    return [_sample(name, data, staging / f"sample_{index + 1:02d}.png", settings, default_prompt, published)
-            for index, (name, data) in enumerate(images)]
+    return [_sample(name, data, staging / f"sample_{index + 1:02d}.png", settings, prompt, published)
+            for index, (name, data, prompt) in enumerate(images)]
 
 
 def _bounded_read(file: Path) -> bytes:

@@ -236,7 +236,12 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
     default_prompt = ", ".join(bundle.trigger_words) or bundle.name
     given = list(request.sample_images) or [sample.file for sample in bundle.samples]
     samples = read_samples(
-        given, folder / "images", settings=settings, default_prompt=default_prompt, published=(bundle.name, request.repo_id)
+        given,
+        folder / "images",
+        settings=settings,
+        default_prompt=default_prompt,
+        published=(bundle.name, request.repo_id),
+        prompts=None if request.sample_images else [sample.prompt for sample in bundle.samples],
     )
     for sample in samples:
         files[f"images/{sample.file.name}"] = sample.file
