@@ -254,6 +254,9 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
             status = space.jobs.status(started.job_id)
         assert status.state == "done", status.error
         result = publish(space, PublishRequest(lora=started.job_id, repo_id="alice/red-flux"), token=TOKEN, visitor=LOCAL)
+        # By its library name, the job's LoRA keeps the job's facts too.
+        publish(space, PublishRequest(lora=status.lora_name, repo_id="alice/red-by-name"), token=TOKEN, visitor=LOCAL)
+        assert "| steps | 6 |" in hub.file_bytes("alice/red-by-name", "README.md").decode()
     finally:
         space.jobs.close()
 

@@ -210,10 +210,11 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
     # 1. A training job (ids are 32 hex digits).
     if JOB_ID.fullmatch(lora) and getattr(space, "jobs", None) is not None:
         return job_bundle(space, lora)
-    # 2. The visitor's own library.
+    # 2. The visitor's own library; a LoRA one of their jobs trained keeps the job's facts.
     found = library_bundle(settings, lora, visitor=visitor)
     if found is not None:
-        return found
+        job_id = _job_of(space, found.lora_file, visitor)
+        return job_bundle(space, job_id) if job_id else found
     # 3. A file the visitor owns.
     if Path(lora).expanduser().exists():
         return file_bundle(Path(lora), settings=settings, visitor=visitor)
@@ -226,6 +227,17 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
         f"No LoRA {lora!r} among yours: give a training job id, a name in your library (see /list_loras), "
         "or upload the file in the Publish tab."
     )
+
+
+def _job_of(space: Any, lora_file: Path, visitor: Visitor) -> str:
+    """The id of the visitor's finished job that produced `lora_file`, or ""."""
+    jobs = getattr(space, "jobs", None)
+    if jobs is None:
+        return ""
+    for status in jobs.list_jobs(visitor):
+        if status.state == "done" and status.lora_file and Path(status.lora_file).resolve() == lora_file.resolve():
+            return status.job_id
+    return ""
 
 
 def read_samples(
