@@ -123,11 +123,11 @@ def bake_blend(
     folder = space.new_output_dir()
     path = folder / (re.sub(r"[^\w.()+-]+", "_", name) + library.SUFFIX)
     warnings = list(report.warnings) + save_lora(baked, path, step=report.step())
-    entry = space.add_lora(path, visitor=visitor, name=name)
     returned = path
-    if target != "diffusers":
+    if target != "diffusers":  # before the library: a layout that cannot hold it leaves nothing behind
         returned = path.with_name(f"{path.stem}-{target}.safetensors")
         warnings += save_lora(baked, returned, target=target, step=report.step())
+    entry = space.add_lora(path, visitor=visitor, name=name)
     logger.info("baked %s (%d parts, rank %d)", entry.name, len(parts), report.rank)
     return BakeResult(
         file=returned,

@@ -173,3 +173,22 @@ def test_bake_lora_from_gradio_client(tmp_path: Path) -> None:
         assert {"ink+film", "ink film r1"} <= set(names)
         with pytest.raises(AppError, match="rank=-2"):
             client.predict(loras=MIX, rank=-2, api_name="/bake_lora")
+
+
+def test_a_baked_blend_publishes_like_any_library_lora(settings, tmp_path, monkeypatch) -> None:
+    from lora_space.publish.publish import PublishRequest, publish
+    from tests.hub_standin import isolated_hub
+
+    token = "hf_alice_WRITE_bake_0123456789"
+    with isolated_hub(tmp_path, monkeypatch) as hub:
+        hub.add_user("alice", token=token)
+        space_settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False, on_space=True)
+        write_mix(space_settings.lora_dir)
+        space = LoraSpace(space_settings, Engine(build_tiny_pipeline()))
+        alice = Visitor("hub", "alice")
+        baked = space.bake(MIX, visitor=alice)
+        publish(space, PublishRequest(lora=baked.lora_name, repo_id="alice/ink-film-blend"), token=token, visitor=alice)
+        blend = space.generate("a lighthouse", MIX, TINY, visitor=alice)
+        fetched = space.generate("a lighthouse", [{"source": "alice/ink-film-blend", "strength": 1.0}], TINY, token=token, visitor=alice)
+        assert fetched.metadata["prompt"] == blend.metadata["prompt"]
+        assert np.abs(pixels(fetched.files[0]) - pixels(blend.files[0])).max() <= 1
