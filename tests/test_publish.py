@@ -193,6 +193,8 @@ def test_an_edited_card_is_published_as_written_and_a_broken_one_is_refused(spac
         publish(space, PublishRequest(lora="ink", repo_id="alice/other", card=broken), token=TOKEN, visitor=LOCAL)
     with pytest.raises(PublishError, match="contains your Hub token"):
         publish(space, PublishRequest(lora="ink", repo_id="alice/other", card=card + TOKEN), token=TOKEN, visitor=LOCAL)
+    with pytest.raises(PublishError, match="contains your Hub token"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/other", description=f"made with {TOKEN}"), token=TOKEN, visitor=LOCAL)
     assert not hub.commits.get("alice/other")
 
 

@@ -320,8 +320,6 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
     """
     settings = space.settings
     where = {"endpoint": settings.hf_endpoint, "token": token, "offline": settings.hf_offline}
-    if token in request.card:
-        raise PublishError("The model card contains your Hub token; remove it from the card before publishing.")
     # 1-2. Who is publishing, and may they write there?
     _progress(progress, 0.05, "checking your login")
     identity = hub.whoami(token, endpoint=settings.hf_endpoint, offline=settings.hf_offline)
@@ -337,6 +335,11 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
     _progress(progress, 0.2, "writing the LoRA, images and card")
     prepared = prepare(space, request, visitor=visitor)
     try:
+        if any(token in prepared.files[name].read_text(encoding="utf-8") for name in ("README.md", REPRO_FILE)):
+            raise PublishError(
+                "The model card contains your Hub token (in the card, the description or the trigger words); "
+                "remove it before publishing."
+            )
         _progress(progress, 0.5, f"uploading {len(prepared.files)} files")
         created = None if exists else hub.create_repo(request.repo_id, private=request.private, **where)
         # 5. One commit; undo a repo this call created if it fails.
