@@ -142,7 +142,8 @@ def bake(parts: list[BakePart], *, base: BaseShapes, rank: int = 0) -> tuple[Lor
         raise LoraFileError("Every strength is 0, so the blend changes nothing; give at least one LoRA a strength.")
     landed = [_landing(part, base) for part in parts]
     # 2. The exact sum, then (when asked) the SVD resize with its energy report.
-    exact = LoraSet(modules=exact_sum([(modules, part.strength) for part, (modules, _) in zip(parts, landed)], _dtype(parts)), format="diffusers")
+    summed = exact_sum([(modules, part.strength) for part, (modules, _) in zip(parts, landed)], _dtype(parts))
+    exact = LoraSet(modules=summed, format="diffusers")
     baked, resized = optimize(exact, rank=rank or None)
     energy_kept = resized.energy_kept if rank else 1.0
     ranks = [module.rank for module in baked.modules.values()]
