@@ -335,7 +335,9 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
     _progress(progress, 0.2, "writing the LoRA, images and card")
     prepared = prepare(space, request, visitor=visitor)
     try:
-        if any(token in prepared.files[name].read_text(encoding="utf-8") for name in ("README.md", REPRO_FILE)):
+        typed = (request.card, request.description, request.trigger_word, request.license)
+        written = (prepared.files[name].read_text(encoding="utf-8") for name in ("README.md", REPRO_FILE))
+        if any(token in text for text in (*typed, *written)):
             raise PublishError(
                 "The model card contains your Hub token (in the card, the description or the trigger words); "
                 "remove it before publishing."
