@@ -214,6 +214,29 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     publish(on_space, PublishRequest(lora="mine", repo_id="alice/mine"), token=TOKEN, visitor=visitor)
     assert parse_card(hub.file_bytes("alice/mine", "README.md").decode())["instance_prompt"] == "minestyle"
     assert not hub.commits.get("alice/ink") and not hub.commits.get("alice/x")
+    # A file the visitor uploads in the Publish tab is theirs (kohya layout here: published as diffusers).
+    from lora_space.lora.export import save_lora
+    from lora_space.lora.tools import read_lora_file
+
+    uploaded = tmp_path / "gradio-upload" / "my_kohya.safetensors"
+    uploaded.parent.mkdir()
+    save_lora(read_lora_file(write_lora(tmp_path / "k.safetensors", 6)), uploaded, target="kohya")
+    publish(on_space, PublishRequest(lora="", repo_id="alice/kohya", uploaded_file=uploaded), token=TOKEN, visitor=visitor)
+    published = tmp_path / "back.safetensors"
+    published.write_bytes(hub.file_bytes("alice/kohya", "pytorch_lora_weights.safetensors"))
+    assert read_lora_file(published).format == "diffusers" and read_lora_file(uploaded).format == "kohya"
+
+
+def test_sample_images_that_are_not_images_are_refused(space, hub, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(PublishError, match="not a sample image"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/ink", sample_images=(notes,)), token=TOKEN, visitor=LOCAL)
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"\x89PNG but not really")
+    with pytest.raises(PublishError, match="not a readable image"):
+        publish(space, PublishRequest(lora="ink", repo_id="alice/ink", sample_images=(fake,)), token=TOKEN, visitor=LOCAL)
+    assert not hub.commits and not [r for r in hub.requests if r.path == "/api/repos/create"]
 
 
 def test_the_token_is_the_callers_own():
