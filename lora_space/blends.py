@@ -22,6 +22,7 @@ from .lora.shapes import current_base
 from .lora.tools import read_lora_file
 from .owners import LOCAL, Visitor, visitor_lora_dir
 from .recipe import Recipe
+from .sources import find_library_entry
 
 if TYPE_CHECKING:
     from .service import LoraSpace
@@ -169,6 +170,14 @@ def find_by_hash(space: LoraSpace, prefix: str, *, visitor: Visitor = LOCAL) -> 
     return None
 
 
+def _named_entry_has_hash(space: LoraSpace, name: str, prefix: str, visitor: Visitor) -> bool:
+    entry = find_library_entry(name, settings=space.settings, visitor=visitor)
+    try:
+        return entry is not None and space.hashes.lora_hash(entry.path).startswith(prefix)
+    except (OSError, LoraFileError):
+        return False
+
+
 def link_recipe(space: LoraSpace, recipe: Recipe, *, visitor: Visitor = LOCAL) -> tuple[Recipe, list[str]]:
     """The recipe with each LoRA that carries a hash pointed at the library LoRA of that hash.
 
@@ -178,7 +187,10 @@ def link_recipe(space: LoraSpace, recipe: Recipe, *, visitor: Visitor = LOCAL) -
     """
     loras, notes = [], []
     for lora in recipe.loras:
-        entry = find_by_hash(space, lora.hash, visitor=visitor) if lora.hash else None
+        if not lora.hash or _named_entry_has_hash(space, lora.source or lora.name, lora.hash, visitor):
+            loras.append(lora)  # found by its name, with the same content: nothing to hash
+            continue
+        entry = find_by_hash(space, lora.hash, visitor=visitor)
         if entry is None or entry.name in (lora.name, lora.source):
             loras.append(lora)
             continue

@@ -112,6 +112,7 @@ def test_hashes_are_computed_once_per_file_and_kept_on_disk(tmp_path: Path) -> N
 def test_a_recipe_with_renamed_loras_finds_them_by_hash(space: LoraSpace) -> None:
     first = space.generate("a harbour", MIX, TINY)
     recipe = recipe_from_json(space.save_recipe(first.metadata).read_text())
+    assert space.link_recipe(recipe) == (recipe, [])  # names and contents agree: nothing to change
     # The user renames both files; by name the recipe would find nothing.
     library = space.settings.lora_dir
     (library / "ink.safetensors").rename(library / "ink_v2.safetensors")
