@@ -23,7 +23,7 @@ from .card_render import RenderedCard, hub_image_url, render_card, widget_exampl
 from .errors import HubError, LoraFileError
 from .hub_search import HubModel
 from .lora.inspect import inspect_header
-from .lora.safefile import MAX_HEADER_BYTES, parse_header
+from .lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 from .lora.shapes import current_base
 from .settings import Settings
 
@@ -347,19 +347,18 @@ class Discover:
         entries = []
         for item in hub_search.cached_lora_files(exclude=sorted(exclude), max_bytes=settings.limits.max_lora_bytes):
             try:
-                keys = library.read_header(item.path)
+                header = read_local_header(item.path)  # the one reader, with the engine's bounds
             except (LoraFileError, OSError):
                 continue
-            file_format = library.guess_format(keys)
+            file_format = library.guess_format(header.tensors)
             if file_format == "unknown":
                 continue  # not a LoRA (a model's weights, say)
-            metadata = keys.get("__metadata__")
             entries.append({
                 "name": f"{item.repo_id}/{item.filename}",
                 "location": f"hub:{item.repo_id}/{item.filename}",
                 "size_bytes": item.size_bytes,
                 "format": file_format,
-                "trigger_words": library.metadata_trigger_words(metadata if isinstance(metadata, dict) else {}),
+                "trigger_words": library.metadata_trigger_words(header.metadata),
                 "problem": None,
                 "cached_from_hub": True,
             })

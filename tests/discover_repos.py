@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from PIL import Image
+from safetensors.torch import save
 
 from tests.hub_standin import HubStandIn
-from tests.lora_factory import write_lora
+from tests.lora_factory import lora_tensors
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 GATED_USER, GATED_TOKEN = "gina", "hf_gina_reads_gated"
 SCRIPT_MARK = "pwned_by_card"
+
+
+@pytest.fixture
+def instant_retries(monkeypatch):
+    """huggingface_hub retries a search 5 times with 1-8 s waits on 429/5xx/no connection; skip the waits."""
+    from huggingface_hub.utils import _http
+
+    waits: list[float] = []
+    monkeypatch.setattr(_http.time, "sleep", waits.append)
+    return waits
 
 
 def png_bytes(color: tuple[int, int, int]) -> bytes:
@@ -23,8 +36,14 @@ def png_bytes(color: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+@functools.cache
+def _lora_bytes(seed: int, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    return save(lora_tensors(seed), metadata=dict(metadata) or None)
+
+
 def lora_bytes(folder: Path, name: str, seed: int, metadata: dict[str, str] | None = None) -> bytes:
-    return write_lora(folder / f"{name}.safetensors", seed, metadata=metadata).read_bytes()
+    """A real tiny-model LoRA file (built once per test run for each seed and metadata)."""
+    return _lora_bytes(seed, tuple(sorted((metadata or {}).items())))
 
 
 def card(front: str, body: str = "") -> str:
