@@ -44,6 +44,7 @@ def test_bake_blend_button_puts_the_mix_into_the_library(page):
     page.locator("#bake-summary").get_by_text("joined your library").wait_for(timeout=60_000)
     summary = page.locator("#bake-summary").inner_text()
     assert "wtrclr_style+neon" in summary and "exact" in summary
+    assert "wtrclr_style+neon" in page.locator("#library-table").inner_text()  # the library list shows it at once
     baked = read_lora_file(page.root / "loras" / "wtrclr_style+neon.safetensors")  # type: ignore[attr-defined]
     assert baked.modules and baked.metadata["lora_space.bake"]
     page.screenshot(path=str(page.root / "bake.png"))  # type: ignore[attr-defined]

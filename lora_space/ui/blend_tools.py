@@ -11,7 +11,7 @@ from ..lora.export import TARGETS
 from ..recipe import Recipe, read_png_recipe, recipe_from_json
 from ..service import LoraSpace, parse_strengths
 from .errors import user_errors
-from .generate import SLOTS, GenerateControls, slot_values_to_loras, warnings_markdown
+from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
 from .lora_tools import energy_frame
 from .visitors import with_caller
 
@@ -126,10 +126,10 @@ def build_blend_tools(
         kept = "exact: the blend's own update" if result.report.exact else f"keeps {result.energy_kept:.2%} of the blend's energy"
         parts = ", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"])
         summary = f"**{result.lora_name}** joined your library (rank {result.rank}, {kept}) from {parts}."
-        names = [item["name"] for item in space.list_loras(visitor)]
-        pickers_update = [gr.Dropdown(choices=names) for _ in all_pickers]
+        items = space.list_loras(visitor)
+        pickers_update = [gr.Dropdown(choices=[item["name"] for item in items]) for _ in all_pickers]
         text = "\n\n".join([summary, warnings_markdown(result.warnings)])
-        return [str(result.file), text, energy_frame(report["modules"]), *pickers_update]
+        return [str(result.file), text, energy_frame(report["modules"]), library_rows(items), *pickers_update]
 
     def pickers_refreshed(*, visitor, token):
         names = [item["name"] for item in space.list_loras(visitor)]
@@ -159,7 +159,7 @@ def build_blend_tools(
     bake_button.click(
         with_caller(space.settings, on_bake),
         [browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
-        [baked_file, bake_summary, bake_plot, *all_pickers],
+        [baked_file, bake_summary, bake_plot, controls.library_table, *all_pickers],
         api_visibility="private",
     )
     for event in controls.library_events:  # the sweep's pickers follow the library, as the slots do

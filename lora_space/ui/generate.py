@@ -39,6 +39,7 @@ class GenerateControls:
     # Events after which the library may have changed (refresh, page load, upload): other panels'
     # LoRA pickers refresh with `.then` on these.
     library_events: list = field(default_factory=list)
+    library_table: gr.Dataframe | None = None  # the library list, for panels that add to the library
 
     @property
     def option_inputs(self) -> list[gr.components.Component]:
@@ -177,6 +178,7 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
                 upload_status = gr.Markdown()
 
     controls = GenerateControls(prompt, negative, slots, seed, steps, guidance, size, num_images, true_cfg, presets)
+    controls.library_table = table
 
     def on_generate(prompt_text, *values, visitor, token, progress):
         option_values, slot_values = values[:7], values[7:]
