@@ -11,7 +11,7 @@ from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
 from . import api, bake_api, blend_tools, generate, lora_tools
-from . import publish
+from . import publish, train
 from . import train_api
 from .visitors import build_browser_id, fill_browser_id
 
@@ -44,9 +44,10 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
                 blend_tools.build_blend_tools(space, controls, last_metadata, pickers, browser_id)
                 lora_tools.build_lora_tools(space.settings, browser_id)
             with gr.Tab("Train", id="train"):
-                gr.Markdown("Training your own LoRA from a zip of images and captions arrives here soon.")
+                trained = train.build_train_tab(space, browser_id)
             with gr.Tab("Publish", id="publish"):
                 publish.build_publish_tab(space, browser_id)
+        train.wire_train_to_generate(trained, controls)
         api.register_endpoints(space)
         publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
