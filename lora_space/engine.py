@@ -95,6 +95,21 @@ class GenerationRequest:
             )
         if not -1 <= options.seed <= MAX_SEED:
             raise LimitError(f"seed={options.seed} is out of range; use -1 (random) or 0 to {MAX_SEED}.")
+        if len(options.negative_prompt) > limits.max_prompt_chars:
+            raise LimitError(
+                f"The negative prompt has {len(options.negative_prompt)} characters; shorten it to "
+                f"{limits.max_prompt_chars} or fewer."
+            )
+        check_work(limits.work(options), limits, what="This request")
+
+
+def check_work(work: float, limits: Limits, *, what: str) -> None:
+    """Refuse a call whose GPU work (steps x images x megapixels x CFG passes) passes `limits.max_work`."""
+    if work > limits.max_work:
+        raise LimitError(
+            f"{what} asks for {work:.0f} units of work (steps x images x megapixels, doubled by true CFG), "
+            f"more than the {limits.max_work:.0f} one call may use; lower the steps, the size or the number of images."
+        )
 
 
 @dataclass
@@ -333,7 +348,15 @@ class Engine:
                 original = weight.to("cpu", copy=True)
                 self._originals[layer] = original.pin_memory() if weight.is_cuda else original  # pinned: faster copy back
         self._original_bytes += needed
-        self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=names)
+        try:
+            self.pipe.fuse_lora(components=list(LORA_COMPONENTS), lora_scale=1.0, adapter_names=names)
+        except BaseException:
+            # Out of memory (or anything else) part way: the layers merged so far get their
+            # originals back, so no visitor after this one sees a half-fused mix.
+            self._fused_layers = touched
+            self._fused_mix = ()
+            self._unfuse()
+            raise
         self._fused_layers = touched
         return True
 
@@ -375,15 +398,17 @@ class Engine:
             # 1. Attach every LoRA of the request (cached ones cost nothing).
             start = time.perf_counter()
             strengths: dict[str, float] = {}
-            for spec in request.loras:
-                adapter = self._attach(spec)
-                if adapter.coverage < 1:
-                    warnings.append(
-                        f"LoRA {spec.name!r}: only {adapter.matched} of {adapter.total} modules "
-                        f"({adapter.coverage:.0%}) match the base model; the rest is ignored."
-                    )
-                strengths[adapter.adapter_name] = strengths.get(adapter.adapter_name, 0.0) + spec.strength
-            self._evict(keep={spec.key for spec in request.loras})
+            try:
+                for spec in request.loras:
+                    adapter = self._attach(spec)
+                    if adapter.coverage < 1:
+                        warnings.append(
+                            f"LoRA {spec.name!r}: only {adapter.matched} of {adapter.total} modules "
+                            f"({adapter.coverage:.0%}) match the base model; the rest is ignored."
+                        )
+                    strengths[adapter.adapter_name] = strengths.get(adapter.adapter_name, 0.0) + spec.strength
+            finally:  # also when a LoRA fails to attach: the cache never grows past its size
+                self._evict(keep={spec.key for spec in request.loras})
             timings["load_loras"] = time.perf_counter() - start
             # 2. Set the mix; LoRAs at strength 0 are left out, so all zero is the base model.
             start = time.perf_counter()

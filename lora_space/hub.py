@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx2
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download, hf_hub_url
+from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -115,11 +115,14 @@ def download_file(
     revision: str | None = None,
     cache_dir: Path | None = None,
     offline: bool = False,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download one file of a model repo into the Hub cache and return its local path.
 
     Only `.safetensors` weights and harmless companions (README/Markdown, JSON, text, images) are
     fetched: the app never loads pickled weights. Offline, the file comes from the local cache.
+    With `max_bytes`, a file not yet cached is measured first (one HEAD request) and refused
+    above it; pass a commit sha as `revision` so that what was measured is what is fetched.
 
     Raises:
         UnsafeFileError: a pickle-format file (`.bin`, `.pt`, `.ckpt`, ...).
@@ -138,6 +141,16 @@ def download_file(
             "and README, JSON, text or image files only."
         )
     with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
+        if max_bytes is not None and not offline and not isinstance(
+            try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str
+        ):
+            url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
+            size = get_hf_file_metadata(url, token=token, timeout=TIMEOUT_S, endpoint=_base(endpoint)).size
+            if size is None or size > max_bytes:
+                raise LoraFileError(
+                    f"{repo_id}/{filename} is {(size or 0) / 2**30:.1f} GiB, above the {max_bytes / 2**30:.1f} GiB "
+                    "this Space downloads; pick a smaller file."
+                )
         try:
             path = hf_hub_download(
                 repo_id,
@@ -186,6 +199,7 @@ def pick_weight_file(
     endpoint: str | None = None,
     token: str | bool | None = None,
     offline: bool = False,
+    revision: str | None = None,
 ) -> str:
     """Choose the main LoRA file among a repo's `(name, size)` files.
 
@@ -208,7 +222,7 @@ def pick_weight_file(
     if files is None:
         if endpoint is None:
             raise TypeError("pick_weight_file needs the repo's files or the Hub endpoint to list them")
-        files = list_lora_weight_files(repo_id, endpoint=endpoint, token=token, offline=offline)
+        files = list_lora_weight_files(repo_id, endpoint=endpoint, token=token, offline=offline, revision=revision)
     candidates = [(name, size) for name, size in files if name.lower().endswith(".safetensors")]
     if not candidates:
         raise LoraFileError(f"{repo_id} has no .safetensors file; LoRA Space loads only safetensors LoRAs.")
@@ -221,6 +235,26 @@ def pick_weight_file(
         return (base.name != CANONICAL_WEIGHT_NAME, _normalised(base.stem) != repo_name, -size, len(name), name)
 
     return min(candidates, key=rank)[0]
+
+
+def repo_commit(
+    repo_id: str,
+    *,
+    endpoint: str,
+    token: str | bool | None = None,
+    offline: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The repo's current commit sha and its model card's metadata, in one call.
+
+    Pass the sha as `revision` to every later read of the repo (size check, file list, download),
+    so that they all see the same files even if the repo changes meanwhile.
+    """
+    _require_online(offline, endpoint, f"look up {repo_id}")
+    with _hub_errors(endpoint, repo_id=repo_id):
+        info = HfApi(endpoint=_base(endpoint), token=token).model_info(repo_id, expand=["sha", "cardData"], timeout=TIMEOUT_S)
+    if not info.sha:
+        raise HubError(f"The Hub at {_base(endpoint)} did not say which commit {repo_id} is at; try again later.")
+    return info.sha, info.card_data.to_dict() if info.card_data is not None else {}
 
 
 def model_card_data(

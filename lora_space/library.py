@@ -165,6 +165,7 @@ def _library_files(lora_dir: Path) -> list[tuple[str, Path]]:
         if path.suffix.lower() == SUFFIX
         and not any(part.startswith(".") for part in path.relative_to(lora_dir).parts)
         and path.is_file()
+        and path.resolve().is_relative_to(lora_dir)  # a symlink may not lead out of the library
     ]
     stems: dict[str, int] = {}
     for path in paths:

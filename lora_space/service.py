@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import blends, library
-from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options
+from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options, check_work
+from .fairness import VisitorGate, one_turn_per_call
 from .errors import LimitError, LoraFileError, PromptError
+from .discover import Discover
 from .grid import labelled_grid
 from .hashes import LORA_SHORT, MODEL_SHORT, HashCache
 from .lora.conflicts import PairSummary, mix_warnings
@@ -104,12 +106,16 @@ def _pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, fi
 def conflict_warnings(blend: Blend, pair_summary: Callable[..., PairSummary] = _pair_at_unit_strength) -> list[str]:
     """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
     active = [(item, strength) for item, strength in blend if strength != 0]
+    names = [item.name for item, _ in active]
+    # Two LoRAs may share a name (`alice/style`, `bob/style`): then each is called by its source.
+    labels = [item.name if names.count(item.name) == 1 else item.source for item, _ in active]
     pairs = [
-        pair_summary(a.name, str(a.file), a.key, b.name, str(b.file), b.key)
-        for index, (a, _) in enumerate(active)
-        for b, _ in active[index + 1 :]
+        pair_summary(labels[i], str(a.file), a.key, labels[j], str(b.file), b.key)
+        for i, (a, _) in enumerate(active)
+        for j, (b, _) in enumerate(active)
+        if i < j
     ]
-    return mix_warnings(pairs, {item.name: strength for item, strength in active})
+    return mix_warnings(pairs, {label: strength for label, (_, strength) in zip(labels, active)})
 
 
 def strength_warnings(strengths: list[float]) -> list[str]:
@@ -131,12 +137,16 @@ class LoraSpace:
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
         self._pair_summary = functools.lru_cache(maxsize=128)(_pair_at_unit_strength)
+        # Calls running per visitor, bounded by `settings.limits.max_requests_per_visitor`.
+        self.gate = VisitorGate()
         # Training jobs (lora_space/train/jobs.py): queued, trained chunk by chunk on this engine.
         from .train.jobs import JobManager
 
         self.jobs = JobManager(self)
         # A1111's file hashes (`Lora hashes`, `Model hash`), computed once per file, kept on disk.
         self.hashes = HashCache(settings.data_dir / "cache" / "file_hashes.json")
+        # Hub search and evaluation for the Discover tab, with its short-lived search cache.
+        self.discover = Discover(settings)
 
     @property
     def outputs_dir(self) -> Path:
@@ -156,6 +166,8 @@ class LoraSpace:
         if not visitor.is_local:
             own = library.scan_library(visitor_lora_dir(self.settings, visitor))
             entries += [entry.to_dict() | {"owner": "you"} for entry in own]
+        else:  # a local run also lists the Hub LoRAs in its Hub cache (on a Space that cache holds others' downloads)
+            entries += [entry | {"owner": "hub cache"} for entry in self.discover.cached_entries()]
         return entries
 
     def add_lora(
@@ -225,6 +237,7 @@ class LoraSpace:
                 found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor)
         return parsed, [(found[source], strength) for source, strength in choices]
 
+    @one_turn_per_call
     def generate(
         self,
         prompt: str,
@@ -250,10 +263,7 @@ class LoraSpace:
         )
         request.check(self.settings.limits)
         warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend, self._pair_summary)
-        # 2. Run it on the shared engine.
-        result = self.engine.generate(request, progress=progress)
-        warnings += result.warnings
-        # 3. Save each image (seed + index) with its recipe.
+        # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
         refs = tuple(
             LoraRef(
                 item.name,
@@ -265,6 +275,9 @@ class LoraSpace:
             )
             for item, strength in blend
         )
+        # 3. Run it on the shared engine, then save each image (seed + index) with its recipe.
+        result = self.engine.generate(request, progress=progress)
+        warnings += result.warnings
         base_file = Path(self.settings.base_model)
         model_hash = self.hashes.model_hash(base_file)[:MODEL_SHORT] if base_file.is_file() else ""  # a folder has none
         files = []
@@ -309,6 +322,7 @@ class LoraSpace:
 
     # -- strength sweep -------------------------------------------------------------------
 
+    @one_turn_per_call
     def sweep(
         self,
         prompt: str,
@@ -330,6 +344,9 @@ class LoraSpace:
             raise LimitError(f"The sweep has {cells} images; use at most {MAX_SWEEP_CELLS} (fewer strengths).")
         if y_source.strip() and not y_strengths:
             raise PromptError(f"Give strengths for the second LoRA {y_source!r}, like '0, 0.5, 1'.")
+        for value in [*x_strengths, *(value for value in y_values if value is not None)]:  # before any GPU time
+            check_strength(float(value), "sweep")
+        check_work(self.settings.limits.work(options, images=cells), self.settings.limits, what=f"The sweep of {cells} images")
         swept = (x_source,) + ((y_source,) if y_source.strip() else ())
         parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, swept=swept, visitor=visitor)
         fixed, x_item = blend[: len(blend) - len(swept)], blend[len(blend) - len(swept)]
@@ -367,6 +384,7 @@ class LoraSpace:
 
     # -- batch and portfolio ----------------------------------------------------------------
 
+    @one_turn_per_call
     def batch(
         self,
         prompts: list[str],
@@ -384,13 +402,14 @@ class LoraSpace:
         if len(prompts) > MAX_BATCH_PROMPTS:
             raise LimitError(f"{len(prompts)} prompts given; use at most {MAX_BATCH_PROMPTS} per batch.")
         choices = loras_from_dicts(loras)
+        check_work(self.settings.limits.work(options) * len(prompts), self.settings.limits, what=f"The batch of {len(prompts)} prompts")
+        found: dict[str, ResolvedSource] = {}
+        resolved = [self.resolve(prompt, choices, token=token, found=found, visitor=visitor) for prompt in prompts]  # all, before any GPU time
         folder = self.new_output_dir()
         outputs = []
-        found: dict[str, ResolvedSource] = {}
-        for index, prompt in enumerate(prompts):
+        for index, (parsed, blend) in enumerate(resolved):
             if progress is not None:
                 progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
-            parsed, blend = self.resolve(prompt, choices, token=token, found=found, visitor=visitor)
             outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
         archive = folder / "portfolio.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

@@ -77,6 +77,20 @@ class Limits:
     max_loras: int = 6
     max_prompt_chars: int = 4000
     max_lora_bytes: int = 2 * 1024**3  # a Hub LoRA larger than this is not downloaded
+    max_work: float = 600.0  # steps x images x megapixels x CFG passes of one call (FLUX.1-dev: ~0.3 GPU s each)
+    max_requests_per_visitor: int = 2  # calls one visitor may have running at once (a Space's visitors)
+    queue_size: int = 64  # calls waiting in Gradio's queue; more are turned away at once
+
+    def work(self, options, *, images: int | None = None) -> float:
+        """The GPU work of `images` images made with `options`: steps x images x megapixels x CFG passes.
+
+        True CFG (`true_cfg` > 1 with a negative prompt) runs the model twice per step. Sizes below
+        0.25 megapixels count as 0.25, as the model's fixed costs dominate there.
+        """
+        passes = 2 if options.negative_prompt and options.true_cfg > 1 else 1
+        megapixels = max(options.width * options.height / 1_000_000, 0.25)
+        count = options.num_images if images is None else images
+        return options.steps * count * megapixels * passes
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,9 @@ class Settings:
             max_steps=_int(env, "LORA_SPACE_MAX_STEPS", default_limits.max_steps, 1, default_limits.max_steps),
             max_size=_int(env, "LORA_SPACE_MAX_SIZE", default_limits.max_size, 64, default_limits.max_size),
             max_images=_int(env, "LORA_SPACE_MAX_IMAGES", default_limits.max_images, 1, default_limits.max_images),
+            max_work=_int(env, "LORA_SPACE_MAX_WORK", int(default_limits.max_work), 1, 100_000),
+            max_requests_per_visitor=_int(env, "LORA_SPACE_VISITOR_REQUESTS", default_limits.max_requests_per_visitor, 1, 64),
+            queue_size=_int(env, "LORA_SPACE_QUEUE_SIZE", default_limits.queue_size, 1, 10_000),
         )
         settings = cls(
             base_model=base_model,

@@ -6,8 +6,12 @@ folder, a Hub repo (`user/repo`) or a Hub file (`user/repo/file.safetensors`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from . import hub, library
 from .errors import LoraFileError, UnsafeFileError
@@ -43,35 +47,87 @@ def _check_suffix(source: str) -> None:
         )
 
 
+def not_found(source: str) -> LoraFileError:
+    """The one answer for a name nothing matches, and for any path outside what the caller may read.
+
+    A missing file and a file outside the library get the same words, so nobody learns what
+    exists on the server by probing paths; no server path is ever named.
+    """
+    return LoraFileError(
+        f"No LoRA named {source!r} in your library; use a library name, a Hub repo 'user/repo', or a "
+        "Hub file 'user/repo/file.safetensors' (files on this server must be in the LoRA library)."
+    )
+
+
+def looks_like_path(source: str) -> bool:
+    """A source written as a path or a URL rather than a library name or Hub id."""
+    return source.startswith(("/", "~", "./", "../")) or source in (".", "..") or "://" in source or "\\" in source
+
+
 def _local_file(source: str, settings: Settings, visitor: Visitor) -> ResolvedSource | None:
-    path = Path(source).expanduser()
-    if not path.exists():
-        return None
-    resolved = path.resolve()
-    if not any(resolved.is_relative_to(root) for root in readable_roots(settings, visitor)):
-        raise LoraFileError(
-            f"{source!r} is outside the LoRA library and the data folder; copy it into "
-            f"{settings.lora_dir} (or upload it in the Generate tab) and use its name."
-        )
-    if resolved.suffix.lower() != ".safetensors" or not resolved.is_file():
-        raise LoraFileError(f"{source!r} is not a .safetensors file; LoRA Space loads only .safetensors files.")
-    return ResolvedSource(source=source, name=resolved.stem, file=resolved, trigger_words=library.trigger_words_for(resolved))
+    """A `.safetensors` file under a root the visitor may read, named by an absolute path or by one
+    relative to such a root (or to the working folder). `~` is never expanded.
+
+    Raises:
+        LoraFileError: `not_found` for any path-like source that is not such a file.
+    """
+    roots = readable_roots(settings, visitor)
+    given = Path(source)
+    candidates = [] if source.startswith("~") else [given] if given.is_absolute() else [given, *(root / given for root in roots)]
+    for candidate in candidates:
+        try:
+            resolved = candidate.resolve()
+            inside = next((root for root in roots if resolved.is_relative_to(root)), None)
+            usable = inside is not None and resolved.is_file()
+        except (OSError, RuntimeError):  # a symlink loop, a name too long
+            continue
+        if not usable:
+            continue
+        if resolved.suffix.lower() != ".safetensors":
+            raise LoraFileError(f"{source!r} is not a .safetensors file; LoRA Space loads only .safetensors files.")
+        name = resolved.relative_to(inside).as_posix()  # never a server path in metadata or recipes
+        return ResolvedSource(source=name, name=resolved.stem, file=resolved, trigger_words=library.trigger_words_for(resolved))
+    if looks_like_path(source):
+        raise not_found(source)
+    return None
 
 
-def hub_file(source: str, *, settings: Settings, token: str | None = None) -> tuple[str, str]:
+_BAD_FILE_CHARS = re.compile(r"[?#%\\\x00-\x1f\x7f]")
+
+
+def split_hub_source(source: str) -> tuple[str, str]:
+    """`user/repo` -> (repo, ""), `user/repo/dir/file.safetensors` -> (repo, file), both checked.
+
+    The repo id must be a valid Hub id and the file name a plain relative path: no `..` or `.`
+    segment, no empty segment, no `?`, `#`, `%`, backslash or control character, so that a
+    source names one file of one repo and never another URL of the endpoint.
+
+    Raises:
+        LoraFileError: `not_found` for anything else.
+    """
+    parts = source.split("/")
+    if len(parts) < 2 or looks_like_path(source):
+        raise not_found(source)
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise not_found(source) from None
+    if parts[2:] and (
+        any(part in ("", ".", "..") for part in parts[2:]) or _BAD_FILE_CHARS.search(filename) or len(filename) > 500
+    ):
+        raise not_found(source)
+    return repo_id, filename
+
+
+def hub_file(source: str, *, settings: Settings, token: str | None = None, revision: str | None = None) -> tuple[str, str]:
     """`user/repo` (its main weight file is picked) or `user/repo/file.safetensors` -> (repo, file).
 
     The repo's files are listed with the caller's token only (never the Space's own).
     """
-    parts = source.split("/")
-    if len(parts) < 2 or not all(parts):
-        raise LoraFileError(
-            f"No LoRA named {source!r} in the library ({settings.lora_dir}); use a library name, "
-            "a Hub repo 'user/repo', or a Hub file 'user/repo/file.safetensors'."
-        )
-    repo_id = "/".join(parts[:2])
-    filename = "/".join(parts[2:]) or hub.pick_weight_file(
-        repo_id, endpoint=settings.hf_endpoint, token=token or False, offline=settings.hf_offline
+    repo_id, filename = split_hub_source(source)
+    filename = filename or hub.pick_weight_file(
+        repo_id, endpoint=settings.hf_endpoint, token=token or False, offline=settings.hf_offline, revision=revision
     )
     _check_suffix(filename)
     if not filename.endswith(".safetensors"):
@@ -85,6 +141,20 @@ def find_library_entry(source: str, *, settings: Settings, visitor: Visitor = LO
     if entry is None and not visitor.is_local:
         entry = library.find_entry(visitor_lora_dir(settings, visitor), source)
     return entry
+
+
+def resolve_local(source: str, *, settings: Settings, visitor: Visitor = LOCAL) -> ResolvedSource | None:
+    """The LoRA `source` names on this server (library name or location, or a file path), or None
+    for a name that can only be a Hub id.
+
+    Raises:
+        LoraFileError: `not_found` for a path outside what `visitor` may read, or missing.
+    """
+    source = source.strip()
+    entry = find_library_entry(source, settings=settings, visitor=visitor)
+    if entry is not None:
+        return ResolvedSource(source=source, name=entry.name, file=entry.path, trigger_words=list(entry.trigger_words))
+    return _local_file(source, settings, visitor)
 
 
 def resolve_source(
@@ -104,32 +174,31 @@ def resolve_source(
     if not source:
         raise LoraFileError("A LoRA slot is empty; pick a LoRA from the library or type a Hub id like 'user/repo'.")
     _check_suffix(source)
-    # 1. The library, by name or location.
-    entry = find_library_entry(source, settings=settings, visitor=visitor)
-    if entry is not None:
-        return ResolvedSource(source=source, name=entry.name, file=entry.path, trigger_words=list(entry.trigger_words))
-    # 2. A local file in the library or the data folder (e.g. a training job's output).
-    local = _local_file(source, settings, visitor)
+    # 1-2. The library by name or location, or a file under a folder the visitor may read.
+    local = resolve_local(source, settings=settings, visitor=visitor)
     if local is not None:
         return local
-    # 3. The Hub: `user/repo` or `user/repo/file.safetensors`.
-    repo_id, filename = hub_file(source, settings=settings, token=token)
+    # 3. The Hub: `user/repo` or `user/repo/file.safetensors`, pinned to one commit: the size
+    #    check, the file list, the download and the card all see the same revision.
+    repo_id, _ = split_hub_source(source)
     hub_options = {"endpoint": settings.hf_endpoint, "token": token or False, "offline": settings.hf_offline}
+    revision, card = (None, None) if settings.hf_offline else hub.repo_commit(repo_id, **hub_options)
+    repo_id, filename = hub_file(source, settings=settings, token=token, revision=revision)
     if not settings.hf_offline:  # look at the size first (one small range request) before downloading
-        _, size = hub.read_safetensors_header(repo_id, filename, **hub_options)
+        _, size = hub.read_safetensors_header(repo_id, filename, revision=revision, **hub_options)
         limit = settings.limits.max_lora_bytes
         if size > limit:
             raise LoraFileError(
                 f"{repo_id}/{filename} is {size / 2**30:.1f} GiB, above the {limit / 2**30:.1f} GiB this Space downloads; "
                 "pick a smaller file (resize it in LoRA tools on your own machine)."
             )
-    file = hub.download_file(repo_id, filename, **hub_options)
-    card = hub.model_card_data(repo_id, **hub_options)
+    file = hub.download_file(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes, **hub_options)
+    card = card if card is not None else hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(
         source=source,
         name=repo_id.split("/")[1] if source.count("/") == 1 else Path(filename).stem,
         file=Path(file),
         trigger_words=hub.trigger_words_from_card(card),
         repo_id=repo_id,
-        revision=Path(file).parent.name if "snapshots" in Path(file).parts else None,
+        revision=revision or (Path(file).parent.name if "snapshots" in Path(file).parts else None),
     )

@@ -67,7 +67,7 @@ def test_hub_errors_are_clear(space, hub):
 
 def test_local_paths_only_inside_the_library_or_data_folder(space, tmp_path):
     outside = write_lora(tmp_path / "elsewhere" / "x.safetensors", 3)
-    with pytest.raises(LoraFileError, match="outside the LoRA library"):
+    with pytest.raises(LoraFileError, match="No LoRA named"):
         space.generate("x", [{"source": str(outside)}], TINY)
     inside = write_lora(space.settings.data_dir / "jobs" / "j1" / "final.safetensors", 3)
     output = space.generate("x", [{"source": str(inside), "strength": 0.5}], TINY)

@@ -316,8 +316,9 @@ def inspect_source(
         check_suffix(source)
     base = current_base(settings, token=token)
     # 2. The library or a local file: the same rules as loading (`sources.resolve_source`).
-    if sources.find_library_entry(source, settings=settings, visitor=visitor) is not None or Path(source).expanduser().exists():
-        resolved = sources.resolve_source(source, settings=settings, token=token, visitor=visitor)
+    #    A path outside the visitor's folders, or missing, gets one answer (`sources.not_found`).
+    resolved = sources.resolve_local(source, settings=settings, visitor=visitor)
+    if resolved is not None:
         return inspect_file(resolved.file, base=base, source=source, trigger_words=list(resolved.trigger_words))
     # 3. The Hub: the header by range requests, the card for trigger words and training facts,
     #    with the caller's token only (never the Space's own).
