@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lora_space.train.checkpoint import JobFiles, write_json
-from lora_space.train.config import TrainConfig
-from lora_space.train.dataset import ingest
+from lora_space.train.checkpoint import JobFiles
+from lora_space.train.prepare import prepare_job
 
 RED = (230, 30, 30)
 TINY_RUN = dict(  # a quick tiny run: 64 px, rank 4, no bf16 on a CPU
@@ -38,13 +37,7 @@ def job_folder(root: Path, zip_path: Path, **config) -> JobFiles:
     """A job folder as `JobManager.start` writes it, for `run_chunk` directly."""
     files = JobFiles(root)
     root.mkdir(parents=True, exist_ok=True)
-    values = TrainConfig(**(TINY_RUN | config))
-    dataset = ingest(zip_path, root / "dataset", trigger_word=values.trigger_word, validation_split=values.validation_split, seed=values.seed)
-    rows = [dict(row) for row in dataset.dataset]
-    for row in rows:
-        row["image"] = str(Path(row["image"]).resolve().relative_to(root.resolve()))
-    write_json(files.rows, rows)
-    write_json(files.config, values.to_dict())
+    prepare_job(files, zip_path, TINY_RUN | config, is_tiny=True)
     return files
 
 

@@ -32,7 +32,7 @@ from ..gpu import gpu, on_zerogpu
 from ..owners import Visitor
 from .checkpoint import JobFiles, log_line, read_json, write_json
 from .config import merged
-from .dataset import ingest, split_names
+from .prepare import prepare_job
 from .trainer import ChunkResult, run_chunk
 
 if TYPE_CHECKING:
@@ -148,32 +148,11 @@ class JobManager:
         files = JobFiles(self.root / job_id)
         files.root.mkdir(parents=True)
         try:
-            # 1. Read the zip with the call's trigger word, split and seed; the zip's config.json joins them.
-            first = merged(None, config, is_tiny=settings.is_tiny)
-            dataset = ingest(
-                zip_path, files.root / "dataset", trigger_word=first.trigger_word, validation_split=first.validation_split,
-                seed=first.seed, captions=captions,
-            )  # fmt: skip
-            final = merged(dataset.zip_config, config, is_tiny=settings.is_tiny)
-            rows = [dict(row) for row in dataset.dataset]
-            report = dataset.report
-            if (final.validation_split, final.seed) != (first.validation_split, first.seed):
-                for row, split in zip(rows, split_names(len(rows), final.validation_split, final.seed)):
-                    row["split"] = split
-                report.train_count = sum(row["split"] == "train" for row in rows)
-                report.validation_count = len(rows) - report.train_count
-            if final.trigger_word != first.trigger_word:
-                dataset = ingest(zip_path, files.root / "dataset", trigger_word=final.trigger_word, validation_split=final.validation_split, seed=final.seed, captions=captions)
-                rows, report = [dict(row) for row in dataset.dataset], dataset.report
-            # 2. The job folder: rows (paths relative to it), config, report, state.
-            for row in rows:
-                row["image"] = str(Path(row["image"]).resolve().relative_to(files.root.resolve()))
+            prepared = prepare_job(files, zip_path, config, is_tiny=settings.is_tiny, captions=captions)
+            final, rows = prepared.config, prepared.rows
             notes = list(final.notes)
             if not settings.is_tiny and final.model_name != settings.base_model:
                 notes.append(f"model_name {final.model_name!r}: this Space trains the base model it runs, {settings.base_model}.")
-            write_json(files.rows, rows)
-            write_json(files.config, final.to_dict())
-            write_json(files.root / "report.json", report.to_dict())
             state = {
                 "job_id": job_id, "owner": visitor.id, "state": "queued", "created": time.time(), "error": "",
                 "total_steps": final.max_train_steps, "notes": notes, "trigger_word": final.trigger_word,

@@ -57,6 +57,7 @@ class Parallel:
     rank: int = 0
     world_size: int = 1
     average: Callable[[torch.Tensor], torch.Tensor] | None = None
+    gather: Callable[[list], list] | None = None  # every rank's list, concatenated in rank order
 
     @property
     def is_main(self) -> bool:
@@ -386,8 +387,9 @@ def run_chunk(
                 write_json(files.progress, progress)
         # 4. The full state (all ranks hold the same weights; rank 0 writes), and the LoRA when done.
         finished = step >= config.max_train_steps
+        states = parallel.gather([generator.get_state()]) if parallel.gather and done_here else [generator.get_state()]
         if parallel.is_main and done_here:
-            rng = {f"train{parallel.rank}": generator.get_state()}
+            rng = {f"train{rank}": state for rank, state in enumerate(states)}
             extra = {"data_order": order, "epoch_batches": len(order)}
             save_state(files, step, {k: v.detach() for k, v in parameters.items()}, optimizer.state_dict(), scheduler.state_dict(), rng, extra)
             log_line(files, f"step {step}/{config.max_train_steps}: state saved (loss {progress['loss'][-1][1]:.4f})")
