@@ -128,3 +128,15 @@ def test_overfitting_is_flagged_when_validation_rises_while_training_falls():
     assert overfitting_warning(falling, [[10, 0.5], [20, 0.45], [30, 0.6], [40, 0.65]]) is None
     flat = [[step, 0.5] for step in range(1, 41)]
     assert overfitting_warning(flat, rising) is None
+
+
+def test_without_the_cache_each_step_encodes_again_and_learns_the_same(tmp_path, red_zip):
+    pipe = build_tiny_pipeline()
+    cached = job_folder(tmp_path / "cached", red_zip, max_train_steps=6)
+    live = job_folder(tmp_path / "live", red_zip, max_train_steps=6, cache_latents=False)
+    run_chunk(pipe, cached.root, adapter_name="cached")
+    run_chunk(pipe, live.root, adapter_name="live")
+    assert cached.cache.exists() and not live.cache.exists()
+    np.testing.assert_allclose(
+        [value for _, value in read_json(live.progress)["loss"]], [value for _, value in read_json(cached.progress)["loss"]], rtol=1e-4
+    )

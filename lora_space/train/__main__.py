@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**read_json(files.config))
         # 2. The model, the same on every rank; rank 0 encodes the dataset once.
         pipe = load_pipeline(config.model_name, config.quantize_base, accelerator.device)
-        if accelerator.is_main_process and not files.cache.exists():
+        if accelerator.is_main_process and config.cache_latents and not files.cache.exists():
             from .cache import build_cache
 
             build_cache(pipe, read_json(files.rows), files, config)

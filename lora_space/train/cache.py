@@ -97,3 +97,33 @@ def build_cache(pipe, rows: list[dict], files: JobFiles, config: TrainConfig) ->
     cache = Cache(means, stds, [captions.index(row["caption"]) for row in rows], torch.cat(embeds), torch.cat(pooled), text_ids.float().cpu())
     cache.save(files.cache)
     return cache
+
+
+class LiveEncoder:
+    """The `Cache` interface without a cache: each step encodes its images and captions again.
+
+    For `cache_latents: false` (and the benchmark's comparison); the VAE and text encoders stay
+    on the device, as in diffusers' recipe without `--cache_latents`.
+    """
+
+    def __init__(self, pipe, rows: list[dict], files: JobFiles, config: TrainConfig) -> None:
+        self.pipe, self.rows, self.files, self.config = pipe, rows, files, config
+
+    def latents(self, index: int, *, generator: torch.Generator | None) -> torch.Tensor:
+        vae, row = self.pipe.vae, self.rows[index]
+        shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
+        pixels = load_pixels(self.files.root / row["image"], bucket_size(row["bucket"], self.config.resolution))
+        with torch.no_grad():
+            posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        mean, std = (posterior.mean.float() - shift) * scale, posterior.std.float() * scale
+        if generator is None:
+            return mean
+        return mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
+
+    def text(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            embeds, pooled, ids = self.pipe.encode_prompt(
+                prompt=[self.rows[index]["caption"] for index in rows], prompt_2=None,
+                device=self.pipe.text_encoder.device, max_sequence_length=MAX_SEQUENCE_LENGTH,
+            )  # fmt: skip
+        return {"embeds": embeds.float(), "pooled": pooled.float(), "ids": ids.float()}

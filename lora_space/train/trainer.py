@@ -32,7 +32,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from ..errors import TrainConfigError
-from .cache import Cache, build_cache
+from .cache import Cache, LiveEncoder, build_cache
 from .checkpoint import JobFiles, load_state, log_line, read_json, save_state, write_json
 from .config import TrainConfig
 from .lora_file import save_trained_lora
@@ -289,9 +289,12 @@ def run_chunk(
     modes = {module: module.training for module in transformer.modules()}
     try:
         # 1. The cached latents and caption embeddings (made by the first chunk), on the device.
-        cache = build_cache(pipe, rows, files, config) if not files.cache.exists() else Cache.load(files.cache, device)
-        cache = cache.to(device)
-        devices.park()
+        if config.cache_latents:
+            cache = build_cache(pipe, rows, files, config) if not files.cache.exists() else Cache.load(files.cache, device)
+            cache = cache.to(device)
+            devices.park()
+        else:  # encoded again at every step, the encoders stay on the device
+            cache = LiveEncoder(pipe, rows, files, config)
         # 2. Our adapter, optimizer and schedule, then the last state if there is one.
         parameters = attach_adapter(transformer, config, adapter_name, config.seed)
         layers = [module for module in transformer.modules() if isinstance(module, BaseTunerLayer) and adapter_name in module.lora_A]
