@@ -24,17 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import (  # importing the plugins registers them for `Image.open(..., formats=...)`
-    BmpImagePlugin,  # noqa: F401
-    GifImagePlugin,  # noqa: F401
-    Image,
-    ImageOps,
-    JpegImagePlugin,  # noqa: F401
-    PngImagePlugin,  # noqa: F401
-    TiffImagePlugin,  # noqa: F401
-    UnidentifiedImageError,
-    WebPImagePlugin,  # noqa: F401
-)
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DatasetError
 from .archive import Member, Skipped, ZipLimits, display_name, open_zip, read_members
