@@ -132,3 +132,30 @@ def test_the_job_is_listed_again_after_a_reload_and_not_for_another_visitor(page
     bob.wait_for_timeout(2000)  # the list is filled when the page has its visitor id
     assert job_id not in bob.locator("#train-jobs").inner_text()
     assert "done" not in bob.locator("#train-jobs").inner_text()
+
+
+def test_cancel_then_resume_a_long_run(page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-zip input[type=file]").set_input_files(str(EXAMPLE))
+    page.locator("#train-report").get_by_text("12 images").wait_for(timeout=60_000)
+    steps = page.locator("#train-max-train-steps input").first
+    steps.fill("2000")
+    steps.press("Enter")
+    page.locator("#train-start").click()
+    progress = page.locator("#train-progress")
+    expect(progress).to_contain_text("running · step", timeout=60_000)
+    page.locator("#train-cancel").click()
+    expect(progress).to_contain_text("cancelled", timeout=60_000)
+    stopped_at = int(re.search(r"step (\d+) / 2000", progress.inner_text()).group(1))
+    assert stopped_at < 2000
+    page.locator("#train-resume").click()
+    expect(progress).to_contain_text(re.compile(r"(queued|running) · step"), timeout=30_000)
+    page.wait_for_function(
+        f"() => {{ const m = document.querySelector('#train-progress').innerText.match(/step (\\d+) \\/ 2000/); return m && +m[1] > {stopped_at}; }}",
+        timeout=120_000,
+    )  # it goes on from where it stopped
+    page.locator("#train-cancel").click()
+    expect(progress).to_contain_text("cancelled", timeout=60_000)
+    expect(page.locator("#train-jobs")).to_contain_text("cancelled", timeout=30_000)

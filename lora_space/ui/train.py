@@ -50,7 +50,7 @@ class TrainHandles:
     browser_id: gr.BrowserState
     lora_name: gr.Textbox  # the finished LoRA (a library name, usable as a Generate source or in Publish)
     try_button: gr.Button
-    publish_button: gr.Button  # the Publish tab wires it to select `lora_name`
+    publish_button: gr.Button  # `wire_train_to_publish` puts `lora_name` into the Publish tab
     status: gr.Markdown
     space: LoraSpace
 
@@ -364,3 +364,19 @@ def wire_train_to_generate(handles: TrainHandles, controls: GenerateControls, ta
 
     outputs = [*controls.slots] + ([tabs] if tabs is not None else [])
     handles.try_button.click(on_try, [handles.lora_name, *controls.slots], outputs, api_visibility="private")
+
+
+def wire_train_to_publish(handles: TrainHandles, source: gr.components.Component, tabs: gr.Tabs | None = None) -> None:
+    """"Publish": the finished LoRA's library name goes into the Publish tab's LoRA field, and Publish shows.
+
+    Args:
+        handles: this tab's handles.
+        source: the Publish tab's LoRA field (a library name or job id).
+        tabs: the app's tabs, to switch to Publish (None: stay).
+    """
+
+    def on_publish(name):
+        return [name] + ([gr.Tabs(selected="publish")] if tabs is not None else [])
+
+    outputs = [source] + ([tabs] if tabs is not None else [])
+    handles.publish_button.click(on_publish, handles.lora_name, outputs, api_visibility="private")
