@@ -27,7 +27,7 @@ import datasets
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DatasetError
-from .archive import Member, Skipped, ZipLimits, display_name, open_zip, read_members
+from .archive import Member, Skipped, ZipLimits, display_name, is_junk, open_zip, read_members, safe_parts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")
@@ -115,35 +115,39 @@ def ingest(
     images_dir = Path(dest_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
 
-    # 1. Read the members within the bounds; strip one common top folder.
-    with open_zip(zip_path) as archive:
-        members = list(read_members(archive, limits=limits, skipped=skipped, notes=report.notes))
-    members = _strip_top_folder(members)
-
-    # 2. Sort members into images, captions, metadata.jsonl and config.json.
-    images: dict[str, tuple[str, str, bytes]] = {}  # key -> (name, member name, bytes)
+    # 1. Read the members one at a time within the bounds (one common top folder is stripped);
+    #    images are decoded, checked and saved as they come, so only one is in memory at a time.
+    saved: dict[str, dict | None] = {}  # key -> row (None: unusable or a duplicate)
+    image_members: dict[str, str] = {}  # key -> member name
     text_captions: dict[str, tuple[str, bytes]] = {}
     metadata: dict[str, str] = {}
+    seen_pixels: dict[str, str] = {}
+    all_parts: list[tuple[str, ...]] = []
     zip_config = None
-    for member in members:
-        lower = member.parts[-1].lower()
-        key = _key(member.parts)
-        if len(member.parts) == 1 and lower == "config.json":
-            zip_config = _read_config(member.data)
-        elif lower == "metadata.jsonl":
-            metadata.update(_read_metadata(member, skipped))
-        elif lower.endswith(IMAGE_SUFFIXES):
-            if key in images:
-                skipped.append(Skipped(member.name, f"another image has the same name ({images[key][1]}); rename one"))
+    with open_zip(zip_path) as archive:
+        top = _common_top(archive.namelist())
+        for member in read_members(archive, limits=limits, skipped=skipped, notes=report.notes):
+            parts = member.parts[1:] if top and member.parts[0] == top else member.parts
+            all_parts.append(parts)
+            lower, key, name = parts[-1].lower(), _key(parts), _display_key(parts)
+            # 2. Sort each member: config.json, metadata.jsonl, an image, a caption, or something else.
+            if len(parts) == 1 and lower == "config.json":
+                zip_config = _read_config(member.data)
+            elif lower == "metadata.jsonl":
+                metadata.update(_read_metadata(Member(parts, member.data), skipped))
+            elif lower.endswith(IMAGE_SUFFIXES):
+                if key in image_members:
+                    skipped.append(Skipped(member.name, f"another image has the same name ({image_members[key]}); rename one"))
+                    continue
+                image_members[key] = member.name
+                saved[key] = _save_image(member.data, name=name, member_name=member.name, folder=images_dir, index=len(saved), seen=seen_pixels, report=report, skipped=skipped)
+            elif lower.endswith(CAPTION_SUFFIXES):
+                text_captions[key] = (name, member.data)
             else:
-                images[key] = (_display_key(member.parts), member.name, member.data)
-        elif lower.endswith(CAPTION_SUFFIXES):
-            text_captions[key] = (_display_key(member.parts), member.data)
-        else:
-            suffix = Path(lower).suffix or "no suffix"
-            skipped.append(Skipped(member.name, f"not an image or caption ({suffix}); images: {', '.join(IMAGE_SUFFIXES)}"))
-    report.layout = _layout(members, bool(metadata))
-    report.images_found = len(images)
+                suffix = Path(lower).suffix or "no suffix"
+                skipped.append(Skipped(member.name, f"not an image or caption ({suffix}); images: {', '.join(IMAGE_SUFFIXES)}"))
+    report.layout = _layout(all_parts, bool(metadata))
+    report.images_found = len(image_members)
     report.captions_found = len(text_captions) + len(metadata)
 
     # 3. Captions: .txt files, then metadata.jsonl for the rest, then the caller's edits.
@@ -152,35 +156,19 @@ def ingest(
         decoded[key] = decode_caption(data, name=name, notes=report.notes)
     for key, text in metadata.items():
         decoded.setdefault(key, _clean_caption(text, name=key, notes=report.notes))
-    report.captions_without_images = sorted(text_captions[key][0] if key in text_captions else key for key in decoded if key not in images)
+    report.captions_without_images = sorted(text_captions[key][0] if key in text_captions else key for key in decoded if key not in image_members)
     overrides = {str(name).lower(): str(text) for name, text in (captions or {}).items()}
 
-    # 4. Open, normalise and save each image; drop duplicates by pixel hash.
+    # 4. The rows in name order, each with its caption.
     rows = []
-    seen_hashes: dict[str, str] = {}
-    for index, (key, (name, member_name, data)) in enumerate(sorted(images.items())):
-        try:
-            image, original_size = open_normalised(data, notes=report.notes, name=name)
-        except ValueError as error:
-            skipped.append(Skipped(member_name, str(error)))
-            continue
-        digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
-        if digest in seen_hashes:
-            report.duplicates.append({"kept": seen_hashes[digest], "dropped": name})
-            continue
-        seen_hashes[digest] = name
-        if min(original_size) < GUIDANCE_SIDE:
-            report.small_images.append({"name": name, "width": original_size[0], "height": original_size[1]})
-        if max(image.size) > MAX_SAVED_SIDE:
-            image.thumbnail((MAX_SAVED_SIDE, MAX_SAVED_SIDE), Image.Resampling.LANCZOS)
-        target = images_dir / f"{index:05d}_{_safe_stem(name)}.png"
-        image.save(target, format="PNG")
+    for key in sorted(key for key, row in saved.items() if row is not None):
+        row = saved[key]
         caption = overrides.get(key, decoded.get(key))
         if caption is None:
-            report.images_without_captions.append(name)
+            report.images_without_captions.append(row["name"])
         elif key in overrides:
-            caption = _clean_caption(caption, name=name, notes=report.notes)
-        rows.append({"name": name, "image": str(target), "caption": caption or "", "width": image.width, "height": image.height, "bucket": bucket_of(image.width, image.height), "has_caption": caption is not None})
+            caption = _clean_caption(caption, name=row["name"], notes=report.notes)
+        rows.append(row | {"caption": caption or "", "has_caption": caption is not None})
 
     report.skipped = [{"file": display_name(item.file), "reason": item.reason} for item in skipped]
     if not rows:
@@ -339,14 +327,35 @@ def _clean_caption(text: str, *, name: str, notes: list[str] | None) -> str:
     return text
 
 
-def _strip_top_folder(members: list[Member]) -> list[Member]:
-    """Members under one common top folder (`dataset/images/...`) lose that folder."""
-    if not members or any(len(member.parts) < 2 for member in members):
-        return members
-    tops = {member.parts[0] for member in members}
-    if len(tops) != 1 or next(iter(tops)).lower() in ROLE_FOLDERS:
-        return members
-    return [Member(member.parts[1:], member.data) for member in members]
+def _save_image(data: bytes, *, name: str, member_name: str, folder: Path, index: int, seen: dict[str, str], report: DatasetReport, skipped: list[Skipped]) -> dict | None:
+    """Normalise one image and save it as a PNG; None (with a report entry) when unusable or a duplicate."""
+    try:
+        image, original_size = open_normalised(data, notes=report.notes, name=name)
+    except ValueError as error:
+        skipped.append(Skipped(member_name, str(error)))
+        return None
+    digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).hexdigest()
+    if digest in seen:
+        report.duplicates.append({"kept": seen[digest], "dropped": name})
+        return None
+    seen[digest] = name
+    if min(original_size) < GUIDANCE_SIDE:
+        report.small_images.append({"name": name, "width": original_size[0], "height": original_size[1]})
+    if max(image.size) > MAX_SAVED_SIDE:
+        image.thumbnail((MAX_SAVED_SIDE, MAX_SAVED_SIDE), Image.Resampling.LANCZOS)
+    target = folder / f"{index:05d}_{_safe_stem(name)}.png"
+    image.save(target, format="PNG")
+    return {"name": name, "image": str(target), "width": image.width, "height": image.height, "bucket": bucket_of(image.width, image.height)}
+
+
+def _common_top(names: list[str]) -> str | None:
+    """The one top folder every usable member sits in (`dataset/images/...`), or None."""
+    paths = [parts for parts in (safe_parts(name) for name in names if not name.endswith("/")) if parts and not is_junk(parts)]
+    if not paths or any(len(parts) < 2 for parts in paths):
+        return None
+    tops = {parts[0] for parts in paths}
+    top = tops.pop() if len(tops) == 1 else None
+    return None if top is None or top.lower() in ROLE_FOLDERS else top
 
 
 def _key(parts: tuple[str, ...]) -> str:
@@ -360,10 +369,10 @@ def _display_key(parts: tuple[str, ...]) -> str:
     return str(Path(*parts).with_suffix("")) if Path(parts[-1]).suffix else "/".join(parts)
 
 
-def _layout(members: list[Member], has_metadata: bool) -> str:
+def _layout(paths: list[tuple[str, ...]], has_metadata: bool) -> str:
     if has_metadata:
         return "metadata.jsonl"
-    if any(len(member.parts) > 1 and member.parts[0].lower() in ROLE_FOLDERS for member in members):
+    if any(len(parts) > 1 and parts[0].lower() in ROLE_FOLDERS for parts in paths):
         return "course (images/ + captions/)"
     return "flat pairs (x.jpg + x.txt)"
 
