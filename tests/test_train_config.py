@@ -97,6 +97,13 @@ def test_merged_call_keys_win_over_the_zip_config():
     assert merged(None, None, is_tiny=True) == TrainConfig.from_dict({}, is_tiny=True)
 
 
+def test_a_config_that_is_not_an_object_is_refused():
+    with pytest.raises(TrainConfigError, match="JSON object"):
+        merged(None, ["max_train_steps", 5], is_tiny=True)  # type: ignore[arg-type]
+    with pytest.raises(TrainConfigError, match="JSON object"):
+        TrainConfig.from_dict("max_train_steps=5", is_tiny=True)  # type: ignore[arg-type]
+
+
 def test_a_bad_key_says_which_source_it_came_from():
     with pytest.raises(TrainConfigError, match="zip's config.json.*'epoch'"):
         merged({"epoch": 3}, {}, is_tiny=True)

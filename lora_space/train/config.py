@@ -179,8 +179,10 @@ def merged(zip_config: dict | None, call_config: dict | None, *, is_tiny: bool, 
     Raises:
         TrainConfigError: as `TrainConfig.from_dict`; the message says which source a bad key came from.
     """
-    zip_values, call_values = dict(zip_config or {}), dict(call_config or {})
+    zip_values, call_values = zip_config or {}, call_config or {}
     for label, values in (("the zip's config.json", zip_values), ("the call's config", call_values)):
+        if not isinstance(values, dict):
+            raise TrainConfigError(f'Training settings in {label} must be a JSON object such as {{"max_train_steps": 500}}, not {type(values).__name__}.')
         _, problems = _canonical_keys(values)
         if problems:
             raise TrainConfigError(f"Training settings in {label}: " + " ".join(problems))
