@@ -57,7 +57,7 @@ def not_blank(path: Path) -> bool:
 def coloured_pixels(path: Path) -> int:
     """Pixels of a saturated colour (plot lines), as opposed to the grey of axes, text and frames."""
     image = Image.open(path).convert("RGB")
-    return sum(1 for red, green, blue in image.getdata() if max(red, green, blue) - min(red, green, blue) > 80)
+    return sum(1 for red, green, blue in image.get_flattened_data() if max(red, green, blue) - min(red, green, blue) > 80)
 
 
 def test_upload_shows_the_report_captions_and_the_zips_settings(page):
@@ -156,6 +156,9 @@ def test_cancel_then_resume_a_long_run(page):
         f"() => {{ const m = document.querySelector('#train-progress').innerText.match(/step (\\d+) \\/ 2000/); return m && +m[1] > {stopped_at}; }}",
         timeout=120_000,
     )  # it goes on from where it stopped
+    open_app(page, page.url_)  # type: ignore[attr-defined]  # a reload while it runs: the live view comes back
+    page.get_by_role("tab", name="Train").click()
+    expect(progress).to_contain_text(re.compile(r"running · step \d+ / 2000"), timeout=30_000)
     page.locator("#train-cancel").click()
     expect(progress).to_contain_text("cancelled", timeout=60_000)
     expect(page.locator("#train-jobs")).to_contain_text("cancelled", timeout=30_000)

@@ -332,7 +332,9 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         return job_view(job) | list_view(visitor, job)
 
     def on_visitor(*, visitor, token):
-        return list_view(visitor)
+        """On page load: the visitor's jobs, and the live view of one still queued or running."""
+        active = next((item.job_id for item in space.jobs.list_jobs(visitor) if item.state in ACTIVE), "")
+        return list_view(visitor, active) | (job_view(active) | {job_id: active} if active else {})
 
     view_outputs = [progress, status, loss_plot, samples, checkpoints, cancel, resume, lora_file, lora_name, try_button, publish_button, timer, shown]
     list_outputs = [jobs, pick]
@@ -348,7 +350,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private")
     cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private")
     resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private")
-    browser_id.change(with_caller(settings, on_visitor), [browser_id], list_outputs, api_visibility="private")
+    browser_id.change(with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private")
     return TrainHandles(browser_id, lora_name, try_button, publish_button, status, space)
 
 
