@@ -11,7 +11,7 @@ from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
 from . import api, bake_api, blend_tools, generate, lora_tools
-from . import publish, train
+from . import discover, publish, train
 from . import train_api
 from .visitors import build_browser_id, fill_browser_id
 
@@ -35,10 +35,13 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
     """The whole app for one `LoraSpace`; tabs in the order Discover, Generate, Train, Publish."""
     with gr.Blocks(title=TITLE) as demo:
         browser_id = build_browser_id(space.settings)  # who the page's visitor is (API.md "Who owns what")
-        gr.Markdown(header_markdown(space), elem_id="header")
-        with gr.Tabs():
+        with gr.Row(equal_height=True):
+            gr.Markdown(header_markdown(space), elem_id="header")
+            if space.settings.on_space:  # off a Space gradio would mock OAuth with a whoami() call, which needs the network
+                gr.LoginButton(scale=0, min_width=220)
+        with gr.Tabs() as tabs:
             with gr.Tab("Discover", id="discover"):
-                gr.Markdown("Searching the Hub for LoRAs arrives here soon; type a Hub id in a Generate slot meanwhile.")
+                found = discover.build_discover_tab(space, browser_id)
             with gr.Tab("Generate", id="generate"):
                 controls, last_metadata, pickers = generate.build_generate_tab(space, browser_id)
                 blend_tools.build_blend_tools(space, controls, last_metadata, pickers, browser_id)
@@ -47,8 +50,10 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
                 trained = train.build_train_tab(space, browser_id)
             with gr.Tab("Publish", id="publish"):
                 publish.build_publish_tab(space, browser_id)
-        train.wire_train_to_generate(trained, controls)
+        discover.wire_discover_to_generate(found, controls, tabs)  # cross-tab events, once every tab exists
+        train.wire_train_to_generate(trained, controls, tabs)
         api.register_endpoints(space)
+        discover.register_discover_endpoints(space)
         publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
         train_api.register_train_endpoints(space)
