@@ -344,7 +344,7 @@ def _save_image(data: bytes, *, name: str, member_name: str, folder: Path, index
     if max(image.size) > MAX_SAVED_SIDE:
         image.thumbnail((MAX_SAVED_SIDE, MAX_SAVED_SIDE), Image.Resampling.LANCZOS)
     target = folder / f"{index:05d}_{_safe_stem(name)}.png"
-    image.save(target, format="PNG")
+    image.save(target, format="PNG", compress_level=1)  # about 4x faster than the default level 6
     return {"name": name, "image": str(target), "width": image.width, "height": image.height, "bucket": bucket_of(image.width, image.height)}
 
 
