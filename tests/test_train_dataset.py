@@ -380,3 +380,12 @@ def test_the_example_zip_is_what_its_script_writes(tmp_path):
     result = ingest(committed, tmp_path / "dest", trigger_word="flatshape_style")
     assert (result.report.images_used, result.report.captions_matched, result.report.captions_missing_trigger) == (12, 12, [])
     assert result.zip_config["trigger_word"] == "flatshape_style"
+
+
+def test_a_broken_config_json_is_refused_with_its_problem(run):
+    with pytest.raises(DatasetError, match="config.json in the zip is not valid JSON"):
+        run({"a.png": png(), "config.json": b'{"max_train_steps": 10,'})
+    with pytest.raises(DatasetError, match="must be a JSON object"):
+        run({"a.png": png(), "config.json": b"[1, 2]"})
+    result = run({"a.png": png(), "config.json": codecs.BOM_UTF8 + b'{"seed": 3}'})  # Windows editors add a BOM
+    assert result.zip_config == {"seed": 3}
