@@ -108,3 +108,18 @@ def test_search_handler_shows_results_and_hub_errors_as_messages(space, hub, ins
 def test_no_login_button_off_a_space(space):
     demo = build_demo(space)
     assert not any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+
+
+def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.setenv("SYSTEM", "spaces")  # what a Space sets: gradio then adds the real OAuth routes, no whoami()
+    monkeypatch.setenv("SPACE_ID", "alice/lora-space")
+    from gradio import oauth  # the variables a Space with `hf_oauth: true` gets (read by gradio at import)
+
+    for name, value in {"OAUTH_CLIENT_ID": "client-id", "OAUTH_CLIENT_SECRET": "client-secret",
+                        "OAUTH_SCOPES": "openid profile read-repos", "OPENID_PROVIDER_URL": "https://huggingface.co"}.items():
+        monkeypatch.setattr(oauth, name, value)
+    space.settings = replace(space.settings, on_space=True)
+    demo = build_demo(space)
+    assert sum(isinstance(block, gr.LoginButton) for block in demo.blocks.values()) == 1
