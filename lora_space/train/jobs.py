@@ -151,6 +151,11 @@ class JobManager:
             prepared = prepare_job(files, zip_path, config, is_tiny=settings.is_tiny, captions=captions)
             final, rows = prepared.config, prepared.rows
             notes = list(final.notes)
+            if final.quantize_base != "none":
+                notes.append(
+                    f"quantize_base {final.quantize_base}: the Space trains on the one copy of the base model it holds for "
+                    "generation, unquantised; a quantised base is for `python -m lora_space.train` on your own GPU."
+                )
             if not settings.is_tiny and final.model_name != settings.base_model:
                 notes.append(f"model_name {final.model_name!r}: this Space trains the base model it runs, {settings.base_model}.")
             state = {
