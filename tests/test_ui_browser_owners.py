@@ -12,6 +12,7 @@ from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
 # As on a Space: SPACE_ID set, and the OAuth variables the Space would provide (never used: no one logs in).
 SPACE_ENV = {
     "SPACE_ID": "lora-space/test",
+    "SYSTEM": "spaces",  # gradio's own test for a Space
     "OAUTH_CLIENT_ID": "test-client",
     "OAUTH_CLIENT_SECRET": "test-secret",
     "OAUTH_SCOPES": "openid profile read-repos write-repos manage-repos",
