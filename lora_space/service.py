@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import blends, library
 from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options, check_work
+from .cleanup import check_quota
 from .fairness import VisitorGate, one_turn_per_call
 from .errors import LimitError, LoraFileError, PromptError
 from .discover import Discover
@@ -193,6 +194,13 @@ class LoraSpace:
             raise LoraFileError(
                 f"The shared library already has a LoRA named {stem!r}; choose another name for yours."
             )
+        size = Path(path).stat().st_size
+        if size > self.settings.storage.max_upload_bytes:
+            raise LimitError(
+                f"The file has {size / 2**20:.0f} MB, more than the {self.settings.storage.max_upload_bytes / 2**20:.0f} MB "
+                "a LoRA upload may have; resize it first (LoRA tools, Resize)."
+            )
+        check_quota(self.settings, visitor, size)  # a visitor's area has a quota (API.md)
         folder = visitor_lora_dir(self.settings, visitor)
         entry = library.add_to_library(folder, path, name=name, overwrite=overwrite)
         words = [word.strip() for word in trigger_words if word.strip()]

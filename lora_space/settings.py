@@ -94,6 +94,30 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """Disk bounds and the cleaning schedule (API.md "Who owns what"; `lora_space.cleanup`).
+
+    Args:
+        max_upload_bytes: the largest file a visitor may upload (Gradio refuses larger ones).
+        visitor_quota_bytes: what one visitor's area (`data_dir/visitors/<id>`) may hold.
+        visitor_max_age_s: what in a visitor's area has not changed for this long is deleted.
+        output_max_age_s: call outputs (`data_dir/outputs`) and Gradio's copies are deleted after this.
+        clean_every_s: how often the cleaner runs.
+    """
+
+    max_upload_bytes: int = 2 * 1024**3
+    visitor_quota_bytes: int = 5 * 1024**3
+    visitor_max_age_s: int = 7 * 24 * 3600
+    output_max_age_s: int = 24 * 3600
+    clean_every_s: int = 3600
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "visitor_quota_bytes", "visitor_max_age_s", "output_max_age_s", "clean_every_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"Storage.{name} must be positive, not {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment.
 
@@ -107,6 +131,7 @@ class Settings:
         fuse_memory_mb: CPU memory for the original weights of fused layers, so that unfusing
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
+        storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.cleanup`).
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.
     """
@@ -119,6 +144,7 @@ class Settings:
     adapter_cache_size: int = 8
     fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
+    storage: Storage = field(default_factory=Storage)
     on_space: bool = False
 
     @property
@@ -157,6 +183,13 @@ class Settings:
             adapter_cache_size=_int(env, "LORA_SPACE_ADAPTER_CACHE", 8, 1, 256),
             fuse_memory_mb=_int(env, "LORA_SPACE_FUSE_MEMORY_MB", 8192, 0, 1024**2),
             limits=limits,
+            storage=Storage(
+                max_upload_bytes=_int(env, "LORA_SPACE_MAX_UPLOAD_MB", 2048, 1, 1024**2) * 2**20,
+                visitor_quota_bytes=_int(env, "LORA_SPACE_VISITOR_QUOTA_MB", 5120, 1, 1024**3) * 2**20,
+                visitor_max_age_s=_int(env, "LORA_SPACE_VISITOR_DAYS", 7, 1, 3650) * 24 * 3600,
+                output_max_age_s=_int(env, "LORA_SPACE_OUTPUT_HOURS", 24, 1, 24 * 3650) * 3600,
+                clean_every_s=_int(env, "LORA_SPACE_CLEAN_MINUTES", 60, 1, 7 * 24 * 60) * 60,
+            ),
             on_space=bool(env.get("SPACE_ID", "").strip()),
         )
         if check:

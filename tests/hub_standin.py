@@ -30,6 +30,7 @@ import logging
 import re
 import struct
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -234,6 +235,7 @@ class HubStandIn:
         self.page_size = page_size  # the most models one `/api/models` page holds
         self.honour_ranges = True  # False: resolve ignores `Range` and sends whole files, as some CDNs do
         self.outage: int | None = None  # an HTTP status (say 503) to answer every request with
+        self.stall: float = 0.0  # seconds to wait before answering each request (a Hub that hangs)
         self.commit_failure: int | None = None  # an HTTP status (say 500) to answer commit requests with
         self.commits: defaultdict[str, list[ReceivedCommit]] = defaultdict(list)
         self.deleted: list[str] = []  # repo ids deleted through the API, in order
@@ -444,6 +446,8 @@ class HubStandIn:
             url = urlsplit(handler.path)
             query = parse_qs(url.query, keep_blank_values=True)
             body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+            if self.stall:
+                time.sleep(self.stall)
             user: User | None = None
             try:
                 user = self._caller(handler.headers)

@@ -104,6 +104,12 @@ def optimize_source(
     smaller, report = optimize(lora, rank=rank, energy=energy, dtype=dtype, prune_below=prune_below)
     if not smaller.modules:
         raise LoraFileError(f"prune_below={prune_below} would remove every module; use a smaller share.")
+    limit = settings.limits.max_lora_bytes
+    if report.bytes_after > limit:  # e.g. fp32 of a large bf16 LoRA: checked before anything is written
+        raise LoraFileError(
+            f"The result would have {report.bytes_after / 2**20:.0f} MB, more than the {limit / 2**20:.0f} MB a LoRA "
+            "may have here; lower the rank or keep a 16-bit dtype."
+        )
     label = f"r{rank}" if rank is not None else f"e{energy}" if energy is not None else dtype
     path = output_folder(settings) / f"{_file_stem(name)}-{label}.safetensors"
     report.warnings += save_lora(smaller, path, target=target, step=report.step())

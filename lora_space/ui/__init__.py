@@ -7,6 +7,7 @@ import sys
 
 import gradio as gr
 
+from ..cleanup import gradio_delete_cache, start_cleaner
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
@@ -33,7 +34,7 @@ def header_markdown(space: LoraSpace) -> str:
 
 def build_demo(space: LoraSpace) -> gr.Blocks:
     """The whole app for one `LoraSpace`; tabs in the order Discover, Generate, Train, Publish."""
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=gradio_delete_cache(space.settings)) as demo:  # Gradio's file copies age out
         browser_id = build_browser_id(space.settings)  # who the page's visitor is (API.md "Who owns what")
         with gr.Row(equal_height=True):
             gr.Markdown(header_markdown(space), elem_id="header")
@@ -81,7 +82,9 @@ def launch() -> None:
         print(f"LoRA Space cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     demo = build_demo(space)
-    demo.queue(default_concurrency_limit=4).launch(
+    start_cleaner(settings)  # aged outputs and visitor files (lora_space/cleanup.py)
+    demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(
+        max_file_size=settings.storage.max_upload_bytes,
         allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve())],  # job ids are random
         theme=gr.themes.Soft(),
     )

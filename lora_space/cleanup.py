@@ -1,0 +1,188 @@
+"""Disk bounds: what a visitor may keep, and the cleaner that removes what has aged.
+
+API.md "Who owns what": a visitor's area has a size quota and an age limit, and is cleaned
+on a schedule; the shared library and the Hub cache are never deleted by it. This module
+owns two folders of the data folder and nothing else:
+
+- `outputs/<random id>/`: the files one call returned (images, zips, converted LoRAs),
+  deleted whole once their newest file is older than `Storage.output_max_age_s`;
+- `visitors/<id>/`: what a Space's visitor added, deleted entry by entry (a LoRA with its
+  sidecars, a folder) once untouched for `Storage.visitor_max_age_s`.
+
+Gradio keeps its own copy of every returned and uploaded file; `build_demo` hands
+`gradio_delete_cache(settings)` to `gr.Blocks(delete_cache=...)` so that copy ages out too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LimitError
+from .owners import Visitor, visitor_area
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = "outputs"
+VISITORS = "visitors"
+
+
+@dataclass
+class CleanReport:
+    """What one cleaning pass removed."""
+
+    removed: list[str] = field(default_factory=list)  # paths relative to the data folder
+    freed_bytes: int = 0
+
+
+def _files(path: Path) -> Iterator[Path]:
+    if path.is_symlink() or path.is_file():
+        yield path
+        return
+    for root, _, names in os.walk(path, followlinks=False):
+        for name in names:
+            yield Path(root) / name
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under `path` (symlinks are not followed)."""
+    total = 0
+    for file in _files(path):
+        try:
+            total += file.lstat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def _newest(path: Path) -> float:
+    """The latest change under `path` (the path itself when empty)."""
+    times = [path.lstat().st_mtime]
+    for file in _files(path):
+        try:
+            times.append(file.lstat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
+
+
+def _protected(settings: Settings) -> list[Path]:
+    """Folders the cleaner never deletes, even when they sit inside the data folder."""
+    from huggingface_hub import constants
+
+    return [settings.lora_dir.resolve(), Path(constants.HF_HUB_CACHE).resolve(), Path(constants.HF_HOME).resolve()]
+
+
+def _remove(entry: Path, settings: Settings, report: CleanReport) -> None:
+    resolved = entry.resolve() if not entry.is_symlink() else entry.parent.resolve() / entry.name
+    if any(resolved == keep or keep.is_relative_to(resolved) or resolved.is_relative_to(keep) for keep in _protected(settings)):
+        return
+    size = tree_bytes(entry)
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    except OSError as error:
+        logger.warning("cleanup could not remove %s: %s", entry.name, error.strerror or type(error).__name__)
+        return
+    report.removed.append(entry.relative_to(settings.data_dir).as_posix())
+    report.freed_bytes += size
+
+
+def _visitor_entries(area: Path) -> Iterator[Path]:
+    """The units a visitor's area is cleaned by: each file or folder inside its first-level folders."""
+    for child in area.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            yield from child.iterdir()
+        else:
+            yield child
+
+
+def clean(settings: Settings, *, now: float | None = None) -> CleanReport:
+    """One cleaning pass: aged call outputs and aged visitor files.
+
+    Args:
+        settings: the data folder and the ages (`settings.storage`).
+        now: the time to measure ages from (tests pass one); `time.time()` by default.
+
+    Returns:
+        what was removed and how many bytes that freed.
+    """
+    now = time.time() if now is None else now
+    storage, report = settings.storage, CleanReport()
+    # 1. Call outputs: one folder per call, deleted whole.
+    outputs = settings.data_dir / OUTPUTS
+    if outputs.is_dir():
+        for folder in outputs.iterdir():
+            if now - _newest(folder) > storage.output_max_age_s:
+                _remove(folder, settings, report)
+    # 2. Visitors' areas: entry by entry (a LoRA goes with its sidecars), then empty areas.
+    visitors = settings.data_dir / VISITORS
+    if visitors.is_dir():
+        for area in visitors.iterdir():
+            if not area.is_dir() or area.is_symlink():
+                continue
+            entries = list(_visitor_entries(area))
+            aged = {entry for entry in entries if now - _newest(entry) > storage.visitor_max_age_s}
+            for entry in entries:
+                siblings = [other for other in entries if other.parent == entry.parent and other.stem == entry.stem]
+                if entry in aged and all(other in aged for other in siblings):
+                    _remove(entry, settings, report)
+            for folder in sorted(area.rglob("*"), reverse=True):
+                if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any(area.iterdir()):
+                area.rmdir()
+    if report.removed:
+        logger.info("cleanup removed %d entries, %.1f MB", len(report.removed), report.freed_bytes / 1e6)
+    return report
+
+
+def check_quota(settings: Settings, visitor: Visitor, incoming_bytes: int) -> None:
+    """Refuse adding `incoming_bytes` to a visitor's area past `settings.storage.visitor_quota_bytes`.
+
+    The local user of a local run owns the disk and has no quota.
+
+    Raises:
+        LimitError: says how much the area holds and how to make room.
+    """
+    if visitor.is_local:
+        return
+    quota = settings.storage.visitor_quota_bytes
+    used = tree_bytes(visitor_area(settings.data_dir, visitor))
+    if used + incoming_bytes > quota:
+        raise LimitError(
+            f"Your space on this Space holds {used / 2**20:.0f} MB of its {quota / 2**20:.0f} MB; adding "
+            f"{incoming_bytes / 2**20:.0f} MB would pass it. Delete something of yours first (or publish it to the Hub)."
+        )
+
+
+def gradio_delete_cache(settings: Settings) -> tuple[int, int]:
+    """`gr.Blocks(delete_cache=...)`: Gradio's copies of returned and uploaded files age as outputs do."""
+    return (settings.storage.clean_every_s, settings.storage.output_max_age_s)
+
+
+def start_cleaner(settings: Settings, *, stop: threading.Event | None = None) -> threading.Thread:
+    """Run `clean` now and then every `settings.storage.clean_every_s` seconds, in a daemon thread."""
+    stop = stop or threading.Event()
+
+    def loop() -> None:
+        while True:
+            try:
+                clean(settings)
+            except Exception:  # a cleaning pass must never take the app down
+                logger.exception("cleanup pass failed")
+            if stop.wait(settings.storage.clean_every_s):
+                return
+
+    thread = threading.Thread(target=loop, name="lora-space-cleanup", daemon=True)
+    thread.start()
+    return thread
