@@ -181,7 +181,10 @@ def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str
 
 
 def verdict(summary: LoraSummary, report: dict[str, Any] | None, *, base_model: str) -> list[str]:
-    """Short lines built only from the facts read: popularity, fit, trigger words, licence, access."""
+    """Short plain-text lines built only from the facts read: popularity, fit, trigger words, licence, access.
+
+    They quote Hub text (trigger words, licence, base model), so a page shows them as text, not Markdown.
+    """
     lines = []
     popular = summary.downloads >= POPULAR_DOWNLOADS or summary.likes >= POPULAR_LIKES
     lines.append(
@@ -200,15 +203,14 @@ def verdict(summary: LoraSummary, report: dict[str, Any] | None, *, base_model: 
         lines.append(f"Its card names {summary.base_model} as its base model, not {base_model}.")
     source = {"card": "its card", "metadata": "its file's metadata", "widget": "every example prompt of its card"}
     if summary.trigger_words:
-        words = ", ".join(f"`{word}`" for word in summary.trigger_words)
-        lines.append(f"Trigger words known (from {source[summary.trigger_words_from]}): {words}.")
+        lines.append(f"Trigger words known (from {source[summary.trigger_words_from]}): {', '.join(summary.trigger_words)}.")
     else:
         lines.append("No trigger words declared: the LoRA may work without one, or the card does not say.")
     facts = licence_facts(summary.license)
     if not summary.license:
         lines.append("No licence declared: ask the author before any commercial use.")
     elif facts is None or facts["commercial"] is None:
-        lines.append(f"Licence `{summary.license}`: LoRA Space has no facts about it; read it before commercial use.")
+        lines.append(f"Licence {summary.license}: LoRA Space has no facts about it; read it before commercial use.")
     else:
         allowed = "allows" if facts["commercial"] else "does not allow"
         note = f" ({facts['note']})" if facts.get("note") else ""

@@ -127,7 +127,7 @@ def test_evaluation_reads_only_a_ranged_card_and_a_ranged_header(hub, hub_settin
     assert "<h1>Watercolor</h1>" in evaluation.card.html
     assert evaluation.verdict[0].startswith("Popular: 5,000 downloads")
     assert "Compatible with tiny" in evaluation.verdict[1]
-    assert "`wtrclr`" in evaluation.verdict[2] and "from its card" in evaluation.verdict[2]
+    assert evaluation.verdict[2] == "Trigger words known (from its card): wtrclr."
     assert "Apache 2.0 allows commercial use" in evaluation.verdict[3]
     files = [request for request in hub.requests if "/resolve/" in request.path]
     assert [request.path.rsplit("/", 1)[-1] for request in files] == ["README.md", "watercolor-flux.safetensors"]

@@ -78,7 +78,7 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
         use("", None, None, None, no_progress, chosen, "a castle", *EMPTY)
     note, prompt, *slots, tabs = use("", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
     assert slots[:3] == ["dave/gated-lora/gated-lora.safetensors", 0.8, True]  # ... and works with it
-    assert prompt == "gtd, a castle" and "slot 1" in note and "`gtd`" in note
+    assert prompt == "gtd, a castle" and "slot 1" in note and "trigger words gtd go into the prompt" in note
     assert tabs.selected == "generate"  # the Generate tab opens
     downloads = [r for r in hub.requests if r.path.endswith("gated-lora.safetensors") and r.method == "GET" and not r.range]
     assert [(r.user, r.status) for r in downloads] == [(GATED_USER, 200)]  # anonymously refused at the size check
@@ -123,3 +123,14 @@ def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
     space.settings = replace(space.settings, on_space=True)
     demo = build_demo(space)
     assert sum(isinstance(block, gr.LoginButton) for block in demo.blocks.values()) == 1
+
+
+def test_hub_text_in_the_verdict_shows_as_text():
+    from markdown_it import MarkdownIt
+
+    from lora_space.ui.discover import plain
+
+    hostile = "![t](https://evil.example/t.png) [x](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**"
+    page = MarkdownIt("commonmark").render(plain(hostile))
+    assert "<img" not in page and "<a" not in page and "<code" not in page and "<strong" not in page
+    assert "![t](https://evil.example/t.png)" in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -10,6 +10,7 @@ request (`with_caller`), never a stored one.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,18 +65,23 @@ def previews(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(item["preview_url"], item["repo_id"]) for item in results if item["preview_url"]]
 
 
+def plain(text: str) -> str:
+    """Hub text (untrusted) as Markdown that shows it literally: no links, images, HTML or emphasis."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", " ".join(str(text).split()))
+
+
 def verdict_markdown(evaluation: Evaluation) -> str:
     summary = evaluation.summary
     facts = [
-        f"### {summary.repo_id}",
-        f"by **{summary.author}** · updated {summary.last_modified[:10] or 'unknown'} · "
-        f"weight file `{summary.weight_file or 'none usable'}`",
+        f"### {plain(summary.repo_id)}",
+        f"by **{plain(summary.author)}** · updated {summary.last_modified[:10] or 'unknown'} · "
+        f"weight file {plain(summary.weight_file or 'none usable')}",
     ]
-    facts += [f"- {line}" for line in evaluation.verdict]
-    facts += [f"- ⚠️ {note}" for note in evaluation.notes]
+    facts += [f"- {plain(line)}" for line in evaluation.verdict]
+    facts += [f"- ⚠️ {plain(note)}" for note in evaluation.notes]
     if evaluation.example_prompts:
-        facts.append("Example prompts from the card: " + "; ".join(f"`{prompt}`" for prompt in evaluation.example_prompts[:4]))
-    return "\n".join(facts).replace("<", "&lt;")
+        facts.append("Example prompts from the card: " + " · ".join(plain(prompt) for prompt in evaluation.example_prompts[:4]))
+    return "\n".join(facts)
 
 
 def card_html(evaluation: Evaluation) -> str:
@@ -199,8 +205,8 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
     values = fill_next_slot(slot_values, chosen["source"], DEFAULT_STRENGTH)
     slot = next(index for index in range(0, len(values), 3) if values[index] == chosen["source"]) // 3 + 1
     words = list(dict.fromkeys(list(chosen.get("trigger_words") or []) + list(resolved.trigger_words)))
-    note = f"**{chosen['source']}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
-    note += (" Its trigger words " + ", ".join(f"`{word}`" for word in words) + " go into the prompt.") if words else ""
+    note = f"**{plain(chosen['source'])}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
+    note += f" Its trigger words {plain(', '.join(words))} go into the prompt." if words else ""
     return values, note
 
 
