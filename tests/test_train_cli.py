@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lora_space.lora.safefile import load_lora_file, read_local_header
 from lora_space.train.__main__ import main
@@ -62,3 +65,30 @@ def test_two_cpu_processes_train_data_parallel_with_torchrun(tmp_path):
     assert state["step"] == 6 and sorted(state["rng"]) == ["train0", "train1"]  # each rank's RNG kept for resume
     tensors, _ = load_lora_file(files.final)
     assert any(float(tensor.abs().max()) > 0 for name, tensor in tensors.items() if "lora_B" in name)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    config = CONFIG | {"max_train_steps": 24, "validation_split": 0.2, "checkpoint_every": 4}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    dataset = colour_zip(tmp_path / "red.zip")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    command = [sys.executable, "-m", "lora_space.train", "--dataset", str(dataset), "--config", str(tmp_path / "config.json"),
+               "--output", str(killed), "--chunk-steps", "2"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=environment(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((killed / "state").glob("step_00000[4-9]")) and time.monotonic() < deadline:
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert load_state(JobFiles(killed))["step"] < 24 and not JobFiles(killed).final.exists()
+    assert main(["--output", str(killed), "--resume", "--chunk-steps", "10"]) == 0
+    assert main(["--dataset", str(dataset), "--config", str(tmp_path / "config.json"), "--output", str(whole), "--chunk-steps", "24"]) == 0
+    expected, _ = load_lora_file(JobFiles(whole).final)
+    got, _ = load_lora_file(JobFiles(killed).final)
+    for name in expected:  # exactly equal, wherever the kill landed
+        assert torch.equal(expected[name], got[name]), name

@@ -330,7 +330,8 @@ def run_chunk(
         val_indices = [index for index, row in enumerate(rows) if row["split"] == "validation"]
         prompts = config.validation_prompts or [rows[(val_indices or train_indices)[0]]["caption"] or config.trigger_word or "a picture"]
         val_every = config.checkpoint_every or config.sample_every or max(1, config.max_train_steps // 10)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.mixed_precision != "no")
+        precision = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+        autocast = torch.autocast("cuda", dtype=precision, enabled=device.type == "cuda" and config.mixed_precision != "no")
         started, stopped, done_here = time.perf_counter(), False, 0
         # 3. The loop: one numbered step per optimisation step.
         while step < config.max_train_steps:
