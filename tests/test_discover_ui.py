@@ -134,3 +134,12 @@ def test_hub_text_in_the_verdict_shows_as_text():
     page = MarkdownIt("commonmark").render(plain(hostile))
     assert "<img" not in page and "<a" not in page and "<code" not in page and "<strong" not in page
     assert "![t](https://evil.example/t.png)" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_lora_tools_inspect_a_gated_lora_with_the_visitors_token(space):
+    from lora_space.ui.lora_tools import inspect_handler
+
+    with pytest.raises(gr.Error, match="dave/gated-lora is gated"):
+        inspect_handler(space.settings, "dave/gated-lora")
+    summary, report = inspect_handler(space.settings, "dave/gated-lora", token=GATED_TOKEN)
+    assert report["compatible"] and report["trigger_words"] == ["gtd"]
