@@ -30,14 +30,16 @@ from urllib.parse import quote, urlsplit
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+MAX_LINK_SPAN = 1000
+"""A `[` whose `]` is further than this (or missing) cannot open a link here and is escaped first."""
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 LINK_SCHEMES = ("http", "https", "mailto")
 DROPPED_ELEMENTS = ("script", "style", "iframe", "object", "embed", "noscript", "template", "svg", "math", "form", "textarea", "select")
 FRONT_MATTER = re.compile(r"\A\s*---\r?\n.*?\r?\n---[ \t]*(\r?\n|\Z)", re.DOTALL)
 _DROPPED = re.compile(r"<(%s)\b.*?(</\1\s*>|\Z)" % "|".join(DROPPED_ELEMENTS), re.IGNORECASE | re.DOTALL)
 _COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.DOTALL)
-_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
-_TAG = re.compile(r"</?[A-Za-z][^>]*>|<![^>]*>|<\?[^>]*>")
+_IMG = re.compile(r"<img\b[^>]{0,4000}>", re.IGNORECASE)  # bounded: linear on any card, however hostile
+_TAG = re.compile(r"</?[A-Za-z][^>]{0,4000}>|<![^>]{0,4000}>|<\?[^>]{0,4000}>")
 _ATTRIBUTE = r"""\b%s\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))"""
 
 
@@ -180,6 +182,27 @@ class _Renderer:
         return result
 
 
+def _defuse_brackets(text: str) -> str:
+    """Escape every `[` that has no `]` within `MAX_LINK_SPAN` characters (matched as nesting).
+
+    Such a bracket cannot open a link (CommonMark labels stop at 999 characters), and markdown-it
+    scans from each one to the end of its paragraph, which is quadratic on a hostile card.
+    """
+    opened: list[int] = []
+    escape: set[int] = set()
+    for index, char in enumerate(text):
+        if char == "[" and (index == 0 or text[index - 1] != "\\"):
+            opened.append(index)
+        elif char == "]" and opened:
+            start = opened.pop()
+            if index - start > MAX_LINK_SPAN:
+                escape.add(start)
+    escape.update(opened)
+    if not escape:
+        return text
+    return "".join("\\[" if index in escape else char for index, char in enumerate(text))
+
+
 def _plain(fragment: str) -> str:
     """The text of an HTML fragment without its tags, escaped."""
     return html.escape(html.unescape(_TAG.sub("", fragment)))
@@ -213,7 +236,7 @@ def render_card(
         if url:
             renderer.image(url, "")
     markdown = MarkdownIt("js-default", {"html": True, "linkify": False})
-    tokens = markdown.parse(card_body(text))
+    tokens = markdown.parse(_defuse_brackets(card_body(text)))
     for token in tokens:
         if token.type == "html_block":
             safe = renderer.raw_html(token.content)

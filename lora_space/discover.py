@@ -34,7 +34,8 @@ MAX_LIMIT = 100
 POPULAR_DOWNLOADS = 1000
 POPULAR_LIKES = 50
 PICKLE_SUFFIXES = tuple(hub.PICKLE_SUFFIXES)
-_NAMED_WEIGHT = re.compile(r"""weight_name\s*=\s*["']([^"']+\.safetensors)["']|([\w./-]+\.safetensors)""")
+_WEIGHT_NAME = re.compile(r"""weight_name\s*=\s*["']([^"'\n]{1,200})["']""")
+_PATH_LIKE = re.compile(r"[\w./-]{1,300}")  # bounded runs: linear on any card, however hostile
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,12 @@ def choose_weight_file(repo_id: str, files: list[str] | tuple[str, ...], card_te
     weights = [name for name in files if name.lower().endswith(".safetensors")]
     if not weights:
         return None
-    for match in _NAMED_WEIGHT.finditer(card_text):
-        named = (match.group(1) or match.group(2)).lstrip("./")
-        named = named.split("/resolve/main/")[-1].split("/blob/main/")[-1]
-        if named in weights:
-            return named
+    named = [match.group(1) for match in _WEIGHT_NAME.finditer(card_text)]
+    named += [run.rstrip(".") for run in _PATH_LIKE.findall(card_text) if ".safetensors" in run]
+    for name in named:
+        name = name.split("/resolve/main/")[-1].split("/blob/main/")[-1].removeprefix("./")
+        if name in weights:
+            return name
     return hub.pick_weight_file(repo_id, [(name, 0) for name in weights])
 
 

@@ -28,8 +28,9 @@ SORTS = {"downloads": "downloads", "likes": "likes", "trending": "trending_score
 MAX_RESULTS = 1000
 """The most results one search request asks for (the Hub's largest page)."""
 EXPAND = ["author", "downloads", "likes", "trendingScore", "lastModified", "tags", "cardData", "siblings", "gated", "private", "sha"]
-MAX_CARD_BYTES = 256 * 1024
-"""A model card is read with one ranged request of at most this many bytes."""
+MAX_CARD_BYTES = 32 * 1024
+"""A model card is read with one ranged request of at most this many bytes (most cards are under
+10 kB; this also bounds the work of rendering a hostile one: markdown-it is quadratic on some inputs)."""
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,11 @@ def test_the_starter_list_is_data_with_the_courses_categories():
     entries = starter_list()
     assert {entry["category"] for entry in entries} == {"style", "character", "concept", "quality"}
     assert all(entry["repo_id"].count("/") == 1 and entry["title"] for entry in entries)
+
+
+def test_links_survive_and_a_stray_bracket_stays_text():
+    from lora_space.card_render import render_card
+
+    card = render_card("See [the docs](https://example.com/docs) [and a stray [bracket", repo_id="u/r", endpoint="http://hub.test")
+    assert '<a href="https://example.com/docs" target="_blank" rel="nofollow noopener noreferrer">the docs</a>' in card.html
+    assert "[and a stray [bracket" in card.html
