@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.app_process import running_app
-from tests.discover_repos import SCRIPT_MARK, add_discover_repos
+from tests.discover_repos import SCRIPT_MARK, add_discover_repos, lora_bytes
 from tests.hub_standin import HubStandIn
 from tests.test_app import write_library
 from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
@@ -18,6 +18,10 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("discover-hub")
     with HubStandIn(root=root / "hub") as stand_in:
         add_discover_repos(stand_in, root / "files")
+        stand_in.add_model("XLabs-AI/flux-RealismLora", files={  # a starter list entry
+            "README.md": "---\nbase_model: black-forest-labs/FLUX.1-dev\ntags: [lora]\nlicense: other\n---\n# Realism\n",
+            "lora.safetensors": lora_bytes(root / "files", "realism", 9),
+        })
         yield stand_in
 
 
@@ -50,6 +54,16 @@ def test_the_starter_list_shows_before_the_first_search(page):
     starter = page.locator("#discover-starter")
     starter.get_by_text("quality").first.wait_for(timeout=30_000)
     assert "XLabs-AI/flux-RealismLora" in starter.inner_text()
+
+
+def test_a_starter_opens_and_an_unknown_repo_is_a_clear_message(page):
+    page.locator("#discover-starter").get_by_text("XLabs-AI/flux-RealismLora", exact=True).filter(visible=True).first.click()
+    page.locator("#discover-verdict h3").get_by_text("XLabs-AI/flux-RealismLora").wait_for(timeout=30_000)
+    assert "Licence other: LoRA Space has no facts about it" in page.locator("#discover-verdict").inner_text()
+    box = page.locator("#discover-open-box textarea, #discover-open-box input").first
+    box.fill("nobody/nothing")
+    page.locator("#discover-open").click()
+    page.get_by_text("No repo nobody/nothing on the Hub").first.wait_for(timeout=30_000)
 
 
 def test_a_card_with_a_script_never_runs_or_reaches_the_page(page, hub):
