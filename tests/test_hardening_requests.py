@@ -26,13 +26,15 @@ HUGE_TEXT = "a" * 100_000
 
 
 class CountingEngine(Engine):
-    """The real engine, counting the requests that reach it."""
+    """The real engine, counting the requests that reach it; with `forbidden` set it refuses to run
+    them (a request that should have been refused must not take minutes of CPU in a test)."""
 
-    calls = 0
+    forbidden = False
 
     def generate(self, request, *, progress=None):
-        type(self).calls += 1
         self.calls_here = getattr(self, "calls_here", 0) + 1
+        if self.forbidden:
+            raise AssertionError(f"the engine was called for {request.options}")
         return super().generate(request, progress=progress)
 
 
@@ -48,6 +50,13 @@ def space(settings, hub) -> LoraSpace:
     write_lora(settings.lora_dir / "ink.safetensors", 1)
     write_lora(settings.lora_dir / "neon.safetensors", 2)
     return LoraSpace(settings, CountingEngine(build_tiny_pipeline()))
+
+
+@pytest.fixture
+def refusing(space) -> LoraSpace:
+    """The space, with an engine that fails the test if a request reaches it."""
+    space.engine.forbidden = True
+    return space
 
 
 def engine_calls(space: LoraSpace) -> int:
@@ -90,13 +99,15 @@ def test_two_hub_loras_with_the_same_file_name_blend(space, hub, tmp_path):
         (Options(steps=2, width=64, height=64, seed=2**31), "seed="),
     ],
 )
-def test_a_request_past_a_limit_never_reaches_the_engine(space, options, message):
+def test_a_request_past_a_limit_never_reaches_the_engine(refusing, options, message):
+    space = refusing
     with pytest.raises(LimitError, match=message):
         space.generate("a cat", [{"source": "ink", "strength": 0.5}], options)
     assert engine_calls(space) == 0
 
 
-def test_work_is_bounded_for_sweeps_and_batches_as_a_whole(space):
+def test_work_is_bounded_for_sweeps_and_batches_as_a_whole(refusing):
+    space = refusing
     big = Options(steps=28, width=1024, height=1024)
     with pytest.raises(LimitError, match="work"):
         space.sweep("a cat", [], "ink", [0, 0.2, 0.4, 0.6, 0.8, 1.0], "neon", [0, 0.5, 1, 1.5, 2, 2.5], big)
@@ -109,7 +120,8 @@ def test_work_is_bounded_for_sweeps_and_batches_as_a_whole(space):
 
 
 @pytest.mark.parametrize("field", ["prompt", "sweep prompt", "batch prompt", "negative"])
-def test_prompts_of_100_kb_are_refused_before_the_engine(space, field):
+def test_prompts_of_100_kb_are_refused_before_the_engine(refusing, field):
+    space = refusing
     with pytest.raises((LimitError, PromptError), match="100000 characters|characters"):
         if field == "prompt":
             space.generate(HUGE_TEXT, [], TINY)
@@ -150,7 +162,8 @@ def test_one_visitor_gets_a_bounded_number_of_requests_at_once(space):
 
 
 @pytest.mark.parametrize("strengths", [[0, 9], [float("nan")], [-5]])
-def test_sweep_strengths_are_checked_before_generating(space, strengths):
+def test_sweep_strengths_are_checked_before_generating(refusing, strengths):
+    space = refusing
     with pytest.raises(PromptError, match="strength"):
         space.sweep("a cat", [], "ink", strengths, options=TINY)
     with pytest.raises(PromptError, match="strength"):
@@ -159,7 +172,8 @@ def test_sweep_strengths_are_checked_before_generating(space, strengths):
 
 
 @pytest.mark.parametrize("name", ['we"ird', "odd:name"])
-def test_a_library_name_that_a_recipe_cannot_hold_is_refused_before_generating(space, name):
+def test_a_library_name_that_a_recipe_cannot_hold_is_refused_before_generating(refusing, name):
+    space = refusing
     write_lora(space.settings.lora_dir / f"{name}.safetensors", 7)
     with pytest.raises(PromptError, match="cannot hold"):
         space.generate("a cat", [{"source": name, "strength": 0.5}], TINY)
@@ -189,7 +203,8 @@ BAD_REFERENCES = [
 
 
 @pytest.mark.parametrize("reference", BAD_REFERENCES)
-def test_a_bad_reference_is_refused_in_every_field_without_a_hub_call(space, hub, reference):
+def test_a_bad_reference_is_refused_in_every_field_without_a_hub_call(refusing, hub, reference):
+    space = refusing
     settings = space.settings
     hub.reset_log()
     calls = [
