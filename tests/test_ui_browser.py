@@ -23,7 +23,8 @@ def page(tmp_path_factory):
     with running_app(root) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="networkidle")
+        page.goto(url, wait_until="load")  # not "networkidle": gradio keeps a heartbeat open while the app has a gr.State
+        page.locator("#header").wait_for()
         page.root = root  # type: ignore[attr-defined]
         yield page
         browser.close()

@@ -37,7 +37,8 @@ def space_app(tmp_path_factory):
 
 def open_generate(context, url):
     page = context.new_page()
-    page.goto(url, wait_until="networkidle")
+    page.goto(url, wait_until="load")  # not "networkidle": gradio keeps a heartbeat open while the app has a gr.State
+    page.locator("#header").wait_for()
     page.get_by_role("tab", name="Generate").click()
     return page
 
@@ -69,7 +70,8 @@ def test_an_upload_is_the_visitors_own(space_app):
     bob.locator("#generate-button").click()
     bob.get_by_text("No LoRA named 'alices_style'").first.wait_for(timeout=30_000)
     # 4. Alice still has it after a reload (the browser keeps her id).
-    alice.reload(wait_until="networkidle")
+    alice.reload(wait_until="load")
+    alice.locator("#header").wait_for()
     alice.get_by_role("tab", name="Generate").click()
     assert "alices_style" in library_text(alice)
     alice.locator("#prompt textarea").fill("a lighthouse <lora:alices_style:0.8>")
