@@ -41,8 +41,8 @@ from .lora_file import save_trained_lora
 TARGET_MODULES = [
     "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
     "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
-    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
-]  # fmt: skip
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+]  # fmt: skip  (in single blocks only attn.to_q/k/v match, as in the recipe)
 GUIDANCE = 3.5  # the recipe's --guidance_scale default, and the Generate tab's default
 MAX_GRAD_NORM = 1.0
 VALIDATION_SIGMAS = (0.25, 0.5, 0.75)  # fixed noise levels: validation losses are comparable over time
