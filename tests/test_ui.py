@@ -9,7 +9,8 @@ from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.ui import build_demo, header_markdown
 
-PUBLIC = {"list_loras", "inspect_lora", "generate", "strength_sweep", "batch_generate", "convert_lora", "resize_lora", "compare_loras"}
+PUBLIC = {"list_loras", "inspect_lora", "generate", "strength_sweep", "batch_generate", "convert_lora", "resize_lora", "compare_loras",
+          "start_training", "training_status", "cancel_training"}
 
 
 def test_build_demo_has_the_tabs_and_endpoints(settings):
@@ -20,4 +21,4 @@ def test_build_demo_has_the_tabs_and_endpoints(settings):
     assert tabs == ["Discover", "Generate", "Train", "Publish"]
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert PUBLIC <= public
-    assert "tiny" in header_markdown(space) and "noise" in header_markdown(space)
+    assert "tiny" in header_markdown(space) and "blocks of colour" in header_markdown(space)

@@ -32,7 +32,7 @@ def page(tmp_path_factory):
 
 def test_header_and_tabs_in_order(page):
     header = page.locator("#header").inner_text()
-    assert "tiny" in header and "noise" in header
+    assert "tiny" in header and "blocks of colour" in header
     tabs = [text.strip() for text in page.get_by_role("tab").all_inner_texts()]
     assert tabs[:4] == ["Discover", "Generate", "Train", "Publish"]
 

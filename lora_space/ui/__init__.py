@@ -19,7 +19,8 @@ from .visitors import build_browser_id, fill_browser_id
 TITLE = "LoRA Space"
 TINY_NOTE = (
     "**tiny mode**: the base model is a random FLUX-architecture test model built offline, "
-    "so images are noise. Every feature runs through the same code as FLUX.1-dev on a GPU."
+    "so images are blocks of colour, not pictures (its VAE carries colour, so a LoRA trained on red images "
+    "turns them red). Every feature runs through the same code as FLUX.1-dev on a GPU."
 )
 
 
