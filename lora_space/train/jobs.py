@@ -339,6 +339,9 @@ class JobManager:
             return
         state.update(state="done", lora_name=entry.name, lora_file=str(entry.path), finished=time.time())
         self._write_state(files, state)
+        # A finished job cannot resume: its training state and encodings only took disk space.
+        shutil.rmtree(files.states, ignore_errors=True)
+        files.cache.unlink(missing_ok=True)
         log_line(files, f"done: {entry.name}")
 
     # -- helpers ----------------------------------------------------------------------------
