@@ -25,7 +25,7 @@ def space_app(tmp_path_factory):
 
     assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("browser_train")
-    with running_app(root, **SPACE_ENV, SYSTEM="spaces") as url, sync_playwright() as playwright:  # gradio's own Space check
+    with running_app(root, **SPACE_ENV) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
         yield browser, url, root
         browser.close()
