@@ -116,6 +116,16 @@ def test_try_in_generate_fills_a_slot_and_the_lora_generates(page):
     assert not list((page.root / "loras").rglob("flatshape_style_*"))  # type: ignore[attr-defined]  # on a Space: Alice's own library
 
 
+def test_publish_selects_the_lora_in_the_publish_tab(page):
+    page.get_by_role("tab", name="Train").click()
+    name = page.locator("#train-lora-name textarea, #train-lora-name input").first.input_value()
+    page.locator("#train-publish").click()
+    page.get_by_role("tab", name="Publish", selected=True).wait_for(timeout=10_000)
+    page.wait_for_function(
+        f"() => document.querySelector('#publish-source input')?.value === '{name}'", timeout=10_000
+    )
+
+
 def test_the_job_is_listed_again_after_a_reload_and_not_for_another_visitor(page, space_app):
     from playwright.sync_api import expect
 

@@ -51,9 +51,10 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 trained = train.build_train_tab(space, browser_id)
             with gr.Tab("Publish", id="publish"):
-                publish.build_publish_tab(space, browser_id)
+                publish_source = publish.build_publish_tab(space, browser_id)
         discover.wire_discover_to_generate(found, controls, tabs)  # cross-tab events, once every tab exists
         train.wire_train_to_generate(trained, controls, tabs)
+        train.wire_train_to_publish(trained, publish_source, tabs)
         api.register_endpoints(space)
         discover.register_discover_endpoints(space)
         publish.register_publish_endpoints(space)

@@ -103,8 +103,8 @@ def _own_names(space: LoraSpace, visitor) -> list[str]:
     return [entry.name for entry in scan_library(visitor_lora_dir(space.settings, visitor)) if entry.problem is None]
 
 
-def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> None:
-    """The Publish tab (call inside a `gr.Tab`)."""
+def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropdown:
+    """The Publish tab (call inside a `gr.Tab`); returns its LoRA field, which other tabs fill."""
     settings = space.settings
     gr.Markdown(INTRO)
     with gr.Row():
@@ -190,6 +190,7 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> None:
     card.input(_body, card, card_view, api_visibility="private")
     refresh.click(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
     browser_id.change(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
+    return source
 
 
 def _body(text: str | None) -> str:
