@@ -80,6 +80,7 @@ class Limits:
     max_work: float = 600.0  # steps x images x megapixels x CFG passes of one call (FLUX.1-dev: ~0.3 GPU s each)
     max_requests_per_visitor: int = 2  # calls one visitor may have running at once (a Space's visitors)
     queue_size: int = 64  # calls waiting in Gradio's queue; more are turned away at once
+    max_sessions: int = 1000  # sessions whose state Gradio keeps in memory (~0.6 MB each); the oldest go first
 
     def work(self, options, *, images: int | None = None) -> float:
         """The GPU work of `images` images made with `options`: steps x images x megapixels x CFG passes.
@@ -173,6 +174,7 @@ class Settings:
             max_work=_int(env, "LORA_SPACE_MAX_WORK", int(default_limits.max_work), 1, 100_000),
             max_requests_per_visitor=_int(env, "LORA_SPACE_VISITOR_REQUESTS", default_limits.max_requests_per_visitor, 1, 64),
             queue_size=_int(env, "LORA_SPACE_QUEUE_SIZE", default_limits.queue_size, 1, 10_000),
+            max_sessions=_int(env, "LORA_SPACE_SESSIONS", default_limits.max_sessions, 10, 100_000),
         )
         settings = cls(
             base_model=base_model,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 START_SECONDS = 30
+PROCESSES: dict[str, subprocess.Popen] = {}  # url -> the running app, for tests that read its /proc (memory)
 
 
 def free_port() -> int:
@@ -51,7 +52,10 @@ def running_app(root: Path, **env: str) -> Iterator[str]:
                     if time.monotonic() - started > START_SECONDS:
                         raise RuntimeError(f"the app did not answer within {START_SECONDS} s:\n{log_path.read_text()}") from None
                     time.sleep(0.25)
-            yield f"http://127.0.0.1:{port}/"
+            url = f"http://127.0.0.1:{port}/"
+            PROCESSES[url] = process
+            yield url
         finally:
+            PROCESSES.pop(f"http://127.0.0.1:{port}/", None)
             process.terminate()
             process.wait(timeout=30)

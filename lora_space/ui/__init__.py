@@ -87,6 +87,7 @@ def launch() -> None:
     start_cleaner(settings)  # aged outputs and visitor files (lora_space/cleanup.py)
     demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(
         max_file_size=settings.storage.max_upload_bytes,
+        state_session_capacity=settings.limits.max_sessions,  # each session's state costs memory until evicted
         allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve())],  # job ids are random
         theme=gr.themes.Soft(),
     )
