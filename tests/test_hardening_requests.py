@@ -226,3 +226,23 @@ def test_a_bad_reference_is_refused_in_every_field_without_a_hub_call(refusing, 
         assert "/etc/" not in str(caught.value).replace(reference, "") and str(settings.lora_dir) not in str(caught.value)
     assert engine_calls(space) == 0
     assert hub.requests == []
+
+
+BAD_REPO_IDS = [ref for ref in BAD_REFERENCES if ref.count("/") != 2 or ref.startswith(("/", "file:", "http:"))] + ["a/b/c", "x" * 97, "alice/" + "r" * 97, "alice/re--po", "alice/.hidden"]
+
+
+@pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
+def test_a_bad_repo_id_is_refused_in_every_field_that_takes_one_without_a_hub_call(refusing, hub, repo_id):
+    from lora_space.errors import LoraSpaceError
+    from lora_space.publish.publish import check_repo_id
+
+    space = refusing
+    hub.reset_log()
+    calls = [lambda: check_repo_id(repo_id)]  # /publish
+    if repo_id.count("/") != 2:  # as a LoRA source, `a/b/c` is file c of repo a/b: a fair question for the Hub
+        calls.append(lambda: space.bake([{"source": repo_id, "strength": 0.5}, {"source": "ink", "strength": 0.5}]))
+    for call in calls:
+        with pytest.raises(LoraSpaceError):
+            call()
+    assert engine_calls(space) == 0
+    assert hub.requests == []
