@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .library import _write_atomically
+from .atomic import write_atomically
 from .lora.safefile import read_local_header
 
 logger = logging.getLogger(__name__)
@@ -125,6 +125,6 @@ class HashCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(entries, indent=0, sort_keys=True).encode("utf-8")
-            _write_atomically(self.path, lambda handle: handle.write(text))
+            write_atomically(self.path, lambda handle: handle.write(text))
         except OSError as error:  # a read-only data folder costs speed, not correctness
             logger.warning("could not save the hash cache %s: %s", self.path.name, error)

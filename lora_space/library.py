@@ -205,9 +205,6 @@ def _check_name(name: str) -> str:
     return name
 
 
-_write_atomically = write_atomically  # the shared writer (lora_space/atomic.py); old name kept for callers
-
-
 def add_to_library(
     lora_dir: Path | str, uploaded_path: Path | str, *, name: str | None = None, overwrite: bool = False
 ) -> LibraryEntry:
@@ -251,7 +248,7 @@ def add_to_library(
             "choose another name, or pass overwrite=True to replace it."
         )
     with uploaded_path.open("rb") as source:
-        _write_atomically(target, lambda file: shutil.copyfileobj(source, file, 1024 * 1024))
+        write_atomically(target, lambda file: shutil.copyfileobj(source, file, 1024 * 1024))
     entry = find_entry(root, location)
     if entry is None:
         raise LoraFileError(f"{name!r} was removed from the library while it was being added; add it again.")
@@ -276,5 +273,5 @@ def write_sidecar(lora_dir: Path | str, name: str, trigger_words: Iterable[str])
         raise LoraFileError(f"The library has no LoRA named {name!r}; pick one from the list of library LoRAs.")
     sidecar = entry.path.with_suffix(".txt")
     text = ", ".join(word for word in words if word) + "\n"
-    _write_atomically(sidecar, lambda file: file.write(text.encode("utf-8")))
+    write_atomically(sidecar, lambda file: file.write(text.encode("utf-8")))
     return sidecar
