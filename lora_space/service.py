@@ -299,7 +299,7 @@ class LoraSpace:
                 seed=result.seed + index,
                 width=options.width,
                 height=options.height,
-                model=self.settings.base_model,
+                model=self.settings.base_model_label,
                 loras=refs,
                 model_hash=model_hash,
             )
@@ -315,7 +315,7 @@ class LoraSpace:
             "width": options.width,
             "height": options.height,
             "num_images": options.num_images,
-            "base_model": self.settings.base_model,
+            "base_model": self.settings.base_model_label,
             "loras": [
                 {"name": ref.name, "source": ref.source, "strength": ref.strength, "trigger_words": list(ref.trigger_words)}
                 | ({"revision": ref.revision} if ref.revision else {})

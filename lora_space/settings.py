@@ -153,6 +153,12 @@ class Settings:
         return self.base_model == TINY
 
     @property
+    def base_model_label(self) -> str:
+        """How images and results name the base model: its Hub id, `tiny`, or a local folder's
+        name alone (never a server path)."""
+        return Path(self.base_model).name if Path(self.base_model).is_absolute() or Path(self.base_model).is_dir() else self.base_model
+
+    @property
     def hub_base_model(self) -> str:
         """The Hub id LoRAs are searched for: tiny stands in for FLUX.1-dev."""
         if self.is_tiny or Path(self.base_model).is_dir():

@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 import pytest
+from PIL import Image
 
 from lora_space import library
 from lora_space.engine import Engine, Options
@@ -109,3 +110,13 @@ def test_a_hub_lora_is_read_at_one_commit_and_the_download_has_its_own_cap(setti
     with pytest.raises(LoraFileError, match="above the"):
         hub_calls.download_file("bob/big", "big.safetensors", endpoint=hub.endpoint, token=False, max_bytes=big.stat().st_size - 1)
     assert hub.bytes_served("big.safetensors") == 0
+
+
+def test_a_local_base_model_is_named_by_its_folder_in_images(settings, tmp_path):
+    folder = tmp_path / "models" / "my-flux"
+    folder.mkdir(parents=True)
+    space = LoraSpace(dataclasses.replace(settings, base_model=str(folder)), Engine(build_tiny_pipeline()))
+    output = space.generate("a cat", [], TINY)
+    assert output.metadata["base_model"] == "my-flux"
+    assert read_png_recipe(output.files[0])["model"] == "my-flux"
+    assert str(tmp_path) not in str(Image.open(output.files[0]).info)
