@@ -29,6 +29,7 @@ from ..errors import LoraSpaceError, PublishError
 from ..owners import Visitor, visitor_area, visitor_lora_dir
 from ..recipe import Recipe, read_png_recipe, save_png
 from ..settings import Settings
+from ..train.checkpoint import SAMPLE_PROMPTS, read_json
 from .card import TrainingFacts
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -149,13 +150,14 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
         val_loss=_final(data.get("val_loss")),
     )
     word = config.get("trigger_word") or report.get("trigger_word") or ""
-    prompts = [str(prompt) for prompt in config.get("validation_prompts") or []]
+    samples = [Path(item) for item in data.get("samples") or []]
+    prompts = read_json(samples[0].parent / SAMPLE_PROMPTS, []) if samples else []  # the trainer's, by number
     return Bundle(
         kind="job",
         name=str(data.get("lora_name") or Path(data["lora_file"]).stem),
         lora_file=Path(data["lora_file"]),
         trigger_words=[word] if word else [],
-        samples=_final_samples([Path(item) for item in data.get("samples") or []], prompts),
+        samples=_final_samples(samples, [str(prompt) for prompt in prompts or []]),
         training=training,
         config={key: value for key, value in config.items() if key != "notes"},
         dataset_hash=_dataset_hash(space.jobs.root / job_id),

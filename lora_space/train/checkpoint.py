@@ -82,6 +82,10 @@ class JobFiles:
         return self.root / "stop"
 
 
+SAMPLE_PROMPTS = "prompts.json"
+"""In a job's samples folder: the sample prompts by number (`..._prompt<number>_...png`)."""
+
+
 def write_json(path: Path, value) -> None:
     text = json.dumps(value, indent=1, sort_keys=True)
     write_atomically(path, lambda file: file.write(text.encode("utf-8")))

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import TrainConfigError
 from .cache import Cache, LiveEncoder, build_cache
-from .checkpoint import JobFiles, load_state, log_line, read_json, save_state, write_json
+from .checkpoint import SAMPLE_PROMPTS, JobFiles, load_state, log_line, read_json, save_state, write_json
 from .config import TrainConfig
 from .lora_file import save_trained_lora
 
@@ -223,8 +223,12 @@ def _set_enabled(layers: list[BaseTunerLayer], enabled: bool) -> None:
 
 
 def save_samples(pipe, layers, config: TrainConfig, prompts: list[str], files: JobFiles, step: int) -> list[str]:
-    """The validation prompts at LoRA strength 0 and 1, same seed: whether the LoRA is learning shows."""
+    """The validation prompts at LoRA strength 0 and 1, same seed: whether the LoRA is learning shows.
+
+    `samples/prompts.json` lists the prompts by number (`..._prompt<number>_...png`), for Publish.
+    """
     files.samples.mkdir(exist_ok=True)
+    write_json(files.samples / SAMPLE_PROMPTS, prompts)
     side = config.resolution
     saved = []
     with torch.no_grad():
