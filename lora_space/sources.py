@@ -15,6 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import hub, library
 from .errors import LoraFileError, UnsafeFileError
+from .lora.safefile import parse_header
 from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 from .settings import Settings
 
@@ -185,13 +186,14 @@ def resolve_source(
     revision, card = (None, None) if settings.hf_offline else hub.repo_commit(repo_id, **hub_options)
     repo_id, filename = hub_file(source, settings=settings, token=token, revision=revision)
     if not settings.hf_offline:  # look at the size first (one small range request) before downloading
-        _, size = hub.read_safetensors_header(repo_id, filename, revision=revision, **hub_options)
+        raw, size = hub.read_safetensors_header(repo_id, filename, revision=revision, **hub_options)
         limit = settings.limits.max_lora_bytes
         if size > limit:
             raise LoraFileError(
                 f"{repo_id}/{filename} is {size / 2**30:.1f} GiB, above the {limit / 2**30:.1f} GiB this Space downloads; "
                 "pick a smaller file (resize it in LoRA tools on your own machine)."
             )
+        parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
     file = hub.download_file(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes, **hub_options)
     card = card if card is not None else hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(

@@ -120,3 +120,14 @@ def test_a_local_base_model_is_named_by_its_folder_in_images(settings, tmp_path)
     assert output.metadata["base_model"] == "my-flux"
     assert read_png_recipe(output.files[0])["model"] == "my-flux"
     assert str(tmp_path) not in str(Image.open(output.files[0]).info)
+
+
+def test_a_forged_hub_file_is_refused_from_its_header_before_any_download(settings, hub, tmp_path):
+    from tests.test_hardening_files import tall_rank_file
+
+    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
+    hub.add_model("eve/tall", files={"tall.safetensors": tall_rank_file(tmp_path / "tall.safetensors", 6000)})
+    hub.reset_log()
+    with pytest.raises(LoraFileError, match="rank 6000"):
+        resolve_source("eve/tall", settings=settings)
+    assert all(request.range for request in hub.requests if "/resolve/" in request.path)  # header reads only
