@@ -246,3 +246,22 @@ def test_a_bad_repo_id_is_refused_in_every_field_that_takes_one_without_a_hub_ca
             call()
     assert engine_calls(space) == 0
     assert hub.requests == []
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda space: space.generate("a cat", [{"source": f"l{index}", "strength": 0.1} for index in range(7)], TINY), "use at most 6"),
+        (lambda space: space.generate("a cat <lora:ink:0.5> <lora:neon:0.5>", [{"source": "ink", "strength": 0.5}], TINY), "given twice"),
+        (lambda space: space.sweep("a cat", [], "ink", [0.1 * index for index in range(7)], "neon", [0.1 * index for index in range(6)], TINY), "at most 36"),
+        (lambda space: space.batch([f"prompt {index}" for index in range(25)], [], TINY), "at most 24"),
+        (lambda space: space.generate("a cat", [{"source": "ink", "strength": 3.5}], TINY), "outside"),
+        (lambda space: space.generate("a cat", [{"source": "ink", "strength": float("inf")}], TINY), "outside"),
+    ],
+)
+def test_every_count_and_strength_limit_is_checked_before_the_engine(refusing, call, message):
+    for index in range(7):
+        write_lora(refusing.settings.lora_dir / f"l{index}.safetensors", index)
+    with pytest.raises((LimitError, PromptError), match=message):
+        call(refusing)
+    assert engine_calls(refusing) == 0
