@@ -239,3 +239,21 @@ def test_keys_of_no_known_format_are_reported_not_guessed(settings):
     assert report.format == "unknown" and report.compatible is False and "unknown format" in report.reason
     with pytest.raises(LoraFileError, match="no module"):
         convert_source("strange", "kohya", settings=settings)
+
+
+def test_an_exact_bake_never_writes_a_rank_the_reader_refuses(settings):
+    from lora_space.service import LoraSpace
+
+    write_lora(settings.lora_dir / "a.safetensors", 1, rank=20)  # 20 + 20 > the tiny modules' 32 inputs
+    write_lora(settings.lora_dir / "b.safetensors", 2, rank=20)
+    space = LoraSpace(settings, None)
+    result = space.bake([{"source": "a", "strength": 0.5}, {"source": "b", "strength": 0.7}])
+    baked = compare_files({"baked": result.file, "a": settings.lora_dir / "a.safetensors"})  # read back by the one reader
+    assert baked.loras == ["baked", "a"]
+    from lora_space.lora.tools import read_lora_file
+
+    lora, a, b = (read_lora_file(path) for path in (result.file, settings.lora_dir / "a.safetensors", settings.lora_dir / "b.safetensors"))
+    for name, module in lora.modules.items():
+        assert module.rank <= min(module.in_features, module.out_features)
+        expected = 0.5 * a.modules[name].delta() + 0.7 * b.modules[name].delta()
+        assert torch.allclose(module.delta(), expected, atol=1e-4 * float(expected.abs().max()))

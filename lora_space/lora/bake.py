@@ -101,7 +101,7 @@ def _dtype(parts: list[BakePart]) -> torch.dtype:
 
 
 def exact_sum(parts: list[tuple[dict[str, LoraModule], float]], dtype: torch.dtype) -> dict[str, LoraModule]:
-    """Per module, the blend's update as one LoRA module of rank sum(r_i), alpha = rank (scale 1).
+    """Per module, the blend's update as one LoRA module of rank sum(r_i) (at most min(in, out)), alpha = rank (scale 1).
 
     Args:
         parts: each LoRA's modules (already checked against the base) and its strength.
@@ -113,6 +113,11 @@ def exact_sum(parts: list[tuple[dict[str, LoraModule], float]], dtype: torch.dty
         members = [(modules[name], strength) for modules, strength in parts if strength != 0 and name in modules]
         A = torch.cat([module.A.to(dtype) for module, _ in members])
         B = torch.cat([(module.B.float() * (strength * module.scale)).to(dtype) for module, strength in members], dim=1)
+        if A.shape[0] > min(A.shape[1], B.shape[0]):
+            # More rank than the module holds (safefile refuses such files): the same update,
+            # factored at rank min(in, out) by a full SVD, which loses nothing but rounding.
+            U, S, Vh = torch.linalg.svd(B.double() @ A.double(), full_matrices=False)
+            A, B = Vh.to(dtype), (U * S).to(dtype)
         result[name] = LoraModule(A.contiguous(), B.contiguous(), None)
     return result
 
