@@ -8,6 +8,7 @@ page load), else the `gradio_client` session. Handlers declare `request: gr.Requ
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,12 @@ def visitor_of(
     profile: gr.OAuthProfile | None = None,
     browser_id: str | None = None,
 ) -> Visitor:
-    """The owner of this request (see the module docstring)."""
+    """The owner of this request (see the module docstring).
+
+    `browser_id` is None for API calls; from the page it is the stored id, or "" for an event
+    that runs before the page's load event has stored one: that event gets the id the load
+    event will store (`fill_browser_id`), so a visitor's first upload is theirs after the load too.
+    """
     if not settings.on_space:
         return LOCAL
     if profile is not None and getattr(profile, "username", None):
@@ -35,9 +41,16 @@ def visitor_of(
     if is_browser_id(browser_id):
         return Visitor("browser", browser_id)  # type: ignore[arg-type]
     session = getattr(request, "session_hash", None) if request is not None else None
+    if session and browser_id is not None:
+        return Visitor("browser", first_browser_id(session))
     if session:
         return Visitor("session", session)
     return Visitor("session", new_browser_id())  # no way to find it again: a one-off visitor
+
+
+def first_browser_id(session_hash: str) -> str:
+    """The id a browser without one gets: derived from its first page session."""
+    return hashlib.sha256(f"browser-id:{session_hash}".encode()).hexdigest()[:32]
 
 
 def build_browser_id(settings: Settings) -> gr.BrowserState:
@@ -46,9 +59,12 @@ def build_browser_id(settings: Settings) -> gr.BrowserState:
     return gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
 
 
-def fill_browser_id(current: str | None) -> str:
-    """On page load: keep the browser's id, or give it a new one."""
-    return current if is_browser_id(current) else new_browser_id()
+def fill_browser_id(current: str | None, request: gr.Request) -> str:
+    """On page load: keep the browser's id, or give it its first one (see `visitor_of`)."""
+    if is_browser_id(current):
+        return current  # type: ignore[return-value]
+    session = getattr(request, "session_hash", None)
+    return first_browser_id(session) if session else new_browser_id()
 
 
 @dataclass(frozen=True)
