@@ -10,124 +10,36 @@ import json
 import secrets
 import uuid
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from . import blends, library
-from .engine import MAX_SEED, Engine, GenerationRequest, LoraSpec, Options, check_work
 from .cleanup import check_quota
-from .fairness import VisitorGate, one_turn_per_call
-from .errors import LimitError, LoraFileError, PromptError
 from .discover import Discover
-from .grid import labelled_grid
-from .hashes import LORA_SHORT, MODEL_SHORT, HashCache
-from .lora.conflicts import PairSummary, mix_warnings
-from .lora.tools import compare_files
-from .owners import LOCAL, Visitor, visitor_lora_dir
-from .prompts import (
-    MAX_STRENGTH,
-    MIN_STRENGTH,
-    ParsedPrompt,
-    build_model_prompt,
-    parse_prompt,
+from .engine import MAX_SEED, Engine, Options, check_work
+from .errors import LimitError, LoraFileError, PromptError
+from .fairness import VisitorGate, one_turn_per_call
+from .generation import (
+    MAX_BATCH_PROMPTS,
+    MAX_SWEEP_CELLS,
+    BatchOutput,
+    Blend,
+    GenerateOutput,
+    SweepOutput,
+    check_strength,
+    loras_from_dicts,
+    open_image,
+    pair_at_unit_strength,
+    recipe_from_metadata,
+    render,
 )
-from .recipe import LoraRef, Recipe, recipe_to_json, save_png
+from .grid import labelled_grid
+from .hashes import HashCache
+from .owners import LOCAL, Visitor, visitor_lora_dir
+from .prompts import ParsedPrompt, parse_prompt
+from .recipe import Recipe, recipe_to_json
 from .settings import Settings
 from .sources import ResolvedSource, resolve_source
-
-# The course: "Usually 0.6-1.0 for balanced results"; "values too high can cause artifacts".
-STRENGTH_SUM_WARNING = 1.5
-MAX_SWEEP_CELLS = 36
-MAX_BATCH_PROMPTS = 24
-
-
-@dataclass
-class GenerateOutput:
-    files: list[Path]
-    metadata: dict
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SweepOutput:
-    grid: Path
-    cells: list[GenerateOutput]
-    metadata: dict
-
-
-@dataclass
-class BatchOutput:
-    archive: Path
-    outputs: list[GenerateOutput]
-
-
-Blend = list[tuple[ResolvedSource, float]]
-
-
-def loras_from_dicts(loras: list[dict] | None) -> list[tuple[str, float]]:
-    """The API's `[{"source": ..., "strength": ...}]`, checked, as `(source, strength)` pairs."""
-    choices = []
-    for index, item in enumerate(loras or []):
-        if not isinstance(item, dict) or not isinstance(item.get("source"), str):
-            raise PromptError(
-                f"loras[{index}] = {item!r} is not of the form {{'source': 'name or user/repo', 'strength': 0.8}}."
-            )
-        strength = item.get("strength", 1.0)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise PromptError(f"loras[{index}]: strength {strength!r} is not a number; use e.g. 0.8.")
-        choices.append((item["source"].strip(), check_strength(float(strength), f"loras[{index}]")))
-    return choices
-
-
-def check_strength(strength: float, where: str) -> float:
-    if not MIN_STRENGTH <= strength <= MAX_STRENGTH:
-        raise PromptError(
-            f"{where}: strength {strength:g} is outside {MIN_STRENGTH:g}..{MAX_STRENGTH:g}; the course's range is 0.6-1.0."
-        )
-    return strength
-
-
-def parse_strengths(text: str) -> list[float]:
-    """`"0, 0.5, 1"` -> `[0.0, 0.5, 1.0]`, each in range."""
-    try:
-        values = [float(part) for part in text.replace(";", ",").split(",") if part.strip()]
-    except ValueError:
-        raise PromptError(f"Strengths {text!r} are not numbers; write them like '0, 0.4, 0.8, 1.2'.") from None
-    if not values:
-        raise PromptError("No strengths given; write them like '0, 0.4, 0.8, 1.2'.")
-    return [check_strength(value, "sweep") for value in values]
-
-
-def _pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, file_b: str, key_b: str) -> PairSummary:
-    """How two LoRA files relate at strength 1 each; `key_*` name the contents, for caching."""
-    return compare_files({name_a: file_a, name_b: file_b}).pairs[0]
-
-
-def conflict_warnings(blend: Blend, pair_summary: Callable[..., PairSummary] = _pair_at_unit_strength) -> list[str]:
-    """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
-    active = [(item, strength) for item, strength in blend if strength != 0]
-    names = [item.name for item, _ in active]
-    # Two LoRAs may share a name (`alice/style`, `bob/style`): then each is called by its source.
-    labels = [item.name if names.count(item.name) == 1 else item.source for item, _ in active]
-    pairs = [
-        pair_summary(labels[i], str(a.file), a.key, labels[j], str(b.file), b.key)
-        for i, (a, _) in enumerate(active)
-        for j, (b, _) in enumerate(active)
-        if i < j
-    ]
-    return mix_warnings(pairs, {label: strength for label, (_, strength) in zip(labels, active)})
-
-
-def strength_warnings(strengths: list[float]) -> list[str]:
-    """The course: 0.6-1.0 is balanced; too high causes artifacts. Warn on a heavy blend."""
-    total = sum(abs(strength) for strength in strengths)
-    if total > STRENGTH_SUM_WARNING:
-        return [
-            f"The LoRA strengths add up to {total:.2f}; past about {STRENGTH_SUM_WARNING} blends often show "
-            "artifacts. Lower the strongest LoRA first (the course's range is 0.6-1.0 each)."
-        ]
-    return []
 
 
 class LoraSpace:
@@ -137,7 +49,7 @@ class LoraSpace:
         self.settings = settings
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
-        self._pair_summary = functools.lru_cache(maxsize=128)(_pair_at_unit_strength)
+        self._pair_summary = functools.lru_cache(maxsize=128)(pair_at_unit_strength)
         # Calls running per visitor, bounded by `settings.limits.max_requests_per_visitor`.
         self.gate = VisitorGate()
         # Training jobs (lora_space/train/jobs.py): queued, trained chunk by chunk on this engine.
@@ -261,72 +173,8 @@ class LoraSpace:
         return self.run(parsed, blend, options, self.new_output_dir(), progress=progress)
 
     def run(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
-        """Generate for a resolved blend and save each PNG with its recipe in `folder`."""
-        # 1. The prompt as sent: tags removed, trigger words of every LoRA not at 0 inserted.
-        model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in blend])
-        request = GenerationRequest(
-            prompt=model_prompt,
-            options=options,
-            loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
-        )
-        request.check(self.settings.limits)
-        warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend, self._pair_summary)
-        # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
-        refs = tuple(
-            LoraRef(
-                item.name,
-                strength,
-                source=item.source,
-                revision=item.revision or "",
-                trigger_words=tuple(item.trigger_words),
-                hash=self.hashes.lora_hash(item.file)[:LORA_SHORT],
-            )
-            for item, strength in blend
-        )
-        # 3. Run it on the shared engine, then save each image (seed + index) with its recipe.
-        result = self.engine.generate(request, progress=progress)
-        warnings += result.warnings
-        base_file = Path(self.settings.base_model)
-        model_hash = self.hashes.model_hash(base_file)[:MODEL_SHORT] if base_file.is_file() else ""  # a folder has none
-        files = []
-        for index, image in enumerate(result.images):
-            recipe = Recipe(
-                prompt=model_prompt,
-                negative_prompt=options.negative_prompt,
-                steps=options.steps,
-                guidance=options.guidance,
-                true_cfg=options.true_cfg,
-                seed=result.seed + index,
-                width=options.width,
-                height=options.height,
-                model=self.settings.base_model_label,
-                loras=refs,
-                model_hash=model_hash,
-            )
-            files.append(Path(save_png(image, folder / f"{stem}_{index:02d}_seed{result.seed + index}.png", recipe)))
-        metadata = {
-            "prompt": model_prompt,
-            "prompt_raw": parsed.raw,
-            "negative_prompt": options.negative_prompt,
-            "seed": result.seed,
-            "steps": options.steps,
-            "guidance": options.guidance,
-            "true_cfg": options.true_cfg,
-            "width": options.width,
-            "height": options.height,
-            "num_images": options.num_images,
-            "base_model": self.settings.base_model_label,
-            "loras": [
-                {"name": ref.name, "source": ref.source, "strength": ref.strength, "trigger_words": list(ref.trigger_words)}
-                | ({"revision": ref.revision} if ref.revision else {})
-                | ({"hash": ref.hash} if ref.hash else {})
-                for ref in refs
-            ],
-            "fused": result.fused,
-            "warnings": warnings,
-            "timings": {key: round(value, 4) for key, value in result.timings.items()},
-        }
-        return GenerateOutput(files=files, metadata=metadata, warnings=warnings)
+        """Generate for a resolved blend and save each PNG with its recipe in `folder` (`generation.render`)."""
+        return render(self, parsed, blend, options, folder, progress=progress, stem=stem)
 
     # -- strength sweep -------------------------------------------------------------------
 
@@ -371,7 +219,7 @@ class LoraSpace:
                 cell_blend = fixed + [(x_item[0], x_strength)] + ([(y_item[0], y_strength)] if y_item else [])
                 output = self.run(parsed, cell_blend, options, folder, stem=f"cell_r{row}_c{column}")
                 outputs.append(output)
-                row_images.append(_open_image(output.files[0]))
+                row_images.append(open_image(output.files[0]))
             rows.append(row_images)
         x_name = x_item[0].name
         grid = labelled_grid(
@@ -431,28 +279,7 @@ class LoraSpace:
 
     def save_recipe(self, metadata: dict) -> Path:
         """A blend recipe (sources, revisions, strengths, trigger words, seed) as a JSON file."""
-        recipe = Recipe(
-            prompt=metadata["prompt"],  # tags removed (the LoRAs are listed), trigger words kept
-            negative_prompt=metadata.get("negative_prompt", ""),
-            steps=metadata["steps"],
-            guidance=metadata["guidance"],
-            true_cfg=metadata.get("true_cfg", 1.0),
-            seed=metadata["seed"],
-            width=metadata["width"],
-            height=metadata["height"],
-            model=metadata["base_model"],
-            loras=tuple(
-                LoraRef(
-                    lora["name"],
-                    lora["strength"],
-                    source=lora["source"],
-                    revision=lora.get("revision", ""),
-                    trigger_words=tuple(lora["trigger_words"]),
-                    hash=lora.get("hash", ""),
-                )
-                for lora in metadata["loras"]
-            ),
-        )
+        recipe = recipe_from_metadata(metadata)
         path = self.new_output_dir() / "recipe.json"
         path.write_text(recipe_to_json(recipe))
         return path
@@ -511,9 +338,3 @@ class LoraSpace:
             progress=progress,
         )
 
-
-def _open_image(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")

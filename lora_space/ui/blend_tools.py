@@ -7,9 +7,10 @@ from pathlib import Path
 import gradio as gr
 
 from ..errors import PromptError
+from ..generation import parse_strengths
 from ..lora.export import TARGETS
 from ..recipe import Recipe, read_png_recipe, recipe_from_json
-from ..service import LoraSpace, parse_strengths
+from ..service import LoraSpace
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
 from .lora_tools import energy_frame
