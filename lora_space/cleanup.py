@@ -2,12 +2,15 @@
 
 API.md "Who owns what": a visitor's area has a size quota and an age limit, and is cleaned
 on a schedule; the shared library and the Hub cache are never deleted by it. This module
-owns two folders of the data folder and nothing else:
+cleans these folders and nothing else:
 
 - `outputs/<random id>/`: the files one call returned (images, zips, converted LoRAs),
   deleted whole once their newest file is older than `Storage.output_max_age_s`;
 - `visitors/<id>/`: what a Space's visitor added, deleted entry by entry (a LoRA with its
-  sidecars, a folder) once untouched for `Storage.visitor_max_age_s`.
+  sidecars, a folder) once untouched for `Storage.visitor_max_age_s`;
+- `jobs/<job id>/` on a Space: a finished, cancelled or failed training job, once untouched for
+  `Storage.visitor_max_age_s` (queued, running and interrupted jobs never; a local run's never);
+- `<temp>/lora-space-previews/<visitor id>/`: the Train tab's dataset previews, aged as outputs.
 
 Gradio keeps its own copy of every returned and uploaded file; `build_demo` hands
 `gradio_delete_cache(settings)` to `gr.Blocks(delete_cache=...)` so that copy ages out too.
@@ -15,9 +18,11 @@ Gradio keeps its own copy of every returned and uploaded file; `build_demo` hand
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"
 VISITORS = "visitors"
+JOBS = "jobs"
+PREVIEWS = "lora-space-previews"
+FINISHED_JOB_STATES = ("done", "cancelled", "failed")  # queued, running and interrupted jobs are never cleaned
+
+
+def preview_root() -> Path:
+    """The Train tab's dataset previews: `<temp>/lora-space-previews/<visitor id>/<random>`."""
+    return Path(tempfile.gettempdir()) / PREVIEWS
 
 
 @dataclass
@@ -141,9 +154,40 @@ def clean(settings: Settings, *, now: float | None = None) -> CleanReport:
                     folder.rmdir()
             if not any(area.iterdir()):
                 area.rmdir()
+    # 3. Training jobs on a Space: finished, cancelled or failed ones, once untouched for the visitor age.
+    #    A local run's jobs are its one user's and are never deleted.
+    jobs = settings.data_dir / JOBS
+    if settings.on_space and jobs.is_dir():
+        for folder in jobs.iterdir():
+            finished = folder.is_dir() and not folder.is_symlink() and _job_state(folder) in (*FINISHED_JOB_STATES, None)
+            if finished and now - _newest(folder) > storage.visitor_max_age_s:
+                _remove(folder, settings, report)
+    # 4. The Train tab's dataset previews (in the temp folder), aged as call outputs are.
+    previews = preview_root()
+    if previews.is_dir() and not previews.is_symlink():
+        for folder in previews.glob("*/*"):
+            if not folder.is_symlink() and now - _newest(folder) > storage.output_max_age_s:
+                size = tree_bytes(folder)
+                if folder.is_dir():
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    folder.unlink(missing_ok=True)
+                report.removed.append(f"{PREVIEWS}/{folder.relative_to(previews).as_posix()}")
+                report.freed_bytes += size
+        for area in previews.iterdir():
+            if area.is_dir() and not area.is_symlink() and not any(area.iterdir()):
+                area.rmdir()
     if report.removed:
         logger.info("cleanup removed %d entries, %.1f MB", len(report.removed), report.freed_bytes / 1e6)
     return report
+
+
+def _job_state(folder: Path) -> str | None:
+    """A job folder's state from its `job.json` (None: no readable state, e.g. a start that never completed)."""
+    try:
+        return str(json.loads((folder / "job.json").read_text(encoding="utf-8")).get("state"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_quota(settings: Settings, visitor: Visitor, incoming_bytes: int) -> None:

@@ -18,6 +18,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 from . import hub, hub_search, library
 from .card_render import RenderedCard, hub_image_url, render_card, widget_examples
 from .errors import HubError, LoraFileError
@@ -125,6 +128,26 @@ def shared_widget_words(prompts: list[str]) -> list[str]:
     parts = [[part.strip() for part in prompt.split(",") if part.strip()] for prompt in prompts]
     common = [part for part in parts[0] if all(part.casefold() in {p.casefold() for p in other} for other in parts[1:])]
     return list(dict.fromkeys(common))
+
+
+def _hub_id(value: str, what: str) -> str:
+    """`value` as a Hub repo id ('user/repo', checked as huggingface_hub checks it) before any request.
+
+    Raises:
+        LoraFileError: not text, not one '/', or characters a Hub id cannot hold (the message says the form).
+    """
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if text.count("/") != 1:
+            raise HFValidationError("not user/repo")
+        validate_repo_id(text)
+    except HFValidationError:
+        shown = str(value)[:100]
+        raise LoraFileError(
+            f"{what} {shown!r} is not a Hub repo id; write it as 'user/repo' (letters, digits, '-', '_' and '.'), "
+            "e.g. 'black-forest-labs/FLUX.1-dev'."
+        ) from None
+    return text
 
 
 def choose_weight_file(repo_id: str, files: list[str] | tuple[str, ...], card_text: str = "") -> str | None:
@@ -278,7 +301,7 @@ class Discover:
             raise LoraFileError(
                 f"page={page} is outside 1..{hub_search.MAX_RESULTS // limit} for limit={limit}; refine the query to see other LoRAs."
             )
-        base = base_model.strip() or self.settings.hub_base_model
+        base = _hub_id(base_model, "base_model") if base_model.strip() else self.settings.hub_base_model
         query = " ".join(query.split())
         need = page * limit
         # 2. The cache, else ONE request for everything up to this page.
@@ -302,9 +325,7 @@ class Discover:
             HubError: the repo cannot be read (not found, offline, unreachable). A card or header that
                 cannot be read (a gated repo without access) is a note in the evaluation instead.
         """
-        repo_id = repo_id.strip().strip("/")
-        if repo_id.count("/") != 1:
-            raise LoraFileError(f"{repo_id!r} is not a Hub repo id; write it as 'user/repo'.")
+        repo_id = _hub_id(repo_id, "repo_id")
         options = {"endpoint": self.settings.hf_endpoint, "token": token or False, "offline": self.settings.hf_offline}
         base = self.settings.hub_base_model
         # 1. The repo's facts (one request) and its card (one ranged read).

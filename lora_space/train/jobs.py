@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine import engine_by_id
-from ..errors import JobError, LoraSpaceError
+from ..errors import JobError, LimitError, LoraSpaceError
 from ..gpu import gpu, on_zerogpu
 from ..owners import Visitor
 from .checkpoint import JobFiles, log_line, read_json, write_json
 from .config import merged
 from .prepare import prepare_job
-from .trainer import ChunkResult, run_chunk
+from .trainer import ChunkResult, check_rank, run_chunk
 
 if TYPE_CHECKING:
     from ..service import LoraSpace
@@ -150,6 +150,7 @@ class JobManager:
         try:
             prepared = prepare_job(files, zip_path, config, is_tiny=settings.is_tiny, captions=captions)
             final, rows = prepared.config, prepared.rows
+            check_rank(self.space.engine.pipe.transformer, final)  # the bound of the base this Space runs
             notes = list(final.notes)
             if final.quantize_base != "none":
                 notes.append(
@@ -332,6 +333,19 @@ class JobManager:
                 raise JobError("The job's owner is unknown after a restart; resume it to add the LoRA to your library.")
             trigger = [state["trigger_word"]] if state.get("trigger_word") else []
             entry = self.space.add_lora(files.final, visitor=visitor, name=name, trigger_words=trigger, overwrite=True)
+        except LimitError as error:
+            # The LoRA is trained and kept with the job; only the library was full: say so and how to add it.
+            note = (
+                f"Training finished, but the LoRA could not join your library: {error} The LoRA is kept with this job: "
+                "download it as lora_file, make room in your library, then upload it there (Library tab)."
+            )
+            state.update(state="done", lora_name="", lora_file=str(files.final), finished=time.time())
+            state["notes"] = list(state.get("notes", [])) + [note]
+            self._write_state(files, state)
+            shutil.rmtree(files.states, ignore_errors=True)
+            files.cache.unlink(missing_ok=True)
+            log_line(files, "done: kept in the job folder (library quota)")
+            return
         except LoraSpaceError as error:
             state.update(state="failed", error=f"Training finished, but the LoRA could not join your library: {error}")
             state["lora_file"] = str(files.final)

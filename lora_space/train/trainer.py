@@ -107,6 +107,34 @@ def lora_parameters(transformer: torch.nn.Module, adapter_name: str) -> dict[str
     return dict(sorted(found.items()))
 
 
+def rank_bound(transformer: torch.nn.Module) -> int:
+    """The largest LoRA rank the targeted modules hold: min(in, out) over them (tiny: 32, FLUX.1-dev: 3072).
+
+    A rank above it adds no capacity, and the one reader (`safefile`) refuses such a file.
+    """
+    widths = [
+        min(module.in_features, module.out_features)
+        for path, module in transformer.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(path == target or path.endswith("." + target) for target in TARGET_MODULES)
+    ]  # fmt: skip
+    return min(widths) if widths else 0
+
+
+def check_rank(transformer: torch.nn.Module, config: TrainConfig) -> None:
+    """Refuse a `network_dim` above `rank_bound` of this base, naming the key and the bound.
+
+    Raises:
+        TrainConfigError: the rank is larger than the targeted modules allow.
+    """
+    bound = rank_bound(transformer)
+    if bound and config.network_dim > bound:
+        raise TrainConfigError(
+            f"Training settings: network_dim (rank) {config.network_dim} is larger than this base model's layers allow "
+            f"(at most {bound}: a rank is bounded by the smallest input or output width of the trained layers); "
+            f"set network_dim to {bound} or less (the course uses 16-128)."
+        )
+
+
 def attach_adapter(transformer, config: TrainConfig, adapter_name: str, seed: int) -> dict[str, torch.nn.Parameter]:
     """Add a trainable LoRA under `adapter_name`, the only active one; A ~ N(0, 1/r) from `seed`, B = 0."""
     lora_config = LoraConfig(
@@ -288,6 +316,7 @@ def run_chunk(
     device = transformer.device
     if config.quantize_base != "none" and device.type != "cuda":
         raise TrainConfigError(f"quantize_base {config.quantize_base} needs a CUDA GPU; set it to none on this machine.")
+    check_rank(transformer, config)
     devices = _Devices(pipe)
     was_checkpointing = transformer.is_gradient_checkpointing
     modes = {module: module.training for module in transformer.modules()}

@@ -13,13 +13,13 @@ import html
 import re
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 from matplotlib.figure import Figure
 
+from ..cleanup import preview_root
 from ..errors import DatasetError, LoraSpaceError
 from ..service import LoraSpace
 from ..train.autocaption import autocaption
@@ -225,7 +225,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         if not zip_path:
             return {report: "", thumbs: gr.Gallery(visible=False), table: [], preview: {}}
         progress(0.1, desc="Reading the zip")
-        folder = Path(tempfile.gettempdir()) / "lora-space-previews" / visitor.id  # one preview per visitor, served from the temp dir
+        folder = preview_root() / visitor.id  # one preview per visitor, served from the temp dir
         shutil.rmtree(folder, ignore_errors=True)
         result = ingest(zip_path, folder / secrets.token_hex(8), seed=0)
         zip_config = result.zip_config or {}
