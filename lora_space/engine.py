@@ -32,6 +32,7 @@ from .errors import LimitError, LoraFileError
 from .gpu import gpu, on_zerogpu
 from .lora.formats import to_diffusers
 from .lora.safefile import load_lora_file
+from .lora.shapes import no_module_matched
 from .settings import Limits
 
 logger = logging.getLogger(__name__)
@@ -227,11 +228,7 @@ class Engine:
         #    silently skip unknown keys, and widen base weights for larger ones.
         state_dict, matched, total = self._matching(state_dict)
         if matched == 0:
-            raise LoraFileError(
-                f"LoRA {spec.name!r} matches no module of the base model ({total} modules, none of the right "
-                "name and shape), so it would do nothing; check that it was made for this FLUX.1 model "
-                "(inspect it in LoRA tools)."
-            )
+            raise no_module_matched(spec.name, total)
         # 3. Attach under a fresh name and check that every kept module got it; on any
         #    failure remove what was half attached, so the pipeline is as it was.
         adapter_name = f"lora_{next(self._names)}"

@@ -29,7 +29,7 @@ import torch
 from ..errors import LoraFileError
 from .formats import LoraModule, LoraSet
 from .optimize import ModuleResult, optimize
-from .shapes import BaseShapes, coverage
+from .shapes import BaseShapes, coverage, no_module_matched
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,7 @@ def _landing(part: BakePart, base: BaseShapes) -> tuple[dict[str, LoraModule], l
     """
     cover = coverage(part.lora, base)
     if cover.matched == 0:
-        raise LoraFileError(
-            f"LoRA {part.name!r} matches no module of the base model ({cover.total} modules, none of the right "
-            "name and shape), so it would do nothing; check that it was made for this FLUX.1 model "
-            "(inspect it in LoRA tools)."
-        )
+        raise no_module_matched(part.name, cover.total)
     missed = set(cover.wrong_shape) | set(cover.missing)
     return {name: module for name, module in part.lora.modules.items() if name not in missed}, sorted(missed)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoraSpaceError
+from ..errors import LoraFileError, LoraSpaceError
 from ..settings import Settings
 from .formats import LoraSet
 from .keymap import module_kind
@@ -151,6 +151,15 @@ def coverage(lora: LoraSet, base: BaseShapes) -> Coverage:
             wrong.append(name)
     total = len(lora.modules) + len(lora.unplaced)
     return Coverage(share=matched / total if total else 0.0, matched=matched, total=total, wrong_shape=wrong, missing=missing)
+
+
+def no_module_matched(name: str, total: int) -> LoraFileError:
+    """The refusal of a LoRA none of whose `total` modules lands on the base model (Generate and Bake)."""
+    return LoraFileError(
+        f"LoRA {name!r} matches no module of the base model ({total} modules, none of the right "
+        "name and shape), so it would do nothing; check that it was made for this FLUX.1 model "
+        "(inspect it in LoRA tools)."
+    )
 
 
 def lora_hidden_size(lora: LoraSet) -> int | None:
