@@ -16,27 +16,17 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
+from . import hub_http
 from .errors import HubError, LoraFileError, UnsafeFileError
+from .hub_http import base_url, hub_errors, ranged_reader, require_online
 from .lora import safefile
 
 logger = logging.getLogger(__name__)
@@ -44,8 +34,6 @@ logger = logging.getLogger(__name__)
 HEADER_PROBE_END = 100_000
 """Last byte of the first ranged read of a safetensors file (100,001 bytes, as huggingface_hub reads)."""
 MAX_HEADER_BYTES = safefile.MAX_HEADER_BYTES  # one set of bounds: the one safetensors reader's
-TIMEOUT_S = 30.0
-"""Seconds to wait for the Hub to connect or to send data (huggingface_hub's session never times out)."""
 CANONICAL_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DOWNLOADABLE_SUFFIXES = frozenset({".safetensors", ".json", ".txt", ".md", ".png", ".jpg", ".jpeg", ".webp", ".gif"})
 PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
@@ -78,31 +66,29 @@ def read_safetensors_header(
             `UnsafeFileError` when its header length breaks `max_header_bytes`.
     """
     where = f"{repo_id}/{filename}"
-    _require_online(offline, endpoint, f"read {where}")
+    require_online(offline, endpoint, f"read {where}")
     if not filename.lower().endswith(".safetensors"):
         raise LoraFileError(f"{where} is not a .safetensors file; LoRA Space reads only safetensors LoRAs.")
-    headers = {**build_hf_headers(token=token), "Accept-Encoding": "identity"}
-    with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
-        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
-        first, total = _ranged_get(url, headers, 0, HEADER_PROBE_END, where=where)
-        if len(first) < 8:
-            raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
-        if len(first) >= 9:  # pickles, zips and impossible lengths, as the one reader tells them
-            safefile.header_length(first[:9], total, name=where)
-        (header_length,) = struct.unpack("<Q", first[:8])
-        if header_length > max_header_bytes:
-            raise UnsafeFileError(
-                f"{where} declares a {header_length}-byte header, above the {max_header_bytes}-byte limit: "
-                "it is not a usable safetensors file."
-            )
-        if 8 + header_length > total:
-            raise LoraFileError(f"{where} is truncated or not a safetensors file: its header runs past its end.")
-        header = first[8 : 8 + header_length]
-        if len(header) < header_length:
-            rest, _ = _ranged_get(url, headers, len(first), 8 + header_length - 1, where=where)
-            header += rest
+    read = ranged_reader(repo_id, filename, endpoint=endpoint, token=token, revision=revision)
+    first, total = read(0, HEADER_PROBE_END)
+    if len(first) < 8:
+        raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
+    if len(first) >= 9:  # pickles, zips and impossible lengths, as the one reader tells them
+        safefile.header_length(first[:9], total, name=where)
+    (header_length,) = struct.unpack("<Q", first[:8])
+    if header_length > max_header_bytes:
+        raise UnsafeFileError(
+            f"{where} declares a {header_length}-byte header, above the {max_header_bytes}-byte limit: "
+            "it is not a usable safetensors file."
+        )
+    if 8 + header_length > total:
+        raise LoraFileError(f"{where} is truncated or not a safetensors file: its header runs past its end.")
+    header = first[8 : 8 + header_length]
+    if len(header) < header_length:
+        rest, _ = read(len(first), 8 + header_length - 1)
+        header += rest
     if len(header) != header_length:
-        raise HubError(f"The Hub at {_base(endpoint)} sent a short answer for {where}; try again.")
+        raise HubError(f"The Hub at {base_url(endpoint)} sent a short answer for {where}; try again.")
     return header, total
 
 
@@ -140,12 +126,12 @@ def download_file(
             f"{repo_id}/{filename} is not a file LoRA Space downloads: it fetches .safetensors weights "
             "and README, JSON, text or image files only."
         )
-    with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
+    with hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
         if max_bytes is not None and not offline and not isinstance(
             try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str
         ):
-            url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
-            size = get_hf_file_metadata(url, token=token, timeout=TIMEOUT_S, endpoint=_base(endpoint)).size
+            url = hf_hub_url(repo_id, filename, revision=revision, endpoint=base_url(endpoint))
+            size = get_hf_file_metadata(url, token=token, timeout=hub_http.TIMEOUT_S, endpoint=base_url(endpoint)).size
             if size is None or size > max_bytes:
                 raise LoraFileError(
                     f"{repo_id}/{filename} is {(size or 0) / 2**30:.1f} GiB, above the {max_bytes / 2**30:.1f} GiB "
@@ -156,7 +142,7 @@ def download_file(
                 repo_id,
                 filename,
                 revision=revision,
-                endpoint=_base(endpoint),
+                endpoint=base_url(endpoint),
                 token=token,
                 cache_dir=cache_dir,
                 local_files_only=offline,
@@ -180,10 +166,10 @@ def list_lora_weight_files(
     offline: bool = False,
 ) -> list[tuple[str, int]]:
     """The `.safetensors` files of a model repo with their sizes in bytes, in the Hub's order."""
-    _require_online(offline, endpoint, f"list the files of {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id, revision=revision):
-        info = HfApi(endpoint=_base(endpoint), token=token).model_info(
-            repo_id, revision=revision, files_metadata=True, timeout=TIMEOUT_S
+    require_online(offline, endpoint, f"list the files of {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id, revision=revision):
+        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(
+            repo_id, revision=revision, files_metadata=True, timeout=hub_http.TIMEOUT_S
         )
     return [
         (sibling.rfilename, sibling.size or 0)
@@ -249,11 +235,11 @@ def repo_commit(
     Pass the sha as `revision` to every later read of the repo (size check, file list, download),
     so that they all see the same files even if the repo changes meanwhile.
     """
-    _require_online(offline, endpoint, f"look up {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=_base(endpoint), token=token).model_info(repo_id, expand=["sha", "cardData"], timeout=TIMEOUT_S)
+    require_online(offline, endpoint, f"look up {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
+        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=["sha", "cardData"], timeout=hub_http.TIMEOUT_S)
     if not info.sha:
-        raise HubError(f"The Hub at {_base(endpoint)} did not say which commit {repo_id} is at; try again later.")
+        raise HubError(f"The Hub at {base_url(endpoint)} did not say which commit {repo_id} is at; try again later.")
     return info.sha, info.card_data.to_dict() if info.card_data is not None else {}
 
 
@@ -265,9 +251,9 @@ def model_card_data(
     offline: bool = False,
 ) -> dict[str, Any]:
     """The YAML metadata of a repo's model card (the Hub's `cardData`); empty without a card."""
-    _require_online(offline, endpoint, f"read the model card of {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=_base(endpoint), token=token).model_info(repo_id, expand=["cardData"], timeout=TIMEOUT_S)
+    require_online(offline, endpoint, f"read the model card of {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
+        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=["cardData"], timeout=hub_http.TIMEOUT_S)
     return info.card_data.to_dict() if info.card_data is not None else {}
 
 
@@ -297,9 +283,9 @@ def whoami(token: str | None, *, endpoint: str, offline: bool = False) -> dict[s
     """
     if not token:
         raise HubError("Log in with your Hugging Face account first: this needs your Hub token.")
-    _require_online(offline, endpoint, "check your login")
-    with _hub_errors(endpoint):
-        return HfApi(endpoint=_base(endpoint)).whoami(token=token)
+    require_online(offline, endpoint, "check your login")
+    with hub_errors(endpoint):
+        return HfApi(endpoint=base_url(endpoint)).whoami(token=token)
 
 
 
@@ -328,9 +314,9 @@ def _write_token(token: str | None, action: str) -> str:
 
 def repo_exists(repo_id: str, *, endpoint: str, token: str | None, offline: bool = False) -> bool:
     """Whether the model repo `repo_id` exists and `token` can see it (a gated repo exists)."""
-    _require_online(offline, endpoint, f"look up {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
-        return HfApi(endpoint=_base(endpoint)).repo_exists(repo_id, token=token or False)
+    require_online(offline, endpoint, f"look up {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
+        return HfApi(endpoint=base_url(endpoint)).repo_exists(repo_id, token=token or False)
 
 
 def create_repo(repo_id: str, *, endpoint: str, token: str | None, private: bool = True, offline: bool = False) -> CreatedRepo:
@@ -340,10 +326,10 @@ def create_repo(repo_id: str, *, endpoint: str, token: str | None, private: bool
         HubError: no token, offline, the repo exists already, or the Hub refuses (no write access).
     """
     token = _write_token(token, f"creating {repo_id}")
-    _require_online(offline, endpoint, f"create {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
+    require_online(offline, endpoint, f"create {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
         try:
-            url = HfApi(endpoint=_base(endpoint)).create_repo(repo_id, token=token, private=private, exist_ok=False)
+            url = HfApi(endpoint=base_url(endpoint)).create_repo(repo_id, token=token, private=private, exist_ok=False)
         except HfHubHTTPError as error:
             if error.response.status_code != 409:
                 raise
@@ -369,14 +355,14 @@ def create_commit(
         HubError: no token, offline, or the Hub refuses (no write access, invalid card YAML).
     """
     token = _write_token(token, f"committing to {repo_id}")
-    _require_online(offline, endpoint, f"commit to {repo_id}")
+    require_online(offline, endpoint, f"commit to {repo_id}")
     operations = [
         CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(content) if isinstance(content, Path) else content)
         for path, content in files.items()
     ]
-    with _hub_errors(endpoint, repo_id=repo_id):
+    with hub_errors(endpoint, repo_id=repo_id):
         try:
-            info = HfApi(endpoint=_base(endpoint)).create_commit(
+            info = HfApi(endpoint=base_url(endpoint)).create_commit(
                 repo_id, operations, commit_message=message, commit_description=description or None, token=token
             )
         except (HFValidationError, HfHubHTTPError):
@@ -389,110 +375,10 @@ def create_commit(
 def delete_repo(repo_id: str, *, endpoint: str, token: str | None, offline: bool = False) -> None:
     """Delete the model repo `repo_id` (used to undo a repo this app just created); a missing one is fine."""
     token = _write_token(token, f"deleting {repo_id}")
-    _require_online(offline, endpoint, f"delete {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
-        HfApi(endpoint=_base(endpoint)).delete_repo(repo_id, token=token, missing_ok=True)
-
-
-def _base(endpoint: str) -> str:
-    return endpoint.rstrip("/")
+    require_online(offline, endpoint, f"delete {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
+        HfApi(endpoint=base_url(endpoint)).delete_repo(repo_id, token=token, missing_ok=True)
 
 
 def _normalised(name: str) -> str:
     return re.sub(r"[-_.\s]", "", name.lower())
-
-
-def _require_online(offline: bool, endpoint: str, action: str) -> None:
-    if offline:
-        raise HubError(
-            f"Cannot reach the Hub at {_base(endpoint)} to {action}: the app is offline (HF_HUB_OFFLINE is set); "
-            "unset HF_HUB_OFFLINE to use the Hub."
-        )
-
-
-def _ranged_get(url: str, headers: dict[str, str], start: int, end: int, *, where: str) -> tuple[bytes, int]:
-    """Bytes `start..end` (inclusive, clipped to the file) and the file's size, from one ranged GET.
-
-    Reading stops once the range is in hand, so a server that ignores `Range` and answers 200
-    with the whole file sends no more than the connection buffers before it is closed.
-    """
-    ranged = {**headers, "Range": f"bytes={start}-{end}"}
-    with get_session().stream("GET", url, headers=ranged, timeout=TIMEOUT_S) as response:
-        if response.status_code == 416:  # the range starts past the end: an empty (or shorter) file
-            return b"", int(response.headers.get("Content-Range", "*/0").rsplit("/", 1)[-1])
-        hf_raise_for_status(response)
-        content_range = response.headers.get("Content-Range")
-        size = content_range.rsplit("/", 1)[-1] if content_range else response.headers.get("Content-Length")
-        if size is None or not size.isdigit():
-            raise HubError(f"The Hub did not give the size of {where}; try again later.")
-        offset = start if response.status_code == 206 else 0
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if offset + len(body) > end:
-                break
-    return bytes(body[start - offset : end + 1 - offset]), int(size)
-
-
-@contextmanager
-def _hub_errors(
-    endpoint: str,
-    *,
-    repo_id: str | None = None,
-    filename: str | None = None,
-    revision: str | None = None,
-) -> Iterator[None]:
-    """Turn huggingface_hub and network errors into `HubError`s that say what to do."""
-    try:
-        yield
-    except (
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        httpx2.TransportError,
-    ) as error:
-        raise _translate(error, _base(endpoint), repo_id=repo_id, filename=filename, revision=revision) from error
-
-
-def _translate(
-    error: Exception,
-    endpoint: str,
-    *,
-    repo_id: str | None = None,
-    filename: str | None = None,
-    revision: str | None = None,
-) -> HubError:
-    """The `HubError` that tells the user what `error` means and what to do about it."""
-    cause = error.__cause__
-    if isinstance(error, LocalEntryNotFoundError) and isinstance(cause, (HfHubHTTPError, OfflineModeIsEnabled)):
-        # hf_hub_download wraps most failed look-ups (HTTP 403, 5xx, offline) when nothing is cached.
-        return _translate(cause, endpoint, repo_id=repo_id, filename=filename, revision=revision)
-    subject = f"{repo_id}/{filename}" if repo_id and filename else repo_id or "your account"
-    logger.info("Hub call for %s failed: %s", subject, type(error).__name__)
-    if isinstance(error, HFValidationError):
-        return HubError(f"{repo_id!r} is not a Hub repo id; write it as 'user/repo'.")
-    if isinstance(error, GatedRepoError):
-        return HubError(f"{repo_id} is gated: accept its licence on the Hub and log in.")
-    if isinstance(error, RepositoryNotFoundError):
-        return HubError(f"No repo {repo_id} on the Hub; check the id (a private repo needs a login that can see it).")
-    if isinstance(error, RevisionNotFoundError):
-        return HubError(f"No revision {revision!r} in {repo_id}; check the revision.")
-    if isinstance(error, RemoteEntryNotFoundError):
-        return HubError(f"No file {filename} in {repo_id}; check the file name.")
-    if isinstance(error, OfflineModeIsEnabled):
-        return HubError(
-            f"Cannot reach the Hub at {endpoint}: offline mode is on (HF_HUB_OFFLINE); unset it to use the Hub."
-        )
-    if isinstance(error, HfHubHTTPError):
-        status = error.response.status_code
-        if status == 401:
-            return HubError(f"The Hub at {endpoint} refused the token (401): log in again or set a valid HF_TOKEN.")
-        if status == 403:
-            return HubError(
-                f"The Hub at {endpoint} refused access to {subject} (403): use a token with that permission."
-            )
-        if status == 429:
-            return HubError(f"The Hub at {endpoint} is rate-limiting requests; wait a minute and try again.")
-        return HubError(f"The Hub at {endpoint} answered HTTP {status} for {subject}; try again later.")
-    return HubError(f"Cannot reach the Hub at {endpoint}; check the network connection and HF_ENDPOINT.")

@@ -1,6 +1,6 @@
 """Hub calls for Discover: search LoRAs, read a repo's facts and card, list the Hub LoRAs cached here.
 
-Part of the Hub layer (see `hub.py`, whose error translation and ranged reads it reuses): every
+Part of the Hub layer (with `hub.py`; `hub_http.py` holds their error translation and ranged reads): every
 `HfApi` call of Discover is here, and each returns dataclasses. A search is ONE `list_models`
 request with `expand=[...]`: everything a result shows (counts, licence, card metadata, files)
 comes in that one answer, with no request per result.
@@ -17,9 +17,9 @@ from typing import Any
 
 from huggingface_hub import HfApi, constants, hf_hub_url, scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
-from huggingface_hub.utils import build_hf_headers
 
-from .hub import TIMEOUT_S, _base, _hub_errors, _ranged_get, _require_online
+from . import hub_http
+from .hub_http import base_url, hub_errors, ranged_reader, require_online
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +127,9 @@ def search_loras(
         raise ValueError(f"unknown sort {sort!r}")
     if not 1 <= limit <= MAX_RESULTS:
         raise ValueError(f"limit {limit} is outside 1..{MAX_RESULTS}")
-    _require_online(offline, endpoint, "search for LoRAs")
-    api = HfApi(endpoint=_base(endpoint), token=token)
-    with _hub_errors(endpoint):
+    require_online(offline, endpoint, "search for LoRAs")
+    api = HfApi(endpoint=base_url(endpoint), token=token)
+    with hub_errors(endpoint):
         found = api.list_models(
             filter=["lora", f"base_model:adapter:{base_model}"],
             search=query.strip() or None,
@@ -148,9 +148,9 @@ def model_details(
     Raises:
         HubError: not found, private, offline, unreachable.
     """
-    _require_online(offline, endpoint, f"read {repo_id}")
-    with _hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=_base(endpoint), token=token).model_info(repo_id, expand=EXPAND, timeout=TIMEOUT_S)  # type: ignore[arg-type]
+    require_online(offline, endpoint, f"read {repo_id}")
+    with hub_errors(endpoint, repo_id=repo_id):
+        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=EXPAND, timeout=hub_http.TIMEOUT_S)  # type: ignore[arg-type]
     return _model(info)
 
 
@@ -172,12 +172,8 @@ def read_text_file(
     Raises:
         HubError: not found, gated, offline, unreachable.
     """
-    where = f"{repo_id}/{filename}"
-    _require_online(offline, endpoint, f"read {where}")
-    headers = {**build_hf_headers(token=token), "Accept-Encoding": "identity"}
-    with _hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
-        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
-        body, total = _ranged_get(url, headers, 0, max_bytes - 1, where=where)
+    require_online(offline, endpoint, f"read {repo_id}/{filename}")
+    body, total = ranged_reader(repo_id, filename, endpoint=endpoint, token=token, revision=revision)(0, max_bytes - 1)
     return body.decode("utf-8", errors="replace"), total > max_bytes
 
 
@@ -206,5 +202,5 @@ def cached_lora_files(*, exclude: Sequence[str] = (), max_bytes: int | None = No
 
 def file_url(repo_id: str, filename: str, *, endpoint: str, revision: str = "main") -> str:
     """The resolve URL of a repo file on the Hub at `endpoint` (what a browser loads an image from)."""
-    return hf_hub_url(repo_id, filename, revision=revision, endpoint=_base(endpoint))
+    return hf_hub_url(repo_id, filename, revision=revision, endpoint=base_url(endpoint))
 

@@ -16,7 +16,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import save_file
 
-from lora_space import hub as hub_calls
+from lora_space import hub_http
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.errors import HubError, UnsafeFileError
 from lora_space.service import LoraSpace
@@ -153,7 +153,7 @@ def test_a_failing_hub_fails_only_the_calls_that_need_it(space, hub, tmp_path, m
         hub.outage = 500
         match = "HTTP 500"
     else:
-        monkeypatch.setattr(hub_calls, "TIMEOUT_S", 0.5)
+        monkeypatch.setattr(hub_http, "TIMEOUT_S", 0.5)
         hub.stall = 3.0
         match = "Cannot reach the Hub"
     with pytest.raises(HubError, match=match):
