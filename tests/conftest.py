@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -31,3 +32,19 @@ def settings(tmp_path: Path):
         "HF_HUB_OFFLINE": "1",
     }
     return Settings.from_env(env)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch):
+    """The Hub stand-in (tests/hub_standin.py) on 127.0.0.1, reached through HF_ENDPOINT; a test
+    module that needs users or repos in it overrides this fixture."""
+    from tests.hub_standin import isolated_hub
+
+    with isolated_hub(tmp_path, monkeypatch) as stand_in:
+        yield stand_in
+
+
+@pytest.fixture
+def online_settings(settings, hub):
+    """`settings` online, pointed at the `hub` stand-in."""
+    return dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)

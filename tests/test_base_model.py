@@ -11,13 +11,6 @@ import torch
 from lora_space.base_model import load_base_pipeline
 from lora_space.errors import BaseModelError
 from lora_space.tiny import save_tiny
-from tests.hub_standin import isolated_hub
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with isolated_hub(tmp_path, monkeypatch) as stand_in:
-        yield stand_in
 
 
 @pytest.fixture

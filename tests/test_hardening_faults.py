@@ -7,7 +7,6 @@ pipeline holds no stray adapters and its base weights are unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,6 @@ from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.errors import HubError, UnsafeFileError
 from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
-from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=3, steps=2, width=64, height=64)
@@ -133,16 +131,9 @@ def test_out_of_memory_mid_generation_leaves_the_pipeline_serving(engine, loras)
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with isolated_hub(tmp_path, monkeypatch) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def space(settings, hub) -> LoraSpace:
-    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
-    write_lora(settings.lora_dir / "ink.safetensors", 1)
-    return LoraSpace(settings, Engine(build_tiny_pipeline(), cache_size=2))
+def space(online_settings) -> LoraSpace:
+    write_lora(online_settings.lora_dir / "ink.safetensors", 1)
+    return LoraSpace(online_settings, Engine(build_tiny_pipeline(), cache_size=2))
 
 
 @pytest.mark.parametrize("fault", ["500", "stall"])

@@ -21,16 +21,9 @@ from lora_space.recipe import read_png_recipe
 from lora_space.service import LoraSpace
 from lora_space.sources import resolve_source
 from lora_space.tiny import build_tiny_pipeline
-from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with isolated_hub(tmp_path, monkeypatch) as stand_in:
-        yield stand_in
 
 
 def answer(call) -> str:

@@ -18,7 +18,6 @@ from lora_space.lora.tools import compare_sources, convert_source, optimize_sour
 from lora_space.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
-from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)
@@ -39,17 +38,10 @@ class CountingEngine(Engine):
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with isolated_hub(tmp_path, monkeypatch) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def space(settings, hub) -> LoraSpace:
-    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
-    write_lora(settings.lora_dir / "ink.safetensors", 1)
-    write_lora(settings.lora_dir / "neon.safetensors", 2)
-    return LoraSpace(settings, CountingEngine(build_tiny_pipeline()))
+def space(online_settings) -> LoraSpace:
+    write_lora(online_settings.lora_dir / "ink.safetensors", 1)
+    write_lora(online_settings.lora_dir / "neon.safetensors", 2)
+    return LoraSpace(online_settings, CountingEngine(build_tiny_pipeline()))
 
 
 @pytest.fixture

@@ -39,11 +39,10 @@ def hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def space(settings, hub) -> LoraSpace:
-    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
-    write_lora(settings.lora_dir / "ink.safetensors", 1)
-    (settings.lora_dir / "ink.txt").write_text("inkstyle")
-    return LoraSpace(settings, Engine(build_tiny_pipeline()))
+def space(online_settings) -> LoraSpace:
+    write_lora(online_settings.lora_dir / "ink.safetensors", 1)
+    (online_settings.lora_dir / "ink.txt").write_text("inkstyle")
+    return LoraSpace(online_settings, Engine(build_tiny_pipeline()))
 
 
 @pytest.fixture

@@ -14,23 +14,15 @@ from lora_space.errors import HubError, LoraFileError, PromptError, UnsafeFileEr
 from lora_space.recipe import read_png_recipe, recipe_from_json
 from lora_space.service import LoraSpace, Options
 from lora_space.tiny import build_tiny_pipeline
-from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=11, steps=2, width=64, height=64)
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with isolated_hub(tmp_path, monkeypatch) as stand_in:
-        yield stand_in
-
-
-@pytest.fixture
-def space(settings, hub) -> LoraSpace:
-    settings = dataclasses.replace(settings, hf_endpoint=hub.endpoint, hf_offline=False)
-    write_lora(settings.lora_dir / "styles" / "ink.safetensors", 1)
-    return LoraSpace(settings, Engine(build_tiny_pipeline()))
+def space(online_settings) -> LoraSpace:
+    write_lora(online_settings.lora_dir / "styles" / "ink.safetensors", 1)
+    return LoraSpace(online_settings, Engine(build_tiny_pipeline()))
 
 
 def pixels(path: Path) -> np.ndarray:
