@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from tests.app_process import running_app
+from tests.browser import BROWSER_FLAGS, CHROMIUM, app_page  # noqa: F401 (tests/test_hardening_train_faults.py imports the first two from here)
 from tests.test_app import write_library
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("browser")
     write_library(root / "loras")
-    with running_app(root) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load")  # not "networkidle": gradio keeps a heartbeat open while the app has a gr.State
-        page.locator("#header").wait_for()
-        page.root = root  # type: ignore[attr-defined]
+    with running_app(root) as url, app_page(url, root) as page:
         yield page
-        browser.close()
 
 
 def test_header_and_tabs_in_order(page):

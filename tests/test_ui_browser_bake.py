@@ -6,26 +6,18 @@ import pytest
 
 from lora_space.lora.tools import read_lora_file
 from tests.app_process import running_app
+from tests.browser import app_page
 from tests.lora_factory import write_lora
 from tests.test_app import write_library
-from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("browser_bake")
     write_library(root / "loras")
-    with running_app(root) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load", timeout=90_000)
+    with running_app(root) as url, app_page(url, root) as page:
         page.get_by_role("tab", name="Generate").click(timeout=60_000)
-        page.root = root  # type: ignore[attr-defined]
         yield page
-        browser.close()
 
 
 def sweep_choices(page) -> list[str]:

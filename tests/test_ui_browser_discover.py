@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.app_process import running_app
+from tests.browser import app_page
 from tests.discover_repos import SCRIPT_MARK, add_discover_repos, lora_bytes
 from tests.hub_standin import HubStandIn
 from tests.test_app import write_library
-from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
 
 SOURCE = "alice/watercolor-flux/watercolor-flux.safetensors"
 
@@ -36,18 +36,9 @@ def app(tmp_path_factory, hub):
 
 @pytest.fixture(scope="module")
 def page(app):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     url, root = app
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load")
-        page.locator("#header").wait_for(timeout=60_000)
-        page.root = root  # type: ignore[attr-defined]
+    with app_page(url, root) as page:
         yield page
-        browser.close()
 
 
 def test_the_starter_list_shows_before_the_first_search(page):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.app_process import running_app
+from tests.browser import chromium
 from tests.lora_factory import write_lora
 from tests.test_app import write_library
-from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
 
 # As on a Space: SPACE_ID set, and the OAuth variables the Space would provide (never used: no one logs in).
 SPACE_ENV = {
@@ -22,17 +22,12 @@ SPACE_ENV = {
 
 @pytest.fixture(scope="module")
 def space_app(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("space")
     write_library(root / "loras")
     write_lora(root / "upload" / "alices_style.safetensors", 11)
     write_lora(root / "upload" / "detailed_eyes.safetensors", 12)
-    with running_app(root, **SPACE_ENV) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+    with running_app(root, **SPACE_ENV) as url, chromium() as browser:
         yield browser, url, root
-        browser.close()
 
 
 def open_generate(context, url):

@@ -6,9 +6,9 @@ import pytest
 
 from lora_space.publish.card import parse_card
 from tests.app_process import running_app
+from tests.browser import app_page
 from tests.hub_standin import HubStandIn
 from tests.test_app import write_library
-from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
 
 TOKEN = "hf_alice_browser_token_77aa66bb55cc"
 
@@ -22,19 +22,10 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory, hub):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("browser-publish")
     write_library(root / "loras")
-    with running_app(root, HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_TOKEN="") as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url, wait_until="load")
-        page.locator("#header").wait_for(timeout=60_000)
-        page.root = root  # type: ignore[attr-defined]
+    with running_app(root, HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", HF_TOKEN="") as url, app_page(url, root) as page:
         yield page
-        browser.close()
 
 
 def test_render_edit_and_publish_a_library_lora(page, hub):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from tests.app_process import running_app
-from tests.test_ui_browser import BROWSER_FLAGS, CHROMIUM
+from tests.browser import chromium
 from tests.test_ui_browser_owners import SPACE_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flat_shapes.zip"
@@ -21,14 +21,9 @@ STEPS = 8
 
 @pytest.fixture(scope="module")
 def space_app(tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "the browser test needs Chromium: apt-get install chromium (CI's .ci/run installs it)"
     root = tmp_path_factory.mktemp("browser_train")
-    with running_app(root, **SPACE_ENV) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+    with running_app(root, **SPACE_ENV) as url, chromium() as browser:
         yield browser, url, root
-        browser.close()
 
 
 @pytest.fixture(scope="module")
