@@ -95,7 +95,7 @@ def bake_blend(
         raise LoraFileError(f"Unknown target layout {target!r}; use one of {', '.join(TARGETS)}.")
     taken = {item["name"].casefold() for item in space.list_loras(visitor)}
     if name.strip():
-        name = library._check_name(name)
+        name = library.check_name(name)
         if name.casefold() in taken:
             raise LoraFileError(f"Your library already has a LoRA named {name!r}; choose another name for the baked blend.")
     # 2. Resolve the sources as Generate does (library, own library, paths, Hub) and read them.

@@ -193,7 +193,8 @@ def find_entry(lora_dir: Path | str, name: str) -> LibraryEntry | None:
     return None
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """`name` as a library name (stripped, without `.safetensors`), or a `LoraFileError` saying why not."""
     name = name.strip()
     if name.lower().endswith(SUFFIX):
         name = name[: -len(SUFFIX)]
@@ -236,7 +237,7 @@ def add_to_library(
         raise LoraFileError(
             f"'{uploaded_path.name}' cannot be read ({error.strerror or error}); upload it again."
         ) from None
-    name = _check_name(name if name is not None else uploaded_path.stem)
+    name = check_name(name if name is not None else uploaded_path.stem)
     lora_dir.mkdir(parents=True, exist_ok=True)
     root = lora_dir.resolve()
     existing = find_entry(root, name)
