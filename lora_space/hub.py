@@ -36,7 +36,7 @@ HEADER_PROBE_END = 100_000
 MAX_HEADER_BYTES = safefile.MAX_HEADER_BYTES  # one set of bounds: the one safetensors reader's
 CANONICAL_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DOWNLOADABLE_SUFFIXES = frozenset({".safetensors", ".json", ".txt", ".md", ".png", ".jpg", ".jpeg", ".webp", ".gif"})
-PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+PICKLE_SUFFIXES = safefile.PICKLE_SUFFIXES
 TRIGGER_KEYS = ("instance_prompt", "trigger_words", "trigger_word", "trigger")
 
 

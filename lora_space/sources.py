@@ -15,11 +15,9 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import hub, library
 from .errors import LoraFileError, UnsafeFileError
-from .lora.safefile import parse_header
+from .lora.safefile import PICKLE_SUFFIXES, parse_header
 from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 from .settings import Settings
-
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 
 
 @dataclass(frozen=True)
