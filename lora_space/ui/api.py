@@ -12,7 +12,7 @@ from ..lora.inspect import inspect_source
 from ..lora.tools import compare_sources, convert_source, optimize_source
 from ..service import LoraSpace, Options
 from .errors import api_errors
-from .visitors import visitor_of
+from .visitors import token_of, visitor_of
 
 
 def _file(path) -> gr.FileData:
@@ -62,7 +62,7 @@ def register_endpoints(space: LoraSpace) -> None:
             {"images": [files], "metadata": {...}}: PNGs carrying their recipe, and the recipe as JSON.
         """
         options = Options(negative_prompt, seed, steps, guidance, true_cfg, width, height, num_images)
-        output = space.generate(prompt, loras, options, token=oauth_token.token if oauth_token else None, visitor=who(request))
+        output = space.generate(prompt, loras, options, token=token_of(oauth_token), visitor=who(request))
         return {"images": [_file(file) for file in output.files], "metadata": output.metadata}
 
     @api_errors
@@ -95,7 +95,7 @@ def register_endpoints(space: LoraSpace) -> None:
             {"grid": file, "images": [files, row by row], "metadata": {...}}
         """
         options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
-        token = oauth_token.token if oauth_token else None
+        token = token_of(oauth_token)
         output = space.sweep(
             prompt, loras, x_source, list(x_strengths), y_source, y_strengths, options, token=token, visitor=who(request)
         )
@@ -121,7 +121,7 @@ def register_endpoints(space: LoraSpace) -> None:
             {"zip": file, "images": [files], "metadata": [one per prompt]}
         """
         options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
-        output = space.batch(prompts, loras, options, token=oauth_token.token if oauth_token else None, visitor=who(request))
+        output = space.batch(prompts, loras, options, token=token_of(oauth_token), visitor=who(request))
         images = [_file(file) for result in output.outputs for file in result.files]
         return {"zip": _file(output.archive), "images": images, "metadata": [result.metadata for result in output.outputs]}
 
@@ -135,7 +135,7 @@ def register_endpoints(space: LoraSpace) -> None:
             format, rank, ranks, alpha, num_tensors, target_modules, size_bytes, dtype, compatible,
             coverage, base_model_guess, trigger_words, training_info, warnings, and more.
         """
-        token = oauth_token.token if oauth_token else None
+        token = token_of(oauth_token)
         return inspect_source(source, settings=space.settings, token=token, visitor=who(request)).to_dict()
 
     @api_errors
@@ -150,7 +150,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"file": the converted .safetensors, "source_format", "target", "num_modules", "warnings"}
         """
-        token = oauth_token.token if oauth_token else None
+        token = token_of(oauth_token)
         result = convert_source(source, target, settings=space.settings, token=token, visitor=who(request))
         return {
             "file": _file(result.file),
@@ -186,7 +186,7 @@ def register_endpoints(space: LoraSpace) -> None:
         path, report = optimize_source(
             source,
             settings=space.settings,
-            token=oauth_token.token if oauth_token else None,
+            token=token_of(oauth_token),
             visitor=who(request),
             rank=rank or None,
             energy=energy or None,
@@ -211,7 +211,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"pairs": [...], "blocks": [...], "modules": [...], "warnings": [...]}
         """
-        token = oauth_token.token if oauth_token else None
+        token = token_of(oauth_token)
         return compare_sources(sources, settings=space.settings, token=token, visitor=who(request), strengths=strengths).to_dict()
 
     gr.api(list_loras, api_name="list_loras")

@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..service import LoraSpace
 from .errors import api_errors
-from .visitors import visitor_of
+from .visitors import token_of, visitor_of
 
 
 def register_bake_endpoint(space: LoraSpace) -> None:
@@ -40,7 +40,7 @@ def register_bake_endpoint(space: LoraSpace) -> None:
             name=name,
             target=target,
             visitor=visitor_of(space.settings, request),
-            token=oauth_token.token if oauth_token else None,
+            token=token_of(oauth_token),
         )
         return {"lora_file": gr.FileData(path=str(result.file))} | result.to_dict()
 

@@ -22,7 +22,7 @@ from ..service import LoraSpace
 from ..sources import resolve_source
 from .errors import api_errors
 from .generate import GenerateControls, fill_next_slot
-from .visitors import with_caller
+from .visitors import token_of, with_caller
 
 DEFAULT_STRENGTH = 0.8
 PAGE_SIZE = 12
@@ -258,7 +258,7 @@ def register_discover_endpoints(space: LoraSpace) -> None:
             One dict per LoRA: repo_id, author, downloads, likes, trigger_words, preview_url, license,
             last_modified, weight_file, base_model (plus trigger_words_from, gated, problem).
         """
-        token = oauth_token.token if oauth_token else None
+        token = token_of(oauth_token)
         found = space.discover.search(query, base_model=base_model, sort=sort, limit=int(limit), page=int(page), token=token)
         return [item.to_dict() for item in found]
 

@@ -19,7 +19,7 @@ from ..publish.card import FRONT_MATTER
 from ..publish.publish import PublishRequest, preview_card, publish, user_token
 from ..service import LoraSpace
 from .errors import api_errors
-from .visitors import visitor_of, with_caller
+from .visitors import token_of, visitor_of, with_caller
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "
@@ -76,7 +76,7 @@ def register_publish_endpoints(space: LoraSpace) -> None:
         """
         settings = space.settings
         token = user_token(
-            oauth_token.token if oauth_token else None,
+            token_of(oauth_token),
             on_space=settings.on_space,
             environment_token=os.environ.get("HF_TOKEN"),
         )

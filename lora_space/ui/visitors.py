@@ -82,7 +82,12 @@ def caller_of(
     browser_id: str | None = None,
     oauth_token: gr.OAuthToken | None = None,
 ) -> Caller:
-    return Caller(visitor_of(settings, request, profile, browser_id), oauth_token.token if oauth_token else None)
+    return Caller(visitor_of(settings, request, profile, browser_id), token_of(oauth_token))
+
+
+def token_of(oauth_token: gr.OAuthToken | None) -> str | None:
+    """The caller's own Hub token, passed down for this call only (None when not signed in)."""
+    return oauth_token.token if oauth_token else None
 
 
 def with_caller(settings: Settings, handler: Callable) -> Callable:
