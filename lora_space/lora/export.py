@@ -183,8 +183,12 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
         ready[name] = tensor.clone() if storage in seen else tensor.contiguous()
         seen.add(storage)
     partial = path.with_name(f".{path.name}.partial")
-    save_file(ready, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    try:
+        save_file(ready, str(partial), metadata=metadata)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+        raise
     return path
 
 

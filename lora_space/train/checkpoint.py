@@ -145,6 +145,20 @@ def save_state(
     partial = files.states / f".partial_{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
+    try:
+        _write_state(partial, step, lora, optimizer, scheduler, rng, extra)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # a full disk leaves the last complete state only
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    for older in files.states.glob("step_*"):
+        if older != target:
+            shutil.rmtree(older, ignore_errors=True)
+    return target
+
+
+def _write_state(partial: Path, step: int, lora: dict, optimizer: dict, scheduler: dict, rng: dict, extra: dict) -> None:
     optimizer_tensors, optimizer_info = _flatten_optimizer(optimizer)
     tensors = {f"lora.{name}": value.detach().cpu().contiguous() for name, value in lora.items()}
     tensors |= optimizer_tensors | {f"rng.{name}": value for name, value in rng.items()}
@@ -158,12 +172,6 @@ def save_state(
     for handle in (partial / "state.safetensors", partial / "state.json"):
         with handle.open("rb") as opened:
             os.fsync(opened.fileno())
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    for older in files.states.glob("step_*"):
-        if older != target:
-            shutil.rmtree(older, ignore_errors=True)
-    return target
 
 
 def load_state(files: JobFiles) -> dict | None:

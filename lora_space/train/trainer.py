@@ -16,6 +16,7 @@ rank on the attention and feed-forward Linear layers, A Gaussian and B zero.
 
 from __future__ import annotations
 
+import errno
 import math
 import random
 import time
@@ -31,7 +32,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from ..errors import TrainConfigError
+from ..errors import JobError, TrainConfigError
 from .cache import Cache, LiveEncoder, build_cache
 from .checkpoint import SAMPLE_PROMPTS, JobFiles, load_state, log_line, read_json, save_state, write_json
 from .config import TrainConfig
@@ -320,6 +321,7 @@ def run_chunk(
     devices = _Devices(pipe)
     was_checkpointing = transformer.is_gradient_checkpointing
     modes = {module: module.training for module in transformer.modules()}
+    step = 0
     try:
         # 1. The cached latents and caption embeddings (made by the first chunk), on the device.
         if config.cache_latents:
@@ -365,7 +367,19 @@ def run_chunk(
         val_every = config.checkpoint_every or config.sample_every or max(1, config.max_train_steps // 10)
         precision = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
         autocast = torch.autocast("cuda", dtype=precision, enabled=device.type == "cuda" and config.mixed_precision != "no")
-        started, stopped, done_here = time.perf_counter(), False, 0
+        started, stopped, done_here, saved_step = time.perf_counter(), False, 0, step
+
+        def save_full_state(at: int, order: list[list[int]]) -> int:
+            """The full state after step `at` (all ranks hold the same weights; rank 0 writes)."""
+            states = parallel.gather([generator.get_state()]) if parallel.gather else [generator.get_state()]
+            if parallel.is_main:
+                rng = {f"train{rank}": state for rank, state in enumerate(states)}
+                extra = {"data_order": order, "epoch_batches": len(order)}
+                lora = {k: v.detach() for k, v in parameters.items()}
+                save_state(files, at, lora, optimizer.state_dict(), scheduler.state_dict(), rng, extra)
+                log_line(files, f"step {at}/{config.max_train_steps}: state saved (loss {progress['loss'][-1][1]:.4f})")
+            return at
+
         # 3. The loop: one numbered step per optimisation step.
         while step < config.max_train_steps:
             if should_stop():
@@ -413,27 +427,39 @@ def run_chunk(
                 progress["samples"] += save_samples(pipe, layers, config, prompts, files, step)
                 devices.park()
                 transformer.train()
-            if parallel.is_main and config.checkpoint_every and step % config.checkpoint_every == 0 and not final:
-                files.checkpoints.mkdir(exist_ok=True)
-                name = f"step_{step:06d}.safetensors"
-                save_trained_lora(files.checkpoints / name, parameters, config, rows, step=step)
-                progress["checkpoints"].append(name)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and not final:
+                if parallel.is_main:
+                    files.checkpoints.mkdir(exist_ok=True)
+                    name = f"step_{step:06d}.safetensors"
+                    save_trained_lora(files.checkpoints / name, parameters, config, rows, step=step)
+                    progress["checkpoints"].append(name)
+                # With each kept LoRA the full state too: a job killed mid-chunk resumes from here.
+                saved_step = save_full_state(step, order)
             progress["step"] = step
             progress["seconds_per_step"] = (time.perf_counter() - started) / done_here
             if parallel.is_main:
                 write_json(files.progress, progress)
         # 4. The full state (all ranks hold the same weights; rank 0 writes), and the LoRA when done.
         finished = step >= config.max_train_steps
-        states = parallel.gather([generator.get_state()]) if parallel.gather and done_here else [generator.get_state()]
-        if parallel.is_main and done_here:
-            rng = {f"train{rank}": state for rank, state in enumerate(states)}
-            extra = {"data_order": order, "epoch_batches": len(order)}
-            save_state(files, step, {k: v.detach() for k, v in parameters.items()}, optimizer.state_dict(), scheduler.state_dict(), rng, extra)
-            log_line(files, f"step {step}/{config.max_train_steps}: state saved (loss {progress['loss'][-1][1]:.4f})")
+        if done_here and saved_step != step:
+            save_full_state(step, order)
         if parallel.is_main and finished:
             save_trained_lora(files.final, parameters, config, rows, step=step)
         spent = progress.get("seconds_per_step") if done_here else None
         return ChunkResult(step, config.max_train_steps, finished, stopped, spent, progress["warnings"])
+    except torch.OutOfMemoryError:
+        raise JobError(
+            f"The GPU ran out of memory at training step {step + 1} of {config.max_train_steps}; the job stopped and "
+            f"keeps {_kept(files)}. Resume it when the GPU is less busy, or start a new job with a lower resolution, "
+            "train_batch_size or network_dim, or with gradient_checkpointing on."
+        ) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JobError(
+            f"The disk is full: training step {step} could not be saved; the job stopped and keeps {_kept(files)} "
+            "(nothing half-written). Free disk space (delete old jobs, LoRAs or outputs), then resume the job."
+        ) from None
     finally:
         # 5. Give the pipeline back: adapter deleted, checkpointing, modes and devices as they were.
         if adapter_name in getattr(transformer, "peft_config", {}):
@@ -443,3 +469,15 @@ def run_chunk(
         for module, training in modes.items():
             module.training = training
         devices.restore()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # what a failed step held goes back to generation
+
+
+def _kept(files: JobFiles) -> str:
+    """What a stopped job still has, for its message: the newest full state and kept LoRA (no paths)."""
+    states = sorted(files.states.glob("step_*")) if files.states.exists() else []
+    kept = sorted(files.checkpoints.glob("step_*.safetensors")) if files.checkpoints.exists() else []
+    parts = [f"its saved state of step {int(states[-1].name[5:])}" if states else "no saved state yet (it restarts from step 0)"]
+    if kept:
+        parts.append(f"its checkpoints up to step {int(kept[-1].stem[5:])}")
+    return " and ".join(parts)
