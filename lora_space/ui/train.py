@@ -282,6 +282,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         found = space.jobs.status(job).to_dict()
         state = found["state"]
         done = state == "done"
+        in_library = done and bool(found.get("lora_name"))  # a LoRA kept over quota is only a download
         seen = seen if seen and seen.get("job") == job else {}
         now = {"job": job, "state": state, "samples": found["samples"], "checkpoints": found["checkpoints"], "done": done, "losses": [len(found["loss"]), len(found["val_loss"])]}
         return {
@@ -293,9 +294,9 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
             cancel: gr.Button(visible=state in ACTIVE),
             resume: gr.Button(visible=state in ("interrupted", "cancelled", "failed")),
             lora_file: gr.File(value=found["lora_file"] if done else None, visible=done) if done != seen.get("done") else gr.skip(),
-            lora_name: gr.Textbox(value=found["lora_name"] if done else "", visible=done),
-            try_button: gr.Button(visible=done),
-            publish_button: gr.Button(visible=done),
+            lora_name: gr.Textbox(value=found["lora_name"] if done else "", visible=in_library),
+            try_button: gr.Button(visible=in_library),
+            publish_button: gr.Button(visible=in_library),
             timer: gr.Timer(active=state in ACTIVE),
             shown: now,
         }
