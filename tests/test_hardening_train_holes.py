@@ -179,4 +179,8 @@ def test_search_refuses_a_bad_base_model_before_any_request(discover, hub, base_
 
 def test_good_ids_still_reach_the_hub(discover, hub):
     assert discover.evaluate(" alice/watercolor-flux ").summary.repo_id == "alice/watercolor-flux"
-    assert isinstance(discover.search(base_model="black-forest-labs/FLUX.1-dev"), list)
+    hub.reset_log()
+    found = discover.search(base_model="black-forest-labs/FLUX.1-dev")
+    assert "alice/watercolor-flux" in [item.repo_id for item in found]
+    (search,) = [request for request in hub.requests if request.path == "/api/models"]
+    assert "base_model:adapter:black-forest-labs/FLUX.1-dev" in search.query["filter"]
