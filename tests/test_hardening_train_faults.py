@@ -21,34 +21,15 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_space.engine import Engine
 from lora_space.lora import export
 from lora_space.lora.safefile import load_lora_file
-from lora_space.owners import Visitor
-from lora_space.service import LoraSpace, Options
+from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import load_state
-from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import TINY_RUN, colour_zip, job_folder
+from tests.train_factory import ALICE, RUN, TINY, job_folder, red_zip, space  # noqa: F401 (fixtures)
 
-ALICE = Visitor("browser", "a" * 32)
-TINY = Options(seed=3, steps=2, width=64, height=64)
-RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
 CONFIG = RUN | {"max_train_steps": 12, "checkpoint_every": 3}
-
-
-@pytest.fixture
-def space(settings) -> LoraSpace:
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
-    space.jobs = JobManager(space, chunk_steps=3)
-    yield space
-    space.jobs.close()
-
-
-@pytest.fixture(scope="module")
-def red_zip(tmp_path_factory):
-    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
 
 
 @pytest.fixture(scope="module")

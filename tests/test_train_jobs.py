@@ -12,32 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_space.engine import Engine
 from lora_space.errors import DatasetError, JobError, TrainConfigError
 from lora_space.lora.safefile import load_lora_file
 from lora_space.owners import Visitor
-from lora_space.service import LoraSpace, Options
+from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import TINY_RUN, colour_zip, job_folder
+from tests.train_factory import ALICE, RUN, TINY, colour_zip, job_folder, red_zip, space  # noqa: F401 (fixtures)
 
-ALICE, BOB = Visitor("browser", "a" * 32), Visitor("browser", "b" * 32)
-TINY = Options(seed=3, steps=2, width=64, height=64)
-RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
-
-
-@pytest.fixture
-def space(settings) -> LoraSpace:
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
-    space.jobs = JobManager(space, chunk_steps=3)
-    yield space
-    space.jobs.close()
-
-
-@pytest.fixture(scope="module")
-def red_zip(tmp_path_factory):
-    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
+BOB = Visitor("browser", "b" * 32)
 
 
 def wait(space: LoraSpace, job_id: str, until, timeout: float = 60):

@@ -7,9 +7,15 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from lora_space.engine import Engine, Options
+from lora_space.owners import Visitor
+from lora_space.service import LoraSpace
+from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import JobFiles
+from lora_space.train.jobs import JobManager
 from lora_space.train.prepare import prepare_job
 
 RED = (230, 30, 30)
@@ -43,3 +49,23 @@ def job_folder(root: Path, zip_path: Path, **config) -> JobFiles:
 
 def mean_colour(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
+
+
+# For tests of jobs on a real tiny engine (import the fixtures where they are used).
+ALICE = Visitor("browser", "a" * 32)
+TINY = Options(seed=3, steps=2, width=64, height=64)
+RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
+
+
+@pytest.fixture
+def space(settings) -> LoraSpace:
+    """A LoraSpace on the tiny engine whose jobs run in chunks of 3 steps."""
+    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
+    space.jobs = JobManager(space, chunk_steps=3)
+    yield space
+    space.jobs.close()
+
+
+@pytest.fixture(scope="module")
+def red_zip(tmp_path_factory):
+    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
