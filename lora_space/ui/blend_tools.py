@@ -162,6 +162,9 @@ def build_blend_tools(
         [browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
         [baked_file, bake_summary, bake_plot, controls.library_table, *all_pickers],
         api_visibility="private",
+        show_progress_on=[baked_file, bake_summary],  # not on the pickers (see generate.py's library events)
     )
     for event in controls.library_events:  # the sweep's pickers follow the library, as the slots do
-        event.then(with_caller(space.settings, pickers_refreshed), browser_id, [x_source, y_source], api_visibility="private")
+        event.then(
+            with_caller(space.settings, pickers_refreshed), browser_id, [x_source, y_source], api_visibility="private", show_progress="hidden"
+        )

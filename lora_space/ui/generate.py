@@ -216,11 +216,21 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
         [gallery, warnings, metadata],
         api_visibility="private",
     )
+    # The pickers update in the background: their progress shows on the table, never as an overlay
+    # on the pickers (an overlay that two such events leave behind blocks the picker's clicks).
     controls.library_events += [
-        refresh.click(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private"),
-        browser_id.change(with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private"),
+        refresh.click(
+            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+        ),
+        browser_id.change(
+            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+        ),
         upload.upload(
-            with_caller(settings, on_upload), [browser_id, upload, upload_words], [upload, upload_status, table, *dropdowns], api_visibility="private"
+            with_caller(settings, on_upload),
+            [browser_id, upload, upload_words],
+            [upload, upload_status, table, *dropdowns],
+            api_visibility="private",
+            show_progress_on=[upload_status, table],
         ),
     ]
     return controls, metadata, dropdowns

@@ -189,7 +189,7 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropd
     )
     card.input(_body, card, card_view, api_visibility="private")
     refresh.click(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
-    browser_id.change(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
+    browser_id.change(with_caller(settings, on_refresh), browser_id, source, api_visibility="private", show_progress="hidden")
     return source
 
 
