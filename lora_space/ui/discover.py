@@ -231,6 +231,7 @@ def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateContro
         [handles.browser_id, handles.selected, controls.prompt, *controls.slots],
         outputs,
         api_visibility="private",
+        show_progress_on=handles.use_status,  # the download's progress; never an overlay left on Generate's slots
     )
 
 

@@ -345,13 +345,17 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     preset.change(user_errors(on_preset), preset, [preset, *widgets], api_visibility="private")
     start.click(
         with_caller(settings, on_start), [browser_id, upload, table, preview, trigger, *widgets],
-        [*view_outputs, *list_outputs, job_id], api_visibility="private", concurrency_limit=None,
+        [*view_outputs, *list_outputs, job_id], api_visibility="private", concurrency_limit=None, show_progress_on=status,
     )  # fmt: skip
+    # Progress shows on the status line, never as overlays on the job picker and buttons, which a
+    # background event (load, timer) could leave behind and which would block their clicks.
     timer.tick(with_caller(settings, on_tick), [browser_id, job_id, shown], [*view_outputs, *list_outputs], api_visibility="private", show_progress="hidden")
-    pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private")
-    cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private")
-    resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private")
-    browser_id.change(with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private")
+    pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private", show_progress_on=status)
+    cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
+    resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
+    browser_id.change(
+        with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
+    )
     return TrainHandles(browser_id, lora_name, try_button, publish_button, status, space)
 
 
