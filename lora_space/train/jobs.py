@@ -188,6 +188,8 @@ class JobManager:
             position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
             ahead = list(self._queue)[: max(position - 1, 0)] + ([self._running] if self._running and position else [])
         step = progress.get("step", 0)
+        if state["state"] == "interrupted":  # killed between saving its state and its progress: the state is the truth
+            step = max([step] + [int(path.name[5:]) for path in files.states.glob("step_*") if path.name[5:].isdigit()])
         per_step = progress.get("seconds_per_step")
         eta = None
         if per_step and state["state"] in ACTIVE:
