@@ -27,7 +27,7 @@ from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import load_state
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import ALICE, RUN, TINY, job_folder, red_zip, space  # noqa: F401 (fixtures)
+from tests.train_factory import ALICE, RUN, TINY, job_folder, red_zip, space, wait_for_job  # noqa: F401 (fixtures)
 
 CONFIG = RUN | {"max_train_steps": 12, "checkpoint_every": 3}
 
@@ -39,15 +39,6 @@ def reference(tmp_path_factory, red_zip):
     run_chunk(build_tiny_pipeline(), files.root, adapter_name="reference")
     return files
 
-
-def wait(space: LoraSpace, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = space.jobs.status(job_id)
-        if status.state in states:
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
 
 
 def pixels(output) -> np.ndarray:
@@ -101,7 +92,7 @@ def test_out_of_memory_mid_chunk_fails_the_job_clearly_and_resume_ends_as_an_uni
     hook = space.engine.pipe.transformer.register_forward_pre_hook(out_of_memory, with_kwargs=True)
     try:
         status = space.jobs.start(red_zip, CONFIG, visitor=ALICE)
-        failed = wait(space, status.job_id)
+        failed = wait_for_job(space, status.job_id)
     finally:
         hook.remove()
     # 1. The job failed with a message that says what happened and what to do; no traceback, no paths.
@@ -120,7 +111,7 @@ def test_out_of_memory_mid_chunk_fails_the_job_clearly_and_resume_ends_as_an_uni
     assert not list((files / "state").glob(".partial*")) and not list((files / "checkpoints").glob(".*"))
     # 4. Resume continues from step 3 and ends with the uninterrupted run's weights.
     space.jobs.resume(status.job_id, visitor=ALICE)
-    done = wait(space, status.job_id)
+    done = wait_for_job(space, status.job_id)
     assert done.state == "done", done.error
     assert [path.name for path in done.checkpoints] == [f"step_{step:06d}.safetensors" for step in (3, 6, 9)]
     assert [step for step, _ in done.loss] == list(range(1, 13))
@@ -149,7 +140,7 @@ def test_a_full_disk_while_saving_keeps_the_last_state_and_resume_ends_as_an_uni
     monkeypatch.setattr(export, "save_file", full_disk)
     before = base_weights(space.engine.pipe)
     status = space.jobs.start(red_zip, CONFIG, visitor=ALICE)
-    failed = wait(space, status.job_id)
+    failed = wait_for_job(space, status.job_id)
     assert hit, "the full disk was never reached"
     files = space.jobs.root / status.job_id
     # 1. The job says what happened and how to go on.
@@ -167,7 +158,7 @@ def test_a_full_disk_while_saving_keeps_the_last_state_and_resume_ends_as_an_uni
     assert_pipeline_clean(space, before)
     # 3. Space freed: resume ends with the weights of an uninterrupted run.
     space.jobs.resume(status.job_id, visitor=ALICE)
-    done = wait(space, status.job_id)
+    done = wait_for_job(space, status.job_id)
     assert done.state == "done", done.error
     assert_equal_loras(done.lora_file, reference.final)
     for step in (3, 6, 9):

@@ -14,7 +14,6 @@ from lora_space import cleanup
 from lora_space.discover import Discover
 from lora_space.engine import Engine
 from lora_space.errors import LoraFileError, TrainConfigError
-from lora_space.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.settings import Settings, Storage
 from lora_space.tiny import build_tiny_pipeline
@@ -24,34 +23,18 @@ from lora_space.train.trainer import rank_bound, run_chunk
 from lora_space.ui.train_api import status_dict
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import isolated_hub
-from tests.train_factory import TINY_RUN, colour_zip, job_folder
+from tests.train_factory import ALICE, RUN, job_folder, red_zip, wait_for_job  # noqa: F401 (red_zip: a fixture)
 
-ALICE = Visitor("browser", "a" * 32)
-RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
 DAY = 24 * 3600
 
 
 @pytest.fixture
-def space(settings) -> LoraSpace:
+def space(settings) -> LoraSpace:  # as train_factory's, with chunks of 4 steps
     space = LoraSpace(settings, Engine(build_tiny_pipeline()))
     space.jobs = JobManager(space, chunk_steps=4)
     yield space
     space.jobs.close()
 
-
-@pytest.fixture(scope="module")
-def red_zip(tmp_path_factory):
-    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
-
-
-def wait_for(space: LoraSpace, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = space.jobs.status(job_id)
-        if status.state in states:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
 
 
 def age(path, seconds: float) -> None:
@@ -73,7 +56,7 @@ def test_a_rank_above_the_bases_module_width_is_refused_at_job_start(space, red_
     assert not space.jobs.root.exists() or not any(space.jobs.root.iterdir())  # no job folder left behind
     # The bound itself trains.
     status = space.jobs.start(red_zip, RUN | {"network_dim": 32, "max_train_steps": 2}, visitor=ALICE)
-    assert wait_for(space, status.job_id).state == "done"
+    assert wait_for_job(space, status.job_id).state == "done"
 
 
 def test_a_job_folder_with_too_large_a_rank_is_refused_by_the_trainer_before_any_adapter(tmp_path, red_zip):
@@ -90,7 +73,7 @@ def test_a_job_folder_with_too_large_a_rank_is_refused_by_the_trainer_before_any
 def test_a_job_finishing_over_quota_is_done_with_its_lora_kept_and_the_fix_said(space, settings, red_zip):
     space.settings = dataclasses.replace(settings, storage=Storage(visitor_quota_bytes=1))  # the library is full
     status = space.jobs.start(red_zip, RUN | {"max_train_steps": 3}, visitor=ALICE)
-    done = wait_for(space, status.job_id)
+    done = wait_for_job(space, status.job_id)
     assert done.state == "done" and done.error == ""
     assert done.lora_name == "" and done.lora_file is not None and done.lora_file.exists()
     note = next(text for text in done.warnings if "could not join your library" in text)

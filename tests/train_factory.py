@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -69,3 +70,14 @@ def space(settings) -> LoraSpace:
 @pytest.fixture(scope="module")
 def red_zip(tmp_path_factory):
     return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
+
+
+def wait_for_job(space: LoraSpace, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120):
+    """The job's status once it is in one of `states`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = space.jobs.status(job_id)
+        if status.state in states:
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
