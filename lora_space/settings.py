@@ -119,6 +119,30 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class Training:
+    """Bounds on training jobs, checked when a job is started or resumed, before any GPU time.
+
+    A job's work is bounded as a whole, not only each setting on its own (each is named in the
+    refusal, with the bound and how to get under it):
+
+    Args:
+        max_jobs: jobs waiting and running at once, over all visitors; more are refused at once.
+        max_images: images one job trains on (each is encoded once into the job's latent cache).
+        max_work: training work of one job: max_train_steps x train_batch_size x megapixels of the
+            training resolution (at least 0.25 each, as a generation counts its images).
+        max_sample_images: sample images of one job: sample prompts x 2 strengths x sampling points.
+        max_validation_images: held-out images x validation points: the images the validation
+            loss passes through over the whole job.
+    """
+
+    max_jobs: int = 10
+    max_images: int = 1000
+    max_work: float = 10_000.0
+    max_sample_images: int = 200
+    max_validation_images: int = 500
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment.
 
@@ -133,6 +157,7 @@ class Settings:
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
         storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.cleanup`).
+        training: bounds on training jobs (`Training`).
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.
     """
@@ -146,6 +171,7 @@ class Settings:
     fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
     storage: Storage = field(default_factory=Storage)
+    training: Training = field(default_factory=Training)
     on_space: bool = False
 
     @property
@@ -197,6 +223,13 @@ class Settings:
                 visitor_max_age_s=_int(env, "LORA_SPACE_VISITOR_DAYS", 7, 1, 3650) * 24 * 3600,
                 output_max_age_s=_int(env, "LORA_SPACE_OUTPUT_HOURS", 24, 1, 24 * 3650) * 3600,
                 clean_every_s=_int(env, "LORA_SPACE_CLEAN_MINUTES", 60, 1, 7 * 24 * 60) * 60,
+            ),
+            training=Training(
+                max_jobs=_int(env, "LORA_SPACE_MAX_JOBS", Training.max_jobs, 1, 10_000),
+                max_images=_int(env, "LORA_SPACE_MAX_TRAIN_IMAGES", Training.max_images, 1, 100_000),
+                max_work=_int(env, "LORA_SPACE_MAX_TRAIN_WORK", int(Training.max_work), 1, 10_000_000),
+                max_sample_images=_int(env, "LORA_SPACE_MAX_SAMPLE_IMAGES", Training.max_sample_images, 2, 100_000),
+                max_validation_images=_int(env, "LORA_SPACE_MAX_VALIDATION_IMAGES", Training.max_validation_images, 0, 1_000_000),
             ),
             on_space=bool(env.get("SPACE_ID", "").strip()),
         )

@@ -4,7 +4,9 @@
 "Try in Generate" to the Generate tab's slots once both tabs exist. Handlers only format what
 `lora_space.train` returns: the dataset preview comes from `dataset.ingest`, jobs from
 `space.jobs` (`JobManager`). A `gr.Timer` polls the shown job while it is queued or running;
-the job list is the visitor's own (`with_caller`), so it survives a page reload.
+the job list is the visitor's own (`with_caller`), so it survives a page reload. *Start* and
+*Resume* stream the job's view: on ZeroGPU the job trains inside that event (the visitor's quota
+pays) and pauses when the page closes.
 """
 
 from __future__ import annotations
@@ -313,7 +315,13 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         original = state.get("captions", {})
         captions = {name: text for name, text in edited.items() if text != original.get(name, "")} or None
         started = space.jobs.start(zip_path, settings_from_widgets(word, values), visitor=visitor, captions=captions)
-        return job_view(started.job_id) | list_view(visitor, started.job_id) | {job_id: started.job_id}
+        yield from follow_view(started.job_id, visitor)
+
+    def follow_view(job: str, visitor):
+        """The job's view as it goes: once off ZeroGPU (the timer polls), after each chunk on ZeroGPU,
+        where the job trains inside this event (`JobManager.follow`) and pauses when the page closes."""
+        for _ in space.jobs.follow(job):
+            yield job_view(job) | list_view(visitor, job) | {job_id: job}
 
     def on_tick(job, seen, *, visitor, token):
         view = job_view(job, seen)
@@ -330,7 +338,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
 
     def on_resume(job, *, visitor, token):
         space.jobs.resume(job, visitor=visitor)
-        return job_view(job) | list_view(visitor, job)
+        yield from follow_view(job, visitor)
 
     def on_visitor(*, visitor, token):
         """On page load: the visitor's jobs, and the live view of one still queued or running."""
@@ -352,7 +360,10 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     timer.tick(with_caller(settings, on_tick), [browser_id, job_id, shown], [*view_outputs, *list_outputs], api_visibility="private", show_progress="hidden")
     pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private", show_progress_on=status)
     cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
-    resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
+    resume.click(
+        with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs, job_id], api_visibility="private",
+        concurrency_limit=None, show_progress_on=status,
+    )  # fmt: skip
     browser_id.change(
         with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
     )
