@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ class _Worker:
     def __init__(self, function: Callable) -> None:
         context = multiprocessing.get_context("fork")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(function, child), daemon=True)
+        self.process = context.Process(target=_serve, args=(function, child, self.connection), daemon=True)
         self.process.start()
         child.close()
         self.fresh = True
@@ -142,9 +143,11 @@ class _Worker:
             self.process.kill()
 
 
-def _serve(function: Callable, connection) -> None:
-    """The worker's loop: a call in, its result (or the error's class and traceback) out."""
+def _serve(function: Callable, connection, parent_end) -> None:
+    """The worker's loop: a call in, its result (or the error's class and traceback) out, until the parent closes its end."""
+    parent_end.close()  # the fork's copy: with it open, the parent closing its end would never end this loop
     _drop_tqdm_process_lock()
+    _exit_with_parent()
     while True:
         try:
             args, kwargs = pickle.loads(connection.recv_bytes())
@@ -163,6 +166,18 @@ def _serve(function: Callable, connection) -> None:
 def token_digest(token: str | None) -> str | None:
     """What the stand-in's log keeps of an `X-IP-Token`: a short digest, never the token."""
     return hashlib.sha256(token.encode()).hexdigest()[:16] if token else None
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent died (a killed app) stops at once instead of training on unseen."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _drop_tqdm_process_lock() -> None:
