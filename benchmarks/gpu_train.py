@@ -11,8 +11,10 @@ at 512x512 (a 64x64 latent: 1024 image tokens, 512 text tokens), batch 1:
 - `low-memory`: the base in nf4 (bitsandbytes, loaded from a temporary `save_pretrained`),
   8-bit AdamW and gradient checkpointing (the "low memory (24 GB card)" preset).
 
-It prints seconds per step, peak GPU memory, the time for 1000 steps, and the share of the
-card's dense bf16 rate reached, counting 2x the forward FLOPs per step (forward, plus the
+It prints seconds per step, peak GPU memory, the time for 1000 steps, the cost of one
+preemption of a training chunk by a generation (the state saved, the adapter off and on, the
+text encoders and VAE of FLUX.1-dev's size moved off the GPU and back, and what a fresh worker
+adds: `preemption.py`) as a share of a step, and the share of the card's dense bf16 rate reached, counting 2x the forward FLOPs per step (forward, plus the
 backward pass to the activations; the frozen base gets no weight gradients; recomputation
 under checkpointing is not counted as useful work). Targets on one H200: 1000 steps in
 <= 3.5 minutes (bf16); <= 12 GB peak (low memory).
@@ -82,7 +84,9 @@ def nf4_transformer(folder: Path):
 
 def run(preset: str, steps: int, peak_tflops: float) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
 
+    from benchmarks.preemption import encoder_moves, preemption_parts
     from lora_space.train.config import TrainConfig
     from lora_space.train.trainer import attach_adapter, flow_matching_loss, make_optimizer
 
@@ -136,6 +140,15 @@ def run(preset: str, steps: int, peak_tflops: float) -> None:
     share = useful / seconds / (peak_tflops * 1e12)
     print(f"{preset:<11} {seconds:8.3f} s/step  {1000 * seconds / 60:6.2f} min per 1000 steps  peak {peak_gb:6.2f} GB  "
           f"{useful / seconds / 1e12:7.1f} TFLOP/s = {share:.1%} of {peak_tflops:g} TFLOP/s bf16")  # fmt: skip
+    # One preemption of a chunk by a waiting generation, with the trainer's own code (benchmarks/preemption.py).
+    scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=0, num_training_steps=config.max_train_steps)
+    parts = preemption_parts(transformer, config, "bench", parameters, optimizer, scheduler, torch.cuda.synchronize)
+    moves = encoder_moves("cuda", torch.cuda.synchronize)
+    warm = parts["save"] + parts["warm"]
+    print(f"{'':<11} one preemption: state saved {parts['save']:.2f} s + adapter off/on {parts['warm'] * 1000:.1f} ms = "
+          f"{warm / seconds:.2f} steps in the same process; + text encoders and VAE off the GPU and back {moves:.2f} s = "
+          f"{(warm + moves) / seconds:.2f} steps; a fresh worker adds {parts['cold']:.2f} s (adapter attached, state read back) = "
+          f"{parts['cold'] / seconds:.2f} steps more")  # fmt: skip
     del transformer, optimizer, parameters
     torch.cuda.empty_cache()
 

@@ -10,7 +10,9 @@ next call only when it is idle, else a fresh fork of the main process runs it. T
 scheduled with the Gradio request current in the caller's context (`LocalContext.request`),
 whose `X-IP-Token` header says whose quota pays: a call from a thread with no request is
 charged to nobody's. An exception other than `gr.Error` reaches the caller as a bare "ZeroGPU
-worker error", so `gpu` carries LoRA Space's own errors across as results and raises them again.
+worker error", so `gpu` carries LoRA Space's own errors across as results and raises them again;
+spaces' own refusals (`gr.Error`: quota spent, no GPU free, the worker aborted) become
+`GpuUnavailableError` with their words.
 
 The stand-in (`LORA_SPACE_ZEROGPU_STANDIN=fork` or `reuse`, read at import) runs each
 decorated call that way on any machine, for tests: in a forked worker, a fresh one per call
@@ -35,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import LoraSpaceError
+from .errors import GpuUnavailableError, LoraSpaceError
 
 try:
     import spaces
@@ -100,7 +102,14 @@ def _catching(function: Callable) -> Callable:
 def _raising(gpu_function: Callable) -> Callable:
     @functools.wraps(gpu_function)
     def outside(*args, **kwargs):
-        result = gpu_function(*args, **kwargs)
+        try:
+            result = gpu_function(*args, **kwargs)
+        except Exception as error:
+            import gradio as gr  # only on ZeroGPU: spaces' scheduling errors are gr.Error
+
+            if isinstance(error, gr.Error):  # quota spent, no GPU free, the worker aborted: its own words
+                raise GpuUnavailableError(f"{error.title}: {error.message}" if getattr(error, "title", "") else str(error.message)) from error
+            raise
         if isinstance(result, _Raised):
             raise result.error
         return result

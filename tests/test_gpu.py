@@ -55,3 +55,23 @@ def test_on_zerogpu_spaces_gpu_gets_the_duration_and_our_errors_come_back_as_the
 def test_the_standin_mode_is_read_from_the_environment():
     assert gpu.standin_mode({gpu.STANDIN: "fork"}) == "fork" and gpu.on_zerogpu({gpu.STANDIN: "reuse"})
     assert gpu.standin_mode({gpu.STANDIN: "yes"}) == "" and not gpu.on_zerogpu({})
+
+
+def test_spaces_refusals_become_gpu_unavailable_with_their_words(monkeypatch):
+    import gradio as gr
+
+    from lora_space.errors import GpuUnavailableError
+
+    def fake_gpu(*, duration):
+        def wrap(function):
+            def scheduled(*args):
+                raise gr.Error("You have exceeded your free ZeroGPU quota (120s requested vs. 44s left). Try again in 0:12:00.", title="ZeroGPU quota exceeded")
+
+            return scheduled
+
+        return wrap
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setattr(gpu.spaces, "GPU", fake_gpu)
+    with pytest.raises(GpuUnavailableError, match=r"ZeroGPU quota exceeded: You have exceeded your free ZeroGPU quota \(120s requested vs. 44s left\)"):
+        gpu.gpu(duration=120)(lambda: None)()

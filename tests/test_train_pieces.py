@@ -7,7 +7,6 @@ generations in between see the pipeline exactly as without the job."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

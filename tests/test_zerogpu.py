@@ -21,7 +21,7 @@ from gradio_client import Client, handle_file
 from lora_space.gpu import STANDIN, STANDIN_LOG, token_digest
 from tests.app_process import running_app
 from tests.test_ui_browser_owners import SPACE_ENV
-from tests.train_factory import RUN, red_zip  # noqa: F401 (fixture)
+from tests.train_factory import RUN, red_zip, space  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,3 +101,38 @@ def test_on_a_space_every_training_call_runs_in_its_owners_request_and_pauses_wh
         assert call["ip_token"] in owners.values() and call["session"] in (alice.session_hash, carol.session_hash), call
         assert (call["ip_token"] == owners[job_id]) == (call["session"] == alice.session_hash), call
     assert {call["ip_token"] for call in calls if call["function"] == "_generate_on_gpu"} == {token_digest("ip-token-bob")}
+
+
+def test_a_chunk_refused_a_gpu_pauses_the_job_and_resume_ends_as_an_uninterrupted_run(space, red_zip, tmp_path, monkeypatch):
+    """ZeroGPU refuses a call when the owner's quota is spent: the job pauses (not fails) with spaces' words."""
+    import torch
+
+    from lora_space.errors import GpuUnavailableError
+    from lora_space.lora.safefile import load_lora_file
+    from lora_space.tiny import build_tiny_pipeline
+    from lora_space.train import chunk
+    from lora_space.train.trainer import run_chunk
+    from tests.train_factory import ALICE, job_folder, wait_for_job
+
+    real, calls = chunk.train_chunk, []
+
+    def quota_spent_on_the_second_call(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise GpuUnavailableError("ZeroGPU quota exceeded: You have exceeded your free ZeroGPU quota (120s requested vs. 44s left).")
+        return real(*args)
+
+    monkeypatch.setattr(chunk, "train_chunk", quota_spent_on_the_second_call)
+    config = RUN | {"max_train_steps": 9}
+    status = space.jobs.start(red_zip, config, visitor=ALICE)
+    paused = wait_for_job(space, status.job_id, states=("interrupted", "failed", "done"))
+    assert paused.state == "interrupted" and paused.step == 3, (paused.state, paused.error)
+    assert "120s requested vs. 44s left" in paused.error and "resume it later" in paused.error
+    space.jobs.resume(status.job_id, visitor=ALICE)
+    done = wait_for_job(space, status.job_id)
+    assert done.state == "done" and done.error == ""
+    reference = job_folder(tmp_path / "reference", red_zip, **config)
+    run_chunk(build_tiny_pipeline(), reference.root, adapter_name="reference")
+    want, _ = load_lora_file(reference.final)
+    got, _ = load_lora_file(done.lora_file)
+    assert all(torch.equal(want[name], got[name]) for name in want)

@@ -31,18 +31,18 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..engine import engine_by_id
-from ..errors import JobError, LimitError, LoraSpaceError
-from ..gpu import gpu, on_zerogpu
+from ..errors import GpuUnavailableError, JobError, LimitError, LoraSpaceError
+from ..gpu import on_zerogpu
 from ..owners import Visitor
+from . import chunk
 from .checkpoint import JobFiles, log_line, read_json, write_json
 from .config import check_job_bounds, merged
 from .prepare import prepare_job
-from .trainer import ChunkResult, check_rank, run_chunk
+from .status import JobStatus, lora_name_for
+from .trainer import ChunkResult, check_rank
 
 if TYPE_CHECKING:
     from ..service import LoraSpace
@@ -51,64 +51,8 @@ logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "cancelled", "failed")
-ZEROGPU_CHUNK_SECONDS = 90  # training time per ZeroGPU call; the call asks for this plus a margin
-CHUNK_SECONDS = 60  # elsewhere: the state is saved at least this often (a generation ends a chunk sooner)
 QUEUE_POLL_SECONDS = 2.0  # a job waiting for its turn inside its owner's request reports its place this often
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass
-class JobStatus:
-    """What `/training_status` returns (`to_dict`), plus queue position, ETA and warnings."""
-
-    job_id: str
-    state: str
-    step: int = 0
-    total_steps: int = 0
-    loss: list[list[float]] = field(default_factory=list)
-    val_loss: list[list[float]] = field(default_factory=list)
-    samples: list[Path] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-    lora_file: Path | None = None
-    lora_name: str = ""
-    dataset_report: dict = field(default_factory=dict)
-    error: str = ""
-    queue_position: int = 0  # 1 = next; 0 when not queued
-    eta_seconds: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["samples"] = [str(path) for path in self.samples]
-        values["checkpoints"] = [str(path) for path in self.checkpoints]
-        values["lora_file"] = str(self.lora_file) if self.lora_file else None
-        return values
-
-
-def _chunk_seconds(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> int:
-    """ZeroGPU duration of one chunk: its training time plus loading, samples and saving."""
-    return int((max_seconds or ZEROGPU_CHUNK_SECONDS) + 30)
-
-
-@gpu(duration=_chunk_seconds)
-def _train_chunk(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> ChunkResult:
-    """One chunk on the engine's pipeline (the caller holds a turn). It ends within one piece when a
-    stop file is in the job folder (cancel, shutdown) or a generation waits; the job's session stays
-    parked on the engine of the process that ran it, for the job's next chunk."""
-    files = JobFiles(Path(job_dir))
-    engine = engine_by_id(engine_id)
-    with engine.lend() as pipe:
-        return run_chunk(
-            pipe, files.root, adapter_name=adapter_name, max_steps=max_steps, max_seconds=max_seconds,
-            should_stop=files.stop_flag.exists, should_yield=engine.generation_waiting, parking=engine,
-        )  # fmt: skip
-
-
-def lora_name_for(trigger_word: str, job_id: str) -> str:
-    """A library name for the job's LoRA: the trigger word (or "trained") and the id's start."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", trigger_word).strip("_-")[:40] or "trained"
-    return f"{stem}_{job_id[:8]}"
 
 
 class JobManager:
@@ -128,7 +72,7 @@ class JobManager:
         self.space = space
         self.root = space.settings.data_dir / "jobs"
         self.chunk_steps = chunk_steps
-        self.chunk_seconds = chunk_seconds or (ZEROGPU_CHUNK_SECONDS if on_zerogpu() else CHUNK_SECONDS)
+        self.chunk_seconds = chunk_seconds or (chunk.ZEROGPU_CHUNK_SECONDS if on_zerogpu() else chunk.CHUNK_SECONDS)
         self.in_requests = on_zerogpu() if in_requests is None else in_requests
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -381,10 +325,15 @@ class JobManager:
                     # One chunk: at most chunk_seconds (or chunk_steps); it ends sooner when a generation waits.
                     self._chunks += 1
                     with engine.turn():
-                        result = _train_chunk(id(engine), str(files.root), adapter_name, self.chunk_steps, self.chunk_seconds)
+                        result = chunk.train_chunk(id(engine), str(files.root), adapter_name, self.chunk_steps, self.chunk_seconds)
                     if result.finished or result.stopped:
                         break
                     yield result
+            except GpuUnavailableError as error:  # ZeroGPU gave no GPU (the owner's quota is spent): pause, not fail
+                state.update(state="interrupted", error=f"{error} The job is paused with its state saved; resume it later.")
+                self._write_state(files, state)
+                log_line(files, f"paused: {error}")
+                return
             except Exception as error:
                 message = str(error) if isinstance(error, (LoraSpaceError, FloatingPointError)) else f"internal error ({type(error).__name__})"
                 if not isinstance(error, (LoraSpaceError, FloatingPointError)):

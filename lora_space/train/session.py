@@ -36,13 +36,13 @@ from .trainer import (
     VALIDATION_SIGMAS,
     Devices,
     Parallel,
-    activate_adapter,
     attach_adapter,
     batch_for_step,
     check_rank,
     flow_matching_loss,
     make_optimizer,
     overfitting_warning,
+    reactivate_adapter,
     sample_image,
     set_enabled,
     validation_image_loss,
@@ -142,7 +142,8 @@ class Session:
         transformer = self.pipe.transformer
         self.was_checkpointing = transformer.is_gradient_checkpointing
         self.modes = {module: module.training for module in transformer.modules()}
-        activate_adapter(transformer, self.adapter_name, self.parameters)
+        if self.resumed == "memory":  # the lend switched every adapter off: ours on again
+            reactivate_adapter(transformer, self.layers, self.adapter_name, self.parameters)
         if self.config.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()

@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
@@ -186,6 +184,19 @@ def activate_adapter(transformer, adapter_name: str, parameters: dict[str, torch
             module.set_adapter(adapter_name)  # trainable: ours only
     for parameter in transformer.parameters():
         parameter.requires_grad_(False)
+    for parameter in parameters.values():
+        parameter.requires_grad_(True)
+
+
+def reactivate_adapter(transformer, layers: list[BaseTunerLayer], adapter_name: str, parameters: dict[str, torch.nn.Parameter]) -> None:
+    """`activate_adapter` for a parked adapter whose pipeline was lent again (`Engine.lend`), in a
+    fraction of its time: the lend switched every adapter off, so only our layers and the
+    `requires_grad` flags (set back by the lend, toggled by generations' adapter loads) need setting."""
+    for parameter in transformer.parameters():
+        parameter.requires_grad_(False)
+    for layer in layers:
+        layer._active_adapter = [adapter_name]  # peft's own fields behind `set_adapter`, as `Engine._activate` sets them
+        layer._disable_adapters = False
     for parameter in parameters.values():
         parameter.requires_grad_(True)
 
