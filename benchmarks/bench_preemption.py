@@ -3,17 +3,18 @@
     python benchmarks/bench_preemption.py [--steps 24] [--every 2] [--rounds 3] [--models tiny,flux-shaped]
 
 A generation that waits ends the running chunk at its next step (`Engine.generation_waiting`).
-For each model the same job is trained `--steps` steps three ways, in turns, round after round,
-each through the engine as the app does it (a turn, `Engine.lend`, `run_chunk`):
+For each model a job is trained `--steps` steps in chunks of `--every` steps, each ended as a
+waiting generation ends it and run as the app runs it (a turn, `Engine.lend`, `run_chunk`), two
+ways, in turns, round after round:
 
-- whole: one chunk;
-- preempted, warm: a chunk ended after every `--every` steps, the session parked on the engine
-  between chunks (the app's case: the pipeline stays in the process);
-- preempted, cold: the same, the session set up again from the job folder each time (a fresh
-  ZeroGPU worker's case, less the fork and moving the model to the GPU).
+- warm: the session parked on the engine between chunks (the app's case: the pipeline stays in
+  the process);
+- cold: the session set up again from the job folder each time (a fresh ZeroGPU worker's case,
+  less the fork and moving the model to the GPU).
 
-One preemption costs (preempted - whole) / preemptions; the table gives it in seconds and as a
-share of the median step. Then the parts of one preemption (`preemption.py`, the code
+One preemption costs a chunk's time outside its steps (the state saved, the pipeline given back
+and lent again, the session taken back); the table gives its median in seconds and as a share of
+the median step. Then the parts of one preemption (`preemption.py`, the code
 `gpu_train.py` measures on a GPU): the state saved, the adapter off and on (warm), and the adapter
 attached and the state read back (cold). `tiny` is the test model; `flux-shaped` is
 `bench_train.py`'s wider FLUX transformer at its 128 px, batch 2, rank 8.
@@ -60,41 +61,38 @@ def measure(name: str, steps: int, every: int, rounds: int, root: Path) -> dict:
         prepare_job(files, zip_path, config, is_tiny=True)
         return files
 
-    def train(files: JobFiles, *, chunk: int | None, parked: bool) -> tuple[float, list[float]]:
-        """`steps` steps in chunks of `chunk` (None: one chunk), ended as a waiting generation ends them."""
-        done, per_step = 0, []
-        started = time.perf_counter()
+    def train(files: JobFiles, *, parked: bool) -> tuple[list[float], list[float]]:
+        """`steps` steps in chunks of `every`, each ended as a waiting generation ends it; per chunk after the
+        first, the time outside its steps (the preemption: state saved, pipeline given back and lent again,
+        session taken back), and per chunk the time of a step."""
+        overheads, per_step, done = [], [], 0
         while done < steps:
-            budget = min(chunk or steps, steps - done)  # a chunk's end after `budget` steps takes the path a waiting generation's does
             if not parked and engine.parked is not None:
                 engine.parked.close()
                 engine.parked = None
+            started = time.perf_counter()
             with engine.turn(), engine.lend() as pipe:
-                result = run_chunk(pipe, files.root, adapter_name=f"bench_{files.root.name}", max_steps=budget, parking=engine)
-            assert result.pieces.get("step") == budget, result.pieces
-            done += budget
-            per_step.append(result.timings["pieces"] / budget)
+                result = run_chunk(pipe, files.root, adapter_name=f"bench_{files.root.name}", max_steps=every, parking=engine)
+            wall = time.perf_counter() - started
+            assert result.pieces.get("step") == every, result.pieces
+            if done:  # the first chunk also builds the cache
+                overheads.append(wall - result.timings["pieces"])
+                per_step.append(result.timings["pieces"] / every)
+            done += every
         if engine.parked is not None:
             engine.parked.close()
             engine.parked = None
-        return time.perf_counter() - started, per_step
+        return overheads, per_step
 
-    ways = {"whole": dict(chunk=None, parked=True), "warm": dict(chunk=every, parked=True), "cold": dict(chunk=every, parked=False)}
-    warm_up = job("warm-up")
-    train(warm_up, chunk=2, parked=True)  # the cache's code path, allocator, kernels
-    times: dict[str, list[float]] = {way: [] for way in ways}
+    train(job("warm-up"), parked=True)  # the cache's code path, allocator, kernels
+    overheads: dict[str, list[float]] = {"warm": [], "cold": []}
     step_seconds: list[float] = []
-    for round_number in range(rounds):
-        for way, options in ways.items():
-            seconds, per_step = train(job(f"{way}-{round_number}"), **options)
-            times[way].append(seconds)
+    for round_number in range(rounds):  # the two ways in turns, so a busy machine slows both alike
+        for way in overheads:
+            spent, per_step = train(job(f"{way}-{round_number}"), parked=way == "warm")
+            overheads[way] += spent
             step_seconds += per_step
-    step = statistics.median(step_seconds)
-    preemptions = steps // every - 1
-    figures = {"step_seconds": step}
-    for way in ("warm", "cold"):
-        cost = (statistics.median(times[way]) - statistics.median(times["whole"])) / preemptions
-        figures[way] = cost
+    figures = {"step_seconds": statistics.median(step_seconds)} | {way: statistics.median(values) for way, values in overheads.items()}
     # The parts, on the same transformer, with the code gpu_train.py runs on a GPU.
     files = job("parts")
     with engine.turn(), engine.lend() as pipe:
@@ -121,7 +119,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    print(f"{args.steps} steps; a preemption every {args.every} steps ({args.steps // args.every - 1} preemptions); {args.rounds} rounds in turns")
+    print(f"{args.steps} steps in chunks of {args.every} ({args.steps // args.every - 1} preemptions a run); {args.rounds} rounds, warm and cold in turns")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             figures = measure(name.strip(), args.steps, args.every, args.rounds, Path(folder))
