@@ -44,13 +44,13 @@ def test_in_workers_generation_and_training_match_in_process_and_leave_the_main_
     # A generation waited for a training chunk about one piece, not a chunk (the chunk's own budget is 120 s).
     assert all(wait < figures["idle_seconds"] + 5 for wait in figures["waits_during_job"]), figures
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    chunks = [call for call in calls if call["function"] == "_train_chunk"]
+    chunks = [call for call in calls if call["function"] == "train_chunk"]
     assert len(chunks) == figures["chunks"]
     if mode == "fork":
         assert all(call["fresh"] for call in calls)  # each call a new fork of the main process
     else:
         assert any(not call["fresh"] for call in chunks)  # the idle worker (with its parked session) went on
-        assert len({call["worker"] for call in calls if call["function"] == "_train_chunk"}) < len(chunks)
+        assert len({call["worker"] for call in calls if call["function"] == "train_chunk"}) < len(chunks)
 
 
 def test_on_a_space_every_training_call_runs_in_its_owners_request_and_pauses_when_they_leave(tmp_path, red_zip):
@@ -95,7 +95,7 @@ def test_on_a_space_every_training_call_runs_in_its_owners_request_and_pauses_wh
         resumed.result(timeout=120)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     owners = {job_id: token_digest("ip-token-alice"), long_id: token_digest("ip-token-carol")}
-    chunks = [call for call in calls if call["function"] == "_train_chunk"]
+    chunks = [call for call in calls if call["function"] == "train_chunk"]
     assert len(chunks) >= 5
     for call in chunks:
         assert call["ip_token"] in owners.values() and call["session"] in (alice.session_hash, carol.session_hash), call
