@@ -28,6 +28,7 @@ from . import hub_http
 from .errors import HubError, LoraFileError, UnsafeFileError
 from .hub_http import base_url, hub_errors, ranged_reader, require_online
 from .lora import safefile
+from .prompts import clean_trigger_words
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +263,8 @@ def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
 
     Read from `instance_prompt` (diffusers' training scripts), then `trigger_words`,
     `trigger_word` and `trigger`; each may be a string or a list of strings, and a string holding
-    commas gives one word per part. Widget prompts are examples, not trigger words.
+    commas gives one word per part, kept as `prompts.clean_trigger_words` keeps them. Widget
+    prompts are examples, not trigger words.
     """
     words: list[str] = []
     for key in TRIGGER_KEYS:
@@ -270,8 +272,8 @@ def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
         items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         for item in items:
             if isinstance(item, str):
-                words += [part.strip() for part in item.split(",")]
-    return list(dict.fromkeys(word for word in words if word))
+                words += item.split(",")
+    return clean_trigger_words(words)
 
 
 def whoami(token: str | None, *, endpoint: str, offline: bool = False) -> dict[str, Any]:

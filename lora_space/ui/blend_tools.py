@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from ..errors import PromptError
 from ..generation import parse_strengths
 from ..lora.export import TARGETS
-from ..recipe import Recipe, read_png_recipe, recipe_from_json
+from ..recipe import read_recipe_file
 from ..service import LoraSpace
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
@@ -100,11 +98,7 @@ def build_blend_tools(
     def on_load(path, *, visitor, token):
         if not path:
             return [gr.skip()] * (6 + len(controls.slots))
-        if Path(path).suffix.lower() == ".png":
-            recipe = Recipe.from_dict(read_png_recipe(path))
-        else:
-            recipe = recipe_from_json(Path(path).read_text(encoding="utf-8"))
-        recipe, notes = space.link_recipe(recipe, visitor=visitor)
+        recipe, notes = space.link_recipe(read_recipe_file(path), visitor=visitor)
         slot_updates: list = []
         for index in range(SLOTS):
             lora = recipe.loras[index] if index < len(recipe.loras) else None
