@@ -174,10 +174,10 @@ def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str
         (url for _, src in examples if src and (url := hub_image_url(src, repo_id=model.repo_id, endpoint=endpoint))),
         None,
     ) or next(
-        (hub_search.file_url(model.repo_id, name, endpoint=endpoint) for name in sorted(model.files)
-         if PurePosixPath(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+        (url for name in sorted(model.files) if PurePosixPath(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+         and (url := hub_image_url(name, repo_id=model.repo_id, endpoint=endpoint))),
         "",
-    )
+    )  # every preview passes the one check of card images (`hub_image_url`): the browser loads it, never the server
     words, origin = hub.trigger_words_from_card(card), "card"
     if not words:
         words, origin = shared_widget_words([text for text, _ in examples if text]), "widget"

@@ -128,10 +128,10 @@ def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
 def test_hub_text_in_the_verdict_shows_as_text():
     from markdown_it import MarkdownIt
 
-    from lora_space.ui.discover import plain
+    from lora_space.markdown_text import md_text
 
     hostile = "![t](https://evil.example/t.png) [x](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**"
-    page = MarkdownIt("commonmark").render(plain(hostile))
+    page = MarkdownIt("commonmark").render(md_text(hostile))
     assert "<img" not in page and "<a" not in page and "<code" not in page and "<strong" not in page
     assert "![t](https://evil.example/t.png)" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 

@@ -203,7 +203,7 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     with pytest.raises(PublishError, match="looks like a Hub repo"):
         publish(space, PublishRequest(lora="bob/famous", repo_id="alice/famous"), token=TOKEN, visitor=LOCAL)
     outside = write_lora(tmp_path / "elsewhere" / "x.safetensors", 4)
-    with pytest.raises(PublishError, match="not among your files"):
+    with pytest.raises(PublishError, match="No LoRA .* among yours"):
         publish(space, PublishRequest(lora=str(outside), repo_id="alice/x"), token=TOKEN, visitor=LOCAL)
     # On a Space the shared library is the Space owner's; a visitor publishes their own LoRAs.
     on_space = LoraSpace(dataclasses.replace(space.settings, on_space=True), space.engine)
@@ -225,6 +225,22 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     published = tmp_path / "back.safetensors"
     published.write_bytes(hub.file_bytes("alice/kohya", "pytorch_lora_weights.safetensors"))
     assert read_lora_file(published).format == "diffusers" and read_lora_file(uploaded).format == "kohya"
+
+
+def test_a_path_outside_your_files_gets_one_answer_whether_it_exists_or_not(space, tmp_path):
+    """Render the card (and /publish) must not tell which files exist on the server (issue 14, hole 7)."""
+    elsewhere = write_lora(tmp_path / "elsewhere" / "x.safetensors", 4)  # a real LoRA, outside the visitor's folders
+    on_space = LoraSpace(dataclasses.replace(space.settings, on_space=True), space.engine)
+    for owner, visitor in ((space, LOCAL), (on_space, Visitor("hub", "alice"))):
+        answers = set()
+        for path in ("/etc/shadow", "/etc/passwd", "/etc/no-such-file", str(elsewhere), str(elsewhere.with_name("none.safetensors")), "~/x"):
+            with pytest.raises(PublishError) as refused:
+                preview_card(owner, PublishRequest(lora=path, repo_id="alice/x"), visitor=visitor)
+            answers.add(str(refused.value).replace(repr(path), "PATH"))
+        assert answers == {
+            "No LoRA PATH among yours: give a training job id, a name in your library (see /list_loras), "
+            "or upload the file in the Publish tab."
+        }
 
 
 def test_sample_images_that_are_not_images_are_refused(space, hub, tmp_path):

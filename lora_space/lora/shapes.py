@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoraFileError, LoraSpaceError
+from ..errors import HubError, LoraFileError, LoraSpaceError
 from ..settings import Settings
 from .formats import LoraSet
 from .keymap import module_kind
@@ -105,8 +105,9 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
     """The shapes of the base model the app runs (`settings.base_model`), without its weights.
 
     Order: `tiny`; a known Hub id (configs in `base_models.json`); a local diffusers folder;
-    another Hub id (its two config files are downloaded). When none can be read, FLUX.1-dev
-    stands in and `note` says so.
+    another Hub id (its two config files, from the Hub cache that loading the base model filled,
+    else downloaded with the caller's `token` or none: never the Space's `HF_TOKEN`). When none
+    can be read, FLUX.1-dev stands in and `note` says so.
     """
     if settings.is_tiny:
         return tiny_shapes()
@@ -122,9 +123,11 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
 
             files = {}
             for part in ("transformer", "text_encoder"):
-                path = hub.download_file(
-                    settings.base_model, f"{part}/config.json", endpoint=settings.hf_endpoint, token=token
-                )
+                where = {"endpoint": settings.hf_endpoint, "token": token or False}
+                try:
+                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=True, **where)
+                except HubError:  # not cached: from the Hub, as the caller
+                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=settings.hf_offline, **where)
                 files[part] = json.loads(Path(path).read_text())
             transformer, text_encoder = files["transformer"], files["text_encoder"]
         return shapes_from_configs(settings.base_model, transformer, text_encoder)

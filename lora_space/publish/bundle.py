@@ -106,12 +106,12 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
     Raises:
         PublishError: outside what the visitor owns, missing, or not `.safetensors`.
     """
-    resolved = Path(path).expanduser().resolve()
-    if not uploaded and not any(resolved.is_relative_to(root) for root in own_roots(settings, visitor)):
+    if not uploaded and not _owned(str(path), settings, visitor):
         raise PublishError(
             f"{Path(path).name!r} is not among your files here; publish a LoRA you trained, baked or uploaded "
             "(a training job id, a name in your library, or a file you upload in the Publish tab)."
         )
+    resolved = Path(path).expanduser().resolve()
     if resolved.suffix.lower() != ".safetensors" or not resolved.is_file():
         raise PublishError(f"{Path(path).name!r} is not a .safetensors file; only .safetensors LoRAs are published.")
     return Bundle("file", resolved.stem, resolved, library.trigger_words_for(resolved))
@@ -217,8 +217,9 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
     if found is not None:
         job_id = _job_of(space, found.lora_file, visitor)
         return job_bundle(space, job_id) if job_id else found
-    # 3. A file the visitor owns.
-    if Path(lora).expanduser().exists():
+    # 3. A file the visitor owns. Ownership comes first: a path outside their folders gets the
+    #    same answer whether or not it exists, so that nothing tells which server files exist.
+    if _owned(lora, settings, visitor):
         return file_bundle(Path(lora), settings=settings, visitor=visitor)
     if lora.count("/") >= 1 and not lora.startswith(("/", ".", "~")):
         raise PublishError(
@@ -229,6 +230,15 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
         f"No LoRA {lora!r} among yours: give a training job id, a name in your library (see /list_loras), "
         "or upload the file in the Publish tab."
     )
+
+
+def _owned(lora: str, settings: Settings, visitor: Visitor) -> bool:
+    """Whether `lora` is a path inside the visitor's own folders (it may not exist)."""
+    try:
+        resolved = Path(lora).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte, a loop of links
+        return False
+    return any(resolved.is_relative_to(root) for root in own_roots(settings, visitor))
 
 
 def _job_of(space: Any, lora_file: Path, visitor: Visitor) -> str:

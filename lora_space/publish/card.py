@@ -6,12 +6,11 @@ base model's terms where the LoRA inherits them, from `base_licenses.json`), `ta
 sample image with its prompt). It is written with `yaml.safe_dump`, so names and captions with
 `:`, quotes or line breaks cannot break it. The body comes from `card_template.md`, a small
 file of `%% name` sections with `${field}` slots (`string.Template`: no code in the template);
-text that comes from users or the Hub is escaped before it goes into Markdown.
+text that comes from users or the Hub is escaped before it goes into Markdown (`markdown_text`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from dataclasses import dataclass
@@ -23,14 +22,13 @@ from typing import Any
 import yaml
 
 from ..errors import PublishError
+from ..markdown_text import md_code, md_text
 
 HERE = Path(__file__).parent
 TEMPLATE_FILE = HERE / "card_template.md"
 LICENSE_FILE = HERE / "base_licenses.json"
 LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]#!|~])")
-_LINE_START = re.compile(r"^(\d*)([-+=.)])")
 
 
 @dataclass(frozen=True)
@@ -136,22 +134,6 @@ def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return md_text(str(value))
-
-
-def md_text(text: str) -> str:
-    """`text` as literal Markdown: HTML and Markdown syntax escaped, lines joined."""
-    flat = " ".join(str(text).split())
-    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(flat, quote=False))
-    return _LINE_START.sub(r"\1\\\2", escaped)  # not a list item or a heading underline
-
-
-def md_code(text: str) -> str:
-    """`text` as an inline code span, whatever backticks it holds."""
-    flat = " ".join(str(text).split())
-    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
-    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def _fenced(text: str) -> str:

@@ -7,6 +7,7 @@ import gradio as gr
 from ..errors import PromptError
 from ..generation import parse_strengths
 from ..lora.export import TARGETS
+from ..markdown_text import md_text
 from ..recipe import read_recipe_file
 from ..service import LoraSpace
 from .errors import user_errors
@@ -104,7 +105,7 @@ def build_blend_tools(
             lora = recipe.loras[index] if index < len(recipe.loras) else None
             slot_updates += [lora.source or lora.name, lora.strength, True] if lora else [None, 0.8, True]
         fields = [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.guidance]
-        return [*fields, *slot_updates, "\n".join(f"- {note}" for note in notes)]
+        return [*fields, *slot_updates, "\n".join(f"- {md_text(note)}" for note in notes)]
 
     def on_bake(prompt, rank, name, target, *slot_values, visitor, token, progress):
         result = space.bake(
@@ -119,8 +120,8 @@ def build_blend_tools(
         )
         report = result.to_dict()
         kept = "exact: the blend's own update" if result.report.exact else f"keeps {result.energy_kept:.2%} of the blend's energy"
-        parts = ", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"])
-        summary = f"**{result.lora_name}** joined your library (rank {result.rank}, {kept}) from {parts}."
+        parts = md_text(", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"]))
+        summary = f"**{md_text(result.lora_name)}** joined your library (rank {result.rank}, {kept}) from {parts}."
         items = space.list_loras(visitor)
         pickers_update = [gr.Dropdown(choices=[item["name"] for item in items]) for _ in all_pickers]
         text = "\n\n".join([summary, warnings_markdown(result.warnings)])

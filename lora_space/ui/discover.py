@@ -10,7 +10,6 @@ request (`with_caller`), never a stored one.
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ import gradio as gr
 
 from ..discover import Evaluation, LoraSummary, starter_list
 from ..hub_search import SORTS
+from ..markdown_text import md_text
 from ..service import LoraSpace
 from ..sources import resolve_source
 from .errors import api_errors
@@ -65,22 +65,17 @@ def previews(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(item["preview_url"], item["repo_id"]) for item in results if item["preview_url"]]
 
 
-def plain(text: str) -> str:
-    """Hub text (untrusted) as Markdown that shows it literally: no links, images, HTML or emphasis."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", " ".join(str(text).split()))
-
-
 def verdict_markdown(evaluation: Evaluation) -> str:
     summary = evaluation.summary
     facts = [
-        f"### {plain(summary.repo_id)}",
-        f"by **{plain(summary.author)}** · updated {summary.last_modified[:10] or 'unknown'} · "
-        f"weight file {plain(summary.weight_file or 'none usable')}",
+        f"### {md_text(summary.repo_id)}",
+        f"by **{md_text(summary.author)}** · updated {md_text(summary.last_modified[:10] or 'unknown')} · "
+        f"weight file {md_text(summary.weight_file or 'none usable')}",
     ]
-    facts += [f"- {plain(line)}" for line in evaluation.verdict]
-    facts += [f"- ⚠️ {plain(note)}" for note in evaluation.notes]
+    facts += [f"- {md_text(line)}" for line in evaluation.verdict]
+    facts += [f"- ⚠️ {md_text(note)}" for note in evaluation.notes]
     if evaluation.example_prompts:
-        facts.append("Example prompts from the card: " + " · ".join(plain(prompt) for prompt in evaluation.example_prompts[:4]))
+        facts.append("Example prompts from the card: " + " · ".join(md_text(prompt) for prompt in evaluation.example_prompts[:4]))
     return "\n".join(facts)
 
 
@@ -205,8 +200,8 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
     values = fill_next_slot(slot_values, chosen["source"], DEFAULT_STRENGTH)
     slot = next(index for index in range(0, len(values), 3) if values[index] == chosen["source"]) // 3 + 1
     words = list(dict.fromkeys(list(chosen.get("trigger_words") or []) + list(resolved.trigger_words)))
-    note = f"**{plain(chosen['source'])}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
-    note += f" Its trigger words {plain(', '.join(words))} go into the prompt." if words else ""
+    note = f"**{md_text(chosen['source'])}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
+    note += f" Its trigger words {md_text(', '.join(words))} go into the prompt." if words else ""
     return values, note
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ..markdown_text import md_text
 from ..service import LoraSpace, Options
 from .visitors import with_caller
 
@@ -103,7 +104,8 @@ def library_rows(items: list[dict]) -> list[list]:
 
 
 def warnings_markdown(warnings: list[str]) -> str:
-    return "\n".join(f"- ⚠️ {text}" for text in warnings)
+    """Warnings (they may quote names and words from files and the Hub) as a Markdown list, shown literally."""
+    return "\n".join(f"- ⚠️ {md_text(text)}" for text in warnings)
 
 
 def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
@@ -207,7 +209,7 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
         words = [word.strip() for word in (trigger_words or "").split(",") if word.strip()]
         entry = space.add_lora(file_path, visitor=visitor, trigger_words=words)
         where = "the library" if visitor.is_local else "your library (only you see it)"
-        return [None, f"Added **{entry.name}** to {where}."] + library_updates(visitor)  # the upload box empties for the next
+        return [None, f"Added **{md_text(entry.name)}** to {where}."] + library_updates(visitor)  # the upload box empties for the next
 
     settings = space.settings
     run.click(

@@ -16,9 +16,11 @@ import pandas as pd
 from ..errors import LoraFileError
 from ..lora.inspect import inspect_source
 from ..lora.tools import compare_sources, convert_source, optimize_source
+from ..markdown_text import md_code, md_text
 from ..owners import LOCAL, Visitor
 from ..settings import Settings
 from .errors import user_errors
+from .generate import warnings_markdown
 from .visitors import with_caller
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
@@ -35,20 +37,19 @@ def summary_markdown(report: dict[str, Any]) -> str:
     alpha = "alpha unknown" if report["alpha"] is None else f"alpha {report['alpha']:g}"
     lines = [
         (
-            f"**{report['format']}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
-            f"{_megabytes(report['size_bytes'])} {report['dtype']}; made for **{report['base_model_guess']}**."
+            f"**{md_text(report['format'])}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
+            f"{_megabytes(report['size_bytes'])} {md_text(report['dtype'])}; made for **{md_text(report['base_model_guess'])}**."
         )
     ]
     if report["compatible"]:
-        lines.append(f"Fits `{report['base_model']}`: {report['coverage']:.0%} of its modules land on it.")
+        lines.append(f"Fits {md_code(report['base_model'])}: {report['coverage']:.0%} of its modules land on it.")
     else:
-        lines.append(f"**Does not fit `{report['base_model']}`.** {report['reason']}")
+        lines.append(f"**Does not fit {md_code(report['base_model'])}.** {md_text(report['reason'])}")
     if report["trigger_words"]:
-        lines.append("Trigger words: " + ", ".join(f"`{word}`" for word in report["trigger_words"]))
+        lines.append("Trigger words: " + ", ".join(md_code(word) for word in report["trigger_words"]))
     if report["training_info"]:
-        lines.append("Training: " + ", ".join(f"{key} {value}" for key, value in report["training_info"].items()))
-    lines += [f"- ⚠️ {warning}" for warning in report["warnings"]]
-    return "\n\n".join(lines)
+        lines.append("Training: " + md_text(", ".join(f"{key} {value}" for key, value in report["training_info"].items())))
+    return "\n\n".join(lines + [warnings_markdown(report["warnings"])])
 
 
 def energy_frame(modules: list[dict[str, Any]]) -> pd.DataFrame:
@@ -97,8 +98,8 @@ def convert_handler(
 ) -> tuple[str, str]:
     """Convert a LoRA to the diffusers, kohya (A1111/Forge) or ComfyUI layout."""
     result = convert_source(source, target, settings=settings, token=token, visitor=visitor)
-    note = f"Converted {result.num_modules} modules from **{result.source_format}** to **{result.target}**."
-    return str(result.file), "\n\n".join([note] + [f"- ⚠️ {warning}" for warning in result.warnings])
+    note = f"Converted {result.num_modules} modules from **{md_text(result.source_format)}** to **{md_text(result.target)}**."
+    return str(result.file), "\n\n".join([note, warnings_markdown(result.warnings)])
 
 
 @user_errors
@@ -133,7 +134,7 @@ def resize_handler(
         f"Kept **{report.energy_kept:.1%}** of the update's energy; {_megabytes(report.bytes_before)} -> "
         f"{_megabytes(report.bytes_after)} of weights; {len(report.pruned)} modules pruned."
     )
-    summary = "\n\n".join([summary] + [f"- ⚠️ {warning}" for warning in report.warnings])
+    summary = "\n\n".join([summary, warnings_markdown(report.warnings)])
     return str(path), summary, energy_frame(data["modules"]), data
 
 
@@ -150,12 +151,11 @@ def compare_handler(
         for row in report.blocks
     ]
     lines = [
-        f"**{pair.lora_a}** / **{pair.lora_b}**: {pair.verdict}, {pair.shared_modules} shared modules "
+        f"**{md_text(pair.lora_a)}** / **{md_text(pair.lora_b)}**: {md_text(pair.verdict)}, {pair.shared_modules} shared modules "
         f"({pair.overlap:.0%} overlap), cosine {pair.cosine:.2f}"
         for pair in report.pairs
     ]
-    lines += [f"- ⚠️ {warning}" for warning in report.warnings]
-    return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join(lines)
+    return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join([*lines, warnings_markdown(report.warnings)])
 
 
 def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from ..cleanup import preview_root
 from ..errors import DatasetError, LoraSpaceError
+from ..markdown_text import md_code, md_text
 from ..service import LoraSpace
 from ..train.autocaption import autocaption
 from ..train.config import MIXED_PRECISIONS, OPTIMIZERS, QUANTIZATIONS, SCHEDULERS, default_preset, guidance, load_presets, merged, preset_values
@@ -90,23 +91,23 @@ def report_markdown(report: dict, notes: list[str] = ()) -> str:
         f"**{report.get('images_used', 0)} images** used of {report.get('images_found', 0)} found "
         f"({report.get('layout', '')}); **{report.get('captions_matched', 0)} captioned**; "
         f"split {report.get('train_count', 0)} train / {report.get('validation_count', 0)} validation.",
-        "Aspect-ratio buckets: " + (", ".join(f"{name} x{count}" for name, count in report.get("buckets", {}).items()) or "-"),
+        "Aspect-ratio buckets: " + md_text(", ".join(f"{name} x{count}" for name, count in report.get("buckets", {}).items()) or "-"),
     ]
 
     def listed(title: str, names: list) -> None:
         if names:
-            shown = ", ".join(html.escape(str(name)) for name in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+            shown = ", ".join(md_text(name) for name in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
             lines.append(f"- ⚠️ {title} ({len(names)}): {shown}")
 
     listed("Images without captions", report.get("images_without_captions", []))
     listed("Captions without images", report.get("captions_without_images", []))
     if report.get("trigger_word"):
-        listed(f"Captions missing the trigger word `{html.escape(report['trigger_word'])}` (use *Add trigger word to all*)", report.get("captions_missing_trigger", []))
+        listed(f"Captions missing the trigger word {md_code(report['trigger_word'])} (use *Add trigger word to all*)", report.get("captions_missing_trigger", []))
     listed("Duplicate images (dropped)", [f"{item['dropped']} = {item['kept']}" for item in report.get("duplicates", [])])
     listed("Under the course's 1024 px", [f"{item['name']} {item['width']}x{item['height']}" for item in report.get("small_images", [])])
     listed("Files left out", [f"{item['file']}: {item['reason']}" for item in report.get("skipped", [])])
     for note in [*report.get("notes", []), *notes]:
-        lines.append(f"- {html.escape(note)}")
+        lines.append(f"- {md_text(note)}")
     return "\n".join(lines)
 
 
@@ -159,13 +160,14 @@ def job_rows(statuses) -> list[list]:
 
 
 def status_markdown(status: dict) -> str:
-    lines = [f"**Job** `{status['job_id']}`: **{status['state']}**"]
+    lines = [f"**Job** {md_code(status['job_id'])}: **{md_text(status['state'])}**"]
     if status.get("error"):
-        lines.append(f"❌ {html.escape(status['error'])}")
+        lines.append(f"❌ {md_text(status['error'])}")
     for warning in status.get("warnings", []):
-        lines.append(f"- ⚠️ {html.escape(warning)}")
+        lines.append(f"- ⚠️ {md_text(warning)}")
     if status.get("lora_name"):
-        lines.append(f"✅ Your LoRA **{html.escape(status['lora_name'])}** is in your library: use it as `<lora:{html.escape(status['lora_name'])}:0.8>`.")
+        tag = md_code(f"<lora:{status['lora_name']}:0.8>")
+        lines.append(f"✅ Your LoRA **{md_text(status['lora_name'])}** is in your library: use it as {tag}.")
     return "\n\n".join(lines)
 
 
