@@ -163,9 +163,9 @@ def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:
     with gr.Accordion("LoRA tools: inspect, convert, resize, compare", open=False):
         with gr.Tab("Inspect"):
             gr.Markdown("Read a LoRA's header (a Hub file is not downloaded): layout, rank, alpha, base model, fit.")
-            inspect_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT)
-            inspect_button = gr.Button("Inspect")
-            inspect_summary = gr.Markdown()
+            inspect_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT, elem_id="tools-inspect-source")
+            inspect_button = gr.Button("Inspect", elem_id="tools-inspect")
+            inspect_summary = gr.Markdown(elem_id="tools-inspect-summary")
             inspect_report = gr.JSON(label="Report")
         with gr.Tab("Convert"):
             gr.Markdown("Write a LoRA for diffusers, kohya (A1111/Forge) or ComfyUI; every weight is kept bit for bit.")
