@@ -23,16 +23,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
 from . import timebox
 from .errors import PromptError
-from .parameters import HASH, TYPE_NAMES, check_length, hash_alias, parse_parameters, to_parameters
+from .parameters import HASH, TYPE_NAMES, check_length, parse_parameters, to_parameters
 from .prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
 from .settings import FLUX_DEV
-
-__all__ = [
-    "LoraRef", "Recipe", "hash_alias", "parse_parameters", "read_png_recipe", "read_png_text", "read_recipe_file",
-    "recipe_from_json", "recipe_from_parameters", "recipe_to_json", "save_png", "to_parameters",
-]  # fmt: skip
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "lora_space_recipe"
@@ -238,10 +236,8 @@ def _recipe_from_values(values: dict[str, Any]) -> Recipe:
     return Recipe(**values, loras=loras)
 
 
-def save_png(image: Any, path: Path | str, recipe: Recipe) -> Path:
-    """Save `image` (a PIL image) as a PNG holding the `parameters` text and the JSON recipe."""
-    from PIL.PngImagePlugin import PngInfo
-
+def save_png(image: Image.Image, path: Path | str, recipe: Recipe) -> Path:
+    """Save `image` as a PNG holding the `parameters` text and the JSON recipe."""
     info = PngInfo()
     info.add_text(PARAMETERS_CHUNK, to_parameters(recipe))
     info.add_text(RECIPE_CHUNK, recipe_to_json(recipe), zip=True)

@@ -104,7 +104,7 @@ def _adapter_alphas(metadata: dict[str, str]) -> dict[str, dict]:
         return {}
     try:
         config = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested 100,000 deep
         return {}
     per_component: dict[str, dict] = defaultdict(dict)
     for key, value in config.items() if isinstance(config, dict) else ():
