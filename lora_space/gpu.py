@@ -10,7 +10,7 @@ request happens inside the decorated function.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 try:
@@ -21,9 +21,9 @@ except ImportError:  # `spaces` is in requirements.txt; tolerate its absence off
 F = TypeVar("F", bound=Callable)
 
 
-def on_zerogpu() -> bool:
-    """True inside a Hugging Face Space running on ZeroGPU hardware."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in {"1", "true"}
+def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
+    """True inside a Hugging Face Space running on ZeroGPU hardware (`env`: default the process's)."""
+    return (os.environ if env is None else env).get("SPACES_ZERO_GPU", "").lower() in {"1", "true"}
 
 
 def gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
