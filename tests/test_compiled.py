@@ -128,3 +128,15 @@ def test_a_training_chunk_borrows_the_compiled_pipeline_eager_and_gives_it_back(
     assert np.array_equal(after, before)
     now = engine.pipe.transformer.state_dict()
     assert now.keys() == weights.keys() and all(torch.equal(weights[name], now[name]) for name in weights)
+
+
+def test_the_training_rank_check_sees_the_layers_inside_the_slots():
+    from lora_space.errors import TrainConfigError
+    from lora_space.train.config import TrainConfig
+    from lora_space.train.trainer import check_rank, rank_bound
+
+    engine = Engine(build_tiny_pipeline(), compile=CompileOptions(slots=1, rank=8, backend="aot_eager"))
+    transformer = engine.pipe.transformer  # every Linear is a LoRA layer now (its `base_layer` inside)
+    assert rank_bound(transformer) == rank_bound(build_tiny_pipeline().transformer) == 32
+    with pytest.raises(TrainConfigError, match="network_dim \\(rank\\) 64 is larger than this base model's layers allow"):
+        check_rank(transformer, TrainConfig(model_name="tiny", network_dim=64, network_alpha=64))
