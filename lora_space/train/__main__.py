@@ -131,4 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ..gpu import hide_cuda_only_packages
+
+    hide_cuda_only_packages()  # on a CPU: bitsandbytes and torchao unused, and slow to import
     raise SystemExit(main())
