@@ -424,9 +424,13 @@ class Engine:
         if self._eager_reason is None:
             self._compiled.swap(mix)
             return
-        for name, _ in mix:  # adapters for this request only: the compiled blocks never see them
-            self._eager_names.append(f"{name}_eager")
-            self._load(self._compiled.label(name), f"{name}_eager", self._compiled.state_dict(name))
+        try:
+            for name, _ in mix:  # adapters for this request only: the compiled blocks never see them
+                self._eager_names.append(f"{name}_eager")
+                self._load(self._compiled.label(name), f"{name}_eager", self._compiled.state_dict(name))
+        except BaseException:
+            self._drop_eager()
+            raise
         self._activate([f"{name}_eager" for name, _ in mix], [weight for _, weight in mix])
 
     def _drop_eager(self) -> None:
