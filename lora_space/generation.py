@@ -166,6 +166,7 @@ def render(
     ]
     metadata = recipe_metadata(recipe, parsed.raw, options.num_images) | {
         "fused": result.fused,
+        "compiled": result.compiled,
         "warnings": warnings,
         "timings": {key: round(value, 4) for key, value in result.timings.items()},
     }

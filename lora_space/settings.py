@@ -29,6 +29,18 @@ def _default_base_model() -> str:
     return FLUX_DEV if _cuda_available() else TINY
 
 
+def _compile(env: Mapping[str, str]) -> bool:
+    """`LORA_SPACE_COMPILE`: `auto` (on where CUDA is, except on ZeroGPU), `on` or `off`."""
+    from .gpu import on_zerogpu
+
+    raw = env.get("LORA_SPACE_COMPILE", "").strip().lower() or "auto"
+    if raw not in ("auto", "on", "off"):
+        raise SettingsError(f"LORA_SPACE_COMPILE={raw!r} is not a choice; set it to auto, on or off.")
+    if raw == "auto":
+        return _cuda_available() and not on_zerogpu(env)
+    return raw == "on"
+
+
 def _default_data_dir() -> Path:
     if SPACE_DATA_ROOT.is_dir() and os.access(SPACE_DATA_ROOT, os.W_OK):
         return SPACE_DATA_ROOT / "lora-space"
@@ -135,6 +147,10 @@ class Settings:
         storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.cleanup`).
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.
+        compile: run the transformer under torch.compile with LoRAs hot-swapped into fixed slots
+            (`lora_space.compiled`); by default on where CUDA is, except on ZeroGPU.
+        compile_slots: LoRAs one request may have on the compiled path (more run eager).
+        compile_rank: the largest LoRA rank the compiled slots hold (higher ranks run eager).
     """
 
     base_model: str
@@ -147,6 +163,9 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     storage: Storage = field(default_factory=Storage)
     on_space: bool = False
+    compile: bool = False
+    compile_slots: int = 3
+    compile_rank: int = 64
 
     @property
     def is_tiny(self) -> bool:
@@ -199,6 +218,9 @@ class Settings:
                 clean_every_s=_int(env, "LORA_SPACE_CLEAN_MINUTES", 60, 1, 7 * 24 * 60) * 60,
             ),
             on_space=bool(env.get("SPACE_ID", "").strip()),
+            compile=_compile(env),
+            compile_slots=_int(env, "LORA_SPACE_COMPILE_SLOTS", 3, 1, default_limits.max_loras),
+            compile_rank=_int(env, "LORA_SPACE_COMPILE_RANK", 64, 1, 1024),
         )
         if check:
             settings.check()

@@ -113,9 +113,10 @@ def rank_bound(transformer: torch.nn.Module) -> int:
 
     A rank above it adds no capacity, and the one reader (`safefile`) refuses such a file.
     """
+    paths = {path.removesuffix(".base_layer"): module for path, module in transformer.named_modules()}  # LoRA layers wrap them
     widths = [
         min(module.in_features, module.out_features)
-        for path, module in transformer.named_modules()
+        for path, module in paths.items()
         if isinstance(module, torch.nn.Linear) and any(path == target or path.endswith("." + target) for target in TARGET_MODULES)
     ]  # fmt: skip
     return min(widths) if widths else 0

@@ -67,10 +67,14 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
 def create_space(settings: Settings) -> LoraSpace:
     """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
     from ..base_model import load_base_pipeline
+    from ..compiled import CompileOptions
     from ..engine import Engine
 
     pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
-    engine = Engine(pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20)
+    compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None
+    engine = Engine(
+        pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20, compile=compile
+    )
     return LoraSpace(settings, engine)
 
 
