@@ -120,9 +120,10 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
 def job_bundle(space: Any, job_id: str) -> Bundle:
     """A finished training job's LoRA, final samples and facts (`space.jobs`, the Train tab's jobs).
 
-    The job id is the proof of ownership (API.md: whoever holds it started the job). Only the
-    last samples made with the LoRA on (`..._strength1.png`) are published, each with its
-    validation prompt; the dataset hash covers the normalised images and captions it trained on.
+    The job id is the proof of ownership (API.md: whoever holds it started the job). The samples
+    the job kept with the LoRA on (`..._strength1.png`, every sampling step, the newest first)
+    are published, each with its validation prompt and the recipe the trainer wrote into it;
+    the dataset hash covers the normalised images and captions it trained on.
 
     Raises:
         PublishError: the job is not finished, or has no LoRA.
@@ -136,7 +137,8 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
     config = dict(data.get("config") or {})
     report = data.get("dataset_report") or {}
     training = TrainingFacts(
-        images=report.get("images_used"),
+        images=report.get("train_count", report.get("images_used")),
+        validation_images=report.get("validation_count"),
         steps=data.get("total_steps") or config.get("max_train_steps"),
         rank=config.get("network_dim"),
         alpha=config.get("network_alpha"),
@@ -166,14 +168,11 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
 
 
 def _final_samples(paths: list[Path], prompts: list[str]) -> list[Sample]:
-    """The samples of the last sampling step with the LoRA on, each with its validation prompt."""
+    """The samples made with the LoRA on, newest step first, at most `MAX_IMAGES`, each with its validation prompt."""
     found = [(int(match["step"]), int(match["prompt"]), path) for path in paths
              if (match := _SAMPLE_NAME.fullmatch(path.name)) and match["strength"] == "1" and path.is_file()]
-    if not found:
-        return []
-    last = max(step for step, _, _ in found)
-    return [Sample(path, prompts[number] if number < len(prompts) else "")
-            for step, number, path in sorted(found) if step == last]
+    newest = sorted(found, key=lambda item: (-item[0], item[1]))[:MAX_IMAGES]
+    return [Sample(path, prompts[number] if number < len(prompts) else "") for _, number, path in newest]
 
 
 def _dataset_hash(job_folder: Path) -> str:
