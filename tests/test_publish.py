@@ -296,12 +296,17 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     assert all(re.fullmatch(r"redstyle, a picture number \d", widget["text"]) for widget in card["widget"])
     from sd_parsers import ParserManager
 
+    from tests.test_recipe_hashes import a1111_lora_hash
+
+    published = tmp_path / "published.safetensors"
+    published.write_bytes(commit.files["pytorch_lora_weights.safetensors"])
     for name, widget in zip(images, card["widget"]):
         info = ParserManager().parse(io.BytesIO(commit.files[name]))  # A1111 `parameters`, read by a reader nobody here wrote
         (sampler,) = info.samplers
         assert str(sampler.prompts[0]) == f"{widget['text']} <lora:{status.lora_name}:1>"
         assert (sampler.name, sampler.parameters["steps"], sampler.parameters["seed"]) == ("Euler", "20", "0")
         assert (sampler.model.name, info.metadata["Size"]) == ("tiny", "64x64")
+        assert info.metadata["Hashes"] == {f"lora:{status.lora_name}": a1111_lora_hash(published)}  # Civitai links it
         recipe = read_png_recipe(io.BytesIO(commit.files[name]))
         assert [(lora["name"], lora["source"], lora["strength"]) for lora in recipe["loras"]] == [(status.lora_name, "alice/red-flux", 1.0)]
     # The trainer's own samples carry their recipes too, the base-model-alone ones at strength 0.
@@ -318,8 +323,6 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     assert repro["config"]["network_dim"] == 4 and repro["seed"] == 0 and len(repro["dataset_sha256"]) == 64
     assert started.job_id not in card_text + json.dumps(repro)  # the job id is a capability: never published
     # The published file is the job's LoRA, bit for bit in the diffusers layout.
-    published = tmp_path / "published.safetensors"
-    published.write_bytes(commit.files["pytorch_lora_weights.safetensors"])
     from lora_space.lora.safefile import load_lora_file
 
     mine, theirs = load_lora_file(status.lora_file)[0], load_lora_file(published)[0]

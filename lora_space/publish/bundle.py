@@ -247,15 +247,16 @@ def read_samples(
     *,
     settings: Settings,
     default_prompt: str,
-    published: tuple[str, str] = ("", ""),
+    published: tuple[str, str, str] = ("", "", ""),
     prompts: list[str] | None = None,
 ) -> list[Sample]:
     """Sample images (PNG/JPEG/WebP files, or a portfolio zip from Generate's batch) ready to publish.
 
     Each image is re-saved into `staging` (PNGs with their recipe, local paths dropped); its
     prompt is the recipe's, else its entry in `prompts` (one per file, for images only), else
-    `default_prompt`. `published` is `(name, repo_id)`: the recipe's
-    LoRA of that name is pointed at its new home on the Hub, so the image replays from there.
+    `default_prompt`. `published` is `(name, repo_id, hash)`: the recipe's LoRA of that name is
+    pointed at its new home on the Hub, so the image replays from there, with the A1111 hash of
+    the published file (when given), by which Civitai links the image to it.
 
     Raises:
         PublishError: not an image, too large, or too many.
@@ -296,7 +297,7 @@ def _zip_images(archive: Path) -> list[tuple[str, bytes]]:
         raise PublishError(f"{archive.name} is not a readable zip; use the portfolio zip from Generate's batch.") from None
 
 
-def _sample(name: str, data: bytes, target: Path, settings: Settings, default_prompt: str, published: tuple[str, str]) -> Sample:
+def _sample(name: str, data: bytes, target: Path, settings: Settings, default_prompt: str, published: tuple[str, str, str]) -> Sample:
     """Re-save one image as PNG; keep its recipe without local paths."""
     import io
 
@@ -323,12 +324,12 @@ def _sample(name: str, data: bytes, target: Path, settings: Settings, default_pr
     return Sample(target, default_prompt)
 
 
-def _public_recipe(recipe: Recipe, settings: Settings, published: tuple[str, str]) -> Recipe:
+def _public_recipe(recipe: Recipe, settings: Settings, published: tuple[str, str, str]) -> Recipe:
     """The recipe without paths of this machine: LoRAs by name (the published one by its repo id,
-    at no fixed revision), the base model by Hub id."""
-    name, repo_id = published
+    at no fixed revision, with the published file's hash), the base model by Hub id."""
+    name, repo_id, published_hash = published
     loras = tuple(
-        replace(lora, source=repo_id, revision="") if name and lora.name == name
+        replace(lora, source=repo_id, revision="", hash=published_hash or lora.hash) if name and lora.name == name
         else replace(lora, source=lora.name) if _is_local_path(lora.source) else lora
         for lora in recipe.loras
     )

@@ -35,6 +35,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .. import hub
 from ..errors import HubError, LoraFileError, PublishError
+from ..hashes import LORA_SHORT, lora_file_hash
 from ..lora.export import TARGETS, save_lora
 from ..lora.tools import read_lora_file
 from ..owners import Visitor
@@ -250,7 +251,7 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
         folder / "images",
         settings=settings,
         default_prompt=default_prompt,
-        published=(bundle.name, request.repo_id),
+        published=(bundle.name, request.repo_id, lora_file_hash(files[WEIGHT_FILE])[:LORA_SHORT]),
         prompts=None if request.sample_images else [sample.prompt for sample in bundle.samples],
     )
     for sample in samples:
