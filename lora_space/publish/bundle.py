@@ -118,7 +118,7 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
 
 
 def job_bundle(space: Any, job_id: str) -> Bundle:
-    """A finished training job's LoRA, final samples and facts (`space.jobs`, the Train tab's jobs).
+    """A finished training job's LoRA, samples and facts (`space.jobs`, the Train tab's jobs).
 
     The job id is the proof of ownership (API.md: whoever holds it started the job). The samples
     the job kept with the LoRA on (`..._strength1.png`, every sampling step, the newest first)

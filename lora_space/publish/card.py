@@ -4,8 +4,9 @@ The YAML carries what the Hub and the popular LoRA Spaces read: `base_model`, `l
 base model's terms where the LoRA inherits them, from `base_licenses.json`), `tags` (with
 `template:sd-lora`, `base_model:adapter:...` and `lora-space`, the tool), `instance_prompt` and
 `widget` entries (each sample image with its prompt). A LoRA of LoRA Space's tiny test model
-(`base_model` empty, see `publish.base`) gets a card that names no base model and says so. It is written with `yaml.safe_dump`, so names and captions with
-`:`, quotes or line breaks cannot break it. The body comes from `card_template.md`, a small
+(`base_model` empty, see `publish.base`) gets a card that names no base model and says so.
+It is written with `yaml.safe_dump`, so names and captions with `:`, quotes or line breaks
+cannot break it. The body comes from `card_template.md`, a small
 file of `%% name` sections with `${field}` slots (`string.Template`: no code in the template);
 text that comes from users or the Hub is escaped before it goes into Markdown.
 """
@@ -63,9 +64,9 @@ class TrainingFacts:
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) of each known fact, in the order of the card's table."""
         labels = [
-            ("training images", self.images), ("validation images (held out)", self.validation_images), ("steps", self.steps), ("rank (network_dim)", self.rank),
-            ("alpha (network_alpha)", self.alpha), ("learning rate", self.learning_rate),
-            ("optimizer", self.optimizer), ("scheduler", self.scheduler), ("resolution", self.resolution),
+            ("training images", self.images), ("validation images (held out)", self.validation_images),
+            ("steps", self.steps), ("rank (network_dim)", self.rank), ("alpha (network_alpha)", self.alpha),
+            ("learning rate", self.learning_rate), ("optimizer", self.optimizer), ("scheduler", self.scheduler), ("resolution", self.resolution),
             ("batch size", self.batch_size), ("seed", self.seed),
             ("final training loss", self.train_loss), ("final validation loss", self.val_loss),
         ]
@@ -286,9 +287,9 @@ def render_body(facts: CardFacts) -> str:
         )
     )
     test_model = _licence_data()["test_model"]["name"]
+    made_for = f"LoRA for {md_text(test_model)}" if facts.is_test_model else f"FLUX LoRA for {md_text(facts.base_model)}"
     description = md_text(facts.description) if facts.description.strip() else (
-        f"A LoRA for {md_text(test_model) if facts.is_test_model else md_text(facts.base_model)}, "
-        "trained and published with LoRA Space."
+        f"A {made_for}, trained and published with LoRA Space."
     )
     size = f"{facts.width} wide" if facts.width else "far smaller"
     notice = _fill("test_model_notice", test_model=md_text(test_model), size=size) if facts.is_test_model else ""
