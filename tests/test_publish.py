@@ -292,6 +292,7 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     card_text = commit.files["README.md"].decode()
     card = parse_card(card_text)
     assert card["instance_prompt"] == "redstyle"
+    assert "base_model" not in card and "lora-space-tiny" in card["tags"]  # a tiny-mode job claims no FLUX.1 model
     assert [widget["output"] for widget in card["widget"]] == [{"url": name} for name in images]
     assert all(re.fullmatch(r"redstyle, a picture number \d", widget["text"]) for widget in card["widget"])
     from sd_parsers import ParserManager
