@@ -14,7 +14,10 @@
   (`Model: "C:\\\\models\\\\flux"`), as A1111 does.
 - `Model hash` (a single-file base model only) and `Lora hashes: "name: 0123456789ab, ..."`, as
   A1111 writes them (`lora_space.hashes`): Civitai links the LoRAs by these, and a recipe whose
-  names differ from the library's finds its LoRAs by them.
+  names differ from the library's finds its LoRAs by them. The same hashes follow as the Civitai
+  extension writes them, `Hashes: {"model": "...", "lora:name": "..."}` (raw JSON, last), the
+  only form some readers (sd-parsers) take; braces in a name are written as `\u007b`/`\u007d`,
+  so that readers that look for the first `}` find the end.
 
 `parse_parameters` reads this back exactly (prompt lines are stripped, as in A1111, so a
 prompt should not start or end a line with spaces). The text comes from images anyone can
@@ -52,6 +55,7 @@ _PARAM = re.compile(
 _SIZE = re.compile(r"(\d{1,9})x(\d{1,9})")
 _NEGATIVE = "Negative prompt:"
 HASH = re.compile(r"[0-9a-f]{8,64}")
+_CIVITAI_HASHES = re.compile(r'(?:^|,)\s{0,16}Hashes:\s{0,16}(\{[^{}\n]{0,8000}\})')  # every repeat bounded
 TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", list: "a list", dict: "an object"}
 # `parameters` key -> (Recipe field, type), in the order Forge writes them.
 _KEYS: dict[str, tuple[str, type]] = {
@@ -125,8 +129,19 @@ def to_parameters(recipe: Recipe) -> str:
     hashed = [f"{hash_alias(lora.name)}: {lora.hash}" for lora in recipe.loras if lora.hash]
     if hashed:
         values["Lora hashes"] = ", ".join(hashed)
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in values.items()))
+    civitai = {"model": recipe.model_hash} if recipe.model_hash else {}
+    civitai |= {f"lora:{lora.name}": lora.hash for lora in recipe.loras if lora.hash}
+    pairs = [f"{key}: {_quote(value)}" for key, value in values.items()]
+    if civitai:
+        pairs.append(f"Hashes: {_civitai_json(civitai)}")
+    lines.append(", ".join(pairs))
     return "\n".join(lines).strip()
+
+
+def _civitai_json(hashes: dict[str, str]) -> str:
+    """`hashes` as one line of JSON whose only braces are its own (braces in names are escaped)."""
+    inner = json.dumps(hashes, ensure_ascii=False)[1:-1]
+    return "{" + inner.replace("{", "\\u007b").replace("}", "\\u007d") + "}"
 
 
 def _convert(key: str, value: str, kind: type) -> Any:
@@ -153,6 +168,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     """
     check_length(text)
     *lines, last = text.strip().split("\n")
+    last, civitai = _civitai_hashes(last)
     pairs = _PARAM.findall(last)
     if len(pairs) < 3:
         lines, last, pairs = [*lines, last], "", []
@@ -189,7 +205,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
             result["extra"][key] = value
     if "model_hash" in result and not HASH.fullmatch(result["model_hash"].lower()):
         result["extra"]["Model hash"] = result.pop("model_hash")  # another tool's kind of hash: kept as text
-    hashes = _lora_hashes(result["extra"].get("Lora hashes", ""))
+    hashes = civitai | _lora_hashes(result["extra"].get("Lora hashes", ""))
     for lora in result["loras"]:
         found = hashes.get(hash_alias(lora["name"]))
         if found:
@@ -206,3 +222,27 @@ def _lora_hashes(text: str) -> dict[str, str]:
         if alias.strip() and HASH.fullmatch(value):
             hashes[alias.strip()] = value
     return hashes
+
+
+def _civitai_hashes(line: str) -> tuple[str, dict[str, str]]:
+    """Take the Civitai extension's `Hashes: {"lora:NAME": "hash", ...}` out of a parameters line.
+
+    Returns:
+        the line without it, and {alias: hash} of its LoRAs (aliases as `Lora hashes` writes them);
+        the line as it was and {} when there is none or it is not JSON of names and hashes.
+    """
+    match = _CIVITAI_HASHES.search(line)
+    if match is None:
+        return line, {}
+    try:
+        data = json.loads(match.group(1))
+    except ValueError:
+        return line, {}
+    if not isinstance(data, dict):
+        return line, {}
+    hashes = {
+        hash_alias(key[len("lora:") :]).strip(): value.strip().lower()
+        for key, value in data.items()
+        if key.startswith("lora:") and isinstance(value, str) and HASH.fullmatch(value.strip().lower())
+    }
+    return line[: match.start()] + line[match.end() :], hashes

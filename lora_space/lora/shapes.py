@@ -95,6 +95,14 @@ def known_bases() -> list[BaseShapes]:
     return flux + [tiny_shapes()]
 
 
+def known_base(hub_id: str) -> BaseShapes | None:
+    """The shapes of a base listed in `base_models.json`, by its Hub id; None for another id."""
+    for entry in BASES["flux"]:
+        if hub_id in entry["hub_ids"]:
+            return shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"])
+    return None
+
+
 def _folder_configs(folder: Path) -> tuple[dict, dict | None]:
     transformer = json.loads((folder / "transformer" / "config.json").read_text())
     text_file = folder / "text_encoder" / "config.json"
@@ -111,9 +119,9 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
     """
     if settings.is_tiny:
         return tiny_shapes()
-    for entry in BASES["flux"]:
-        if settings.base_model in entry["hub_ids"]:
-            return shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"])
+    known = known_base(settings.base_model)
+    if known is not None:
+        return known
     folder = Path(settings.base_model)
     try:
         if folder.is_dir():
@@ -154,6 +162,12 @@ def coverage(lora: LoraSet, base: BaseShapes) -> Coverage:
             wrong.append(name)
     total = len(lora.modules) + len(lora.unplaced)
     return Coverage(share=matched / total if total else 0.0, matched=matched, total=total, wrong_shape=wrong, missing=missing)
+
+
+def misfits(lora: LoraSet, base: BaseShapes) -> list[str]:
+    """The LoRA's modules with no module of that name and shape in `base`; empty when it fits whole."""
+    cover = coverage(lora, base)
+    return cover.wrong_shape + [name for name in cover.missing if name in lora.modules]
 
 
 def no_module_matched(name: str, total: int) -> LoraFileError:

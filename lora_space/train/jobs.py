@@ -33,6 +33,7 @@ from ..owners import Visitor
 from .checkpoint import JobFiles, log_line, read_json, write_json
 from .config import merged
 from .prepare import prepare_job
+from .samples import lora_name_for
 from .trainer import ChunkResult, check_rank, run_chunk
 
 if TYPE_CHECKING:
@@ -90,12 +91,6 @@ def _train_chunk(engine_id: int, job_dir: str, adapter_name: str, max_steps: int
             pipe, files.root, adapter_name=adapter_name, max_steps=max_steps, max_seconds=max_seconds,
             should_stop=files.stop_flag.exists,
         )  # fmt: skip
-
-
-def lora_name_for(trigger_word: str, job_id: str) -> str:
-    """A library name for the job's LoRA: the trigger word (or "trained") and the id's start."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", trigger_word).strip("_-")[:40] or "trained"
-    return f"{stem}_{job_id[:8]}"
 
 
 class JobManager:

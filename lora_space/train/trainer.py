@@ -33,10 +33,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from ..errors import JobError, TrainConfigError
+from ..recipe import save_png
 from .cache import Cache, LiveEncoder, build_cache
 from .checkpoint import SAMPLE_PROMPTS, JobFiles, load_state, log_line, read_json, save_state, write_json
 from .config import TrainConfig
 from .lora_file import save_trained_lora
+from .samples import sample_recipe
 
 # diffusers' FLUX DreamBooth LoRA recipe: attention (image and text streams) and feed-forward layers.
 TARGET_MODULES = [
@@ -271,7 +273,8 @@ def save_samples(pipe, layers, config: TrainConfig, prompts: list[str], files: J
                     generator=generator,
                 ).images[0]  # fmt: skip
                 path = files.samples / f"step{step:06d}_prompt{number}_strength{strength}.png"
-                image.save(path)
+                recipe = sample_recipe(config, prompt, strength=strength, job_id=files.root.name, steps=SAMPLE_STEPS, guidance=GUIDANCE)
+                save_png(image, path, recipe)  # A1111 `parameters` and the JSON recipe
                 saved.append(path.name)
     _set_enabled(layers, True)
     return saved

@@ -72,7 +72,8 @@ def register_publish_endpoints(space: LoraSpace) -> None:
             description: what the LoRA does, for the card.
             card: your own README.md (YAML block + body) instead of the rendered card.
         Returns:
-            {"url": the repo's page, "commit": the commit id, "files": the files published}
+            {"url": the repo's page, "commit": the commit id, "files": the files published, "notes": what to know
+            (e.g. that a LoRA of the tiny test model is published as a test artefact naming no base model)}
         """
         settings = space.settings
         token = user_token(
@@ -175,7 +176,8 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropd
         request = build(*request_values, private=is_private, overwrite=may_overwrite, card=card_text or "")
         result = publish(space, request, token=user, visitor=visitor, progress=progress)
         files = ", ".join(f"`{name}`" for name in result.files)
-        return f"Published: [{result.url}]({result.url}) (commit `{result.commit[:12]}`): {files}"
+        notes = "".join(f"\n\n{note}" for note in result.notes)
+        return f"Published: [{result.url}]({result.url}) (commit `{result.commit[:12]}`): {files}{notes}"
 
     def on_refresh(*, visitor, token):
         return gr.update(choices=_own_names(space, visitor))
