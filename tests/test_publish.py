@@ -324,7 +324,8 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
         assert (sampler.name, sampler.parameters["steps"], sampler.parameters["seed"]) == ("Euler", "20", "0")
         assert (sampler.model.name, info.metadata["Size"]) == ("tiny", "64x64")
         assert info.metadata["Hashes"] == {f"lora:{status.lora_name}": a1111_lora_hash(published)}  # Civitai links it
-        recipe = read_png_recipe(io.BytesIO(commit.files[name]))
+        (tmp_path / "published.png").write_bytes(commit.files[name])
+        recipe = read_png_recipe(tmp_path / "published.png")
         assert [(lora["name"], lora["source"], lora["strength"]) for lora in recipe["loras"]] == [(status.lora_name, "alice/red-flux", 1.0)]
     # The trainer's own samples carry their recipes too, the base-model-alone ones at strength 0.
     zero = next(Path(item) for item in status.samples if str(item).endswith("step000006_prompt0_strength0.png"))
