@@ -12,6 +12,7 @@ single files become report entries; a zip that is not a zip, or has no usable im
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DatasetError
+from ..errors import DatasetError, LimitError
 from .archive import Member, Skipped, ZipLimits, display_name, is_junk, open_zip, read_members, safe_parts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -82,6 +83,25 @@ class IngestedDataset:
         return dict(zip(self.dataset["name"], self.dataset["caption"]))
 
 
+@dataclass
+class ZipRead:
+    """What a zip held once read (`read_zip`), before a trigger word, a split or edited captions
+    (`finish`): read once per job, finished again whenever those change.
+
+    Attributes:
+        report: the reading's part of the report (layout, counts, skipped files, duplicates, notes).
+        images: one row per usable image, in name order: `key` (matching key), `name`, `image`
+            (the saved PNG), `width`, `height`, `bucket`.
+        captions: the zip's captions by matching key (`.txt` files, then `metadata.jsonl`).
+        zip_config: the zip's config.json, if any.
+    """
+
+    report: DatasetReport
+    images: list[dict]
+    captions: dict[str, str]
+    zip_config: dict | None = None
+
+
 def ingest(
     zip_path: str | Path,
     dest_dir: str | Path,
@@ -92,7 +112,7 @@ def ingest(
     captions: Mapping[str, str] | None = None,
     limits: ZipLimits = ZipLimits(),
 ) -> IngestedDataset:
-    """Read a dataset zip into normalised PNGs under `dest_dir/images`.
+    """Read a dataset zip into normalised PNGs under `dest_dir/images` (`read_zip`, then `finish`).
 
     Args:
         zip_path: the uploaded zip.
@@ -110,7 +130,24 @@ def ingest(
     Raises:
         DatasetError: not a zip, too many members, a bad config.json, or no usable image.
     """
-    report = DatasetReport(trigger_word=trigger_word.strip())
+    read = read_zip(zip_path, dest_dir, limits=limits)
+    return finish(read, trigger_word=trigger_word, validation_split=validation_split, seed=seed, captions=captions)
+
+
+def read_zip(zip_path: str | Path, dest_dir: str | Path, *, limits: ZipLimits = ZipLimits(), max_output_bytes: int | None = None) -> ZipRead:
+    """Read a dataset zip once: its images normalised into PNGs under `dest_dir/images`, its captions and config.
+
+    Args:
+        zip_path: the uploaded zip.
+        dest_dir: the dataset folder (created); nothing is written outside it.
+        limits: bounds on members and bytes inflated.
+        max_output_bytes: the most the saved PNGs may take (the room a visitor has left); None: no bound.
+
+    Raises:
+        DatasetError: not a zip, too many members, a bad config.json, or no usable image.
+        LimitError: the saved images would take more than `max_output_bytes`.
+    """
+    report = DatasetReport()
     skipped: list[Skipped] = []
     images_dir = Path(dest_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +161,7 @@ def ingest(
     seen_pixels: dict[str, str] = {}
     all_parts: list[tuple[str, ...]] = []
     zip_config = None
+    written = 0
     with open_zip(zip_path) as archive:
         top = _common_top(archive.namelist())
         for member in read_members(archive, limits=limits, skipped=skipped, notes=report.notes):
@@ -141,6 +179,12 @@ def ingest(
                     continue
                 image_members[key] = member.name
                 saved[key] = _save_image(member.data, name=name, member_name=member.name, folder=images_dir, index=len(saved), seen=seen_pixels, report=report, skipped=skipped)
+                written += Path(saved[key]["image"]).stat().st_size if saved[key] else 0
+                if max_output_bytes is not None and written > max_output_bytes:
+                    raise LimitError(
+                        f"The zip's images take more than {max_output_bytes / 2**20:.0f} MB once saved as PNGs, more than the "
+                        "room left for your files here; upload fewer or smaller images, or delete some of your jobs or LoRAs first."
+                    )
             elif lower.endswith(CAPTION_SUFFIXES):
                 text_captions[key] = (name, member.data)
             else:
@@ -150,33 +194,52 @@ def ingest(
     report.images_found = len(image_members)
     report.captions_found = len(text_captions) + len(metadata)
 
-    # 3. Captions: .txt files, then metadata.jsonl for the rest, then the caller's edits.
+    # 3. Captions: .txt files, then metadata.jsonl for the rest.
     decoded: dict[str, str] = {}
     for key, (name, data) in text_captions.items():
         decoded[key] = decode_caption(data, name=name, notes=report.notes)
     for key, text in metadata.items():
         decoded.setdefault(key, _clean_caption(text, name=key, notes=report.notes))
     report.captions_without_images = sorted(text_captions[key][0] if key in text_captions else key for key in decoded if key not in image_members)
-    overrides = {str(name).lower(): str(text) for name, text in (captions or {}).items()}
-
-    # 4. The rows in name order, each with its caption.
-    rows = []
-    for key in sorted(key for key, row in saved.items() if row is not None):
-        row = saved[key]
-        caption = overrides.get(key, decoded.get(key))
-        if caption is None:
-            report.images_without_captions.append(row["name"])
-        elif key in overrides:
-            caption = _clean_caption(caption, name=row["name"], notes=report.notes)
-        rows.append(row | {"caption": caption or "", "has_caption": caption is not None})
-
     report.skipped = [{"file": display_name(item.file), "reason": item.reason} for item in skipped]
-    if not rows:
+    images = [{"key": key} | saved[key] for key in sorted(key for key, row in saved.items() if row is not None)]  # type: ignore[operator]
+    if not images:
         reasons = "; ".join(f"{item['file']}: {item['reason']}" for item in report.skipped[:5]) or "the zip holds no files"
         raise DatasetError(
             f"The zip has no usable image ({reasons}). Put JPEG/PNG/WebP images in an `images/` folder "
             "(with captions as `captions/NAME.txt`) or as `NAME.jpg` + `NAME.txt` pairs, then zip it again."
         )
+    return ZipRead(report=report, images=images, captions=decoded, zip_config=zip_config)
+
+
+def finish(
+    read: ZipRead, *, trigger_word: str = "", validation_split: float = 0.2, seed: int = 0, captions: Mapping[str, str] | None = None
+) -> IngestedDataset:
+    """The dataset of a zip read once (`read_zip`), for a trigger word, a split and edited captions.
+
+    `read` is left as it was, so the same reading can be finished again with other values.
+
+    Args:
+        read: what `read_zip` returned.
+        trigger_word: reported for each caption that lacks it (not added: see `add_trigger_word`).
+        validation_split: share of images held out (none when fewer than 5 images).
+        seed: makes the split deterministic.
+        captions: edited captions by image name (case-insensitive); they replace the zip's.
+    """
+    report = copy.deepcopy(read.report)
+    report.trigger_word = trigger_word.strip()
+    overrides = {str(name).lower(): str(text) for name, text in (captions or {}).items()}
+
+    # 4. The rows in name order, each with its caption.
+    rows = []
+    for image in read.images:
+        key, row = image["key"], {name: value for name, value in image.items() if name != "key"}
+        caption = overrides.get(key, read.captions.get(key))
+        if caption is None:
+            report.images_without_captions.append(row["name"])
+        elif key in overrides:
+            caption = _clean_caption(caption, name=row["name"], notes=report.notes)
+        rows.append(row | {"caption": caption or "", "has_caption": caption is not None})
 
     # 5. The report's counts, then a split that is the same for the same seed.
     report.images_used = len(rows)
@@ -191,7 +254,7 @@ def ingest(
     if report.small_images:
         report.notes.append(f"{len(report.small_images)} image(s) are under the course's {GUIDANCE_SIDE} px guidance; they are used, but fine detail suffers.")
     dataset = datasets.Dataset.from_list(rows)
-    return IngestedDataset(report=report, dataset=dataset, zip_config=zip_config)
+    return IngestedDataset(report=report, dataset=dataset, zip_config=read.zip_config)
 
 
 def add_trigger_word(captions, word: str):
