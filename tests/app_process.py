@@ -13,6 +13,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 START_SECONDS = 30
+# As on a Space: SPACE_ID set, and the OAuth variables the Space would provide (never used: no one logs in).
+SPACE_ENV = {
+    "SPACE_ID": "lora-space/test",
+    "SYSTEM": "spaces",  # gradio's own test for a Space
+    "OAUTH_CLIENT_ID": "test-client",
+    "OAUTH_CLIENT_SECRET": "test-secret",
+    "OAUTH_SCOPES": "openid profile read-repos write-repos manage-repos",
+    "OPENID_PROVIDER_URL": "http://127.0.0.1:9",
+}
 PROCESSES: dict[str, subprocess.Popen] = {}  # url -> the running app, for tests that read its /proc (memory)
 
 

@@ -3,10 +3,11 @@
 Layouts (API.md): the course's `images/` + `captions/` (+ `config.json`), flat pairs
 (`x.jpg` + `x.txt`), or a `datasets` imagefolder with `metadata.jsonl` (`file_name` + `text`
 or `caption`), in the zip's root or under one top folder. Stems match case-insensitively.
-Images are opened with a pixel limit and normalised (EXIF rotation, RGB, alpha on white,
-first frame) into PNGs under `dest_dir`; nothing is written anywhere else. Problems with
-single files become report entries; a zip that is not a zip, or has no usable image, raises
-`DatasetError` (refused at the call).
+Images are opened with a pixel limit and normalised (`images.open_normalised`: EXIF rotation,
+RGB, alpha on white, first frame) into PNGs under `dest_dir`; nothing is written anywhere else.
+Problems with single files become report entries; a zip that is not a zip, or has no usable
+image, raises `DatasetError` (refused at the call). A zip is read once (`read_zip`) and finished
+(`finish`: trigger word, split, edited captions) as often as those change.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import codecs
 import copy
 import hashlib
-import io
 import json
 import math
 import random
@@ -25,17 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DatasetError, LimitError
 from .archive import Member, Skipped, ZipLimits, display_name, is_junk, open_zip, read_members, safe_parts
+from .images import open_normalised
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")
-PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG also opens MPO (phone photos)
 ROLE_FOLDERS = ("images", "captions")
-MAX_PIXELS = 64_000_000  # ~8000 x 8000; more is refused before decoding (below PIL's own bomb limit)
-MIN_SIDE = 16
 MAX_SAVED_SIDE = 2048  # the largest training resolution; bigger images are scaled down when saved
 MAX_CAPTION_CHARS = 2000
 MAX_CONFIG_BYTES = 64 * 1024
@@ -330,55 +328,6 @@ def decode_text(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return data.decode("latin-1"), True
-
-
-def open_normalised(data: bytes, *, name: str = "", notes: list[str] | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode image bytes into an RGB image (EXIF rotation applied, alpha on white, first frame).
-
-    Returns:
-        The image and its size before any scaling (after rotation).
-
-    Raises:
-        ValueError: not a supported image, too many pixels, too small, or truncated/corrupt;
-            the message is the report's reason.
-    """
-    try:
-        image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-    except Image.DecompressionBombError:
-        raise ValueError(f"more than {MAX_PIXELS:,} pixels (a decompression bomb?): not decoded") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ValueError("not a readable JPEG, PNG, WebP, BMP, GIF or TIFF image") from None
-    with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"{width}x{height} is more than {MAX_PIXELS:,} pixels (a decompression bomb?): not decoded")
-        if min(width, height) < MIN_SIDE:
-            raise ValueError(f"{width}x{height} is too small; images need at least {MIN_SIDE} px a side")
-        if getattr(image, "n_frames", 1) > 1 and notes is not None:
-            notes.append(f"{name}: an animated image; its first frame is used.")
-        try:
-            image.seek(0)
-            image.load()
-            rotated = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(rotated)
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-            raise ValueError(f"truncated or corrupt ({type(error).__name__}): re-export it") from None
-    return rgb, rgb.size
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with transparency flattened on white; 16-bit and float scaled to 8-bit; CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = image.convert("I") if image.mode.startswith("I;16") else image
-        high = 65535 if image.mode == "I" and (image.getextrema()[1] or 0) > 255 else 255
-        image = image.point(lambda value: value * (255 / high)).convert("L") if image.mode == "I" else image.convert("L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _clean_caption(text: str, *, name: str, notes: list[str] | None) -> str:
