@@ -158,18 +158,19 @@ def clean(settings: Settings, *, now: float | None = None) -> CleanReport:
             finished = folder.is_dir() and not folder.is_symlink() and _job_state(folder) in (*FINISHED_JOB_STATES, None)
             if finished and now - _newest(folder) > storage.visitor_max_age_s:
                 _remove(folder, settings, report)
-    # 4. The Train tab's dataset previews, aged as call outputs are (and those earlier versions left in the temp folder).
-    previews = preview_root(settings)
-    if previews.is_dir() and not previews.is_symlink():
+    # 4. The Train tab's dataset previews, aged as call outputs are (also those earlier versions left in the temp folder).
+    for previews in (preview_root(settings), Path(tempfile.gettempdir()) / LEGACY_PREVIEWS):
+        if not previews.is_dir() or previews.is_symlink():
+            continue
         for folder in previews.glob("*/*"):
             if not folder.is_symlink() and now - _newest(folder) > storage.output_max_age_s:
-                _remove(folder, settings, report)
+                if folder.is_relative_to(settings.data_dir):
+                    _remove(folder, settings, report)
+                else:
+                    shutil.rmtree(folder, ignore_errors=True)
         for area in previews.iterdir():
             if area.is_dir() and not area.is_symlink() and not any(area.iterdir()):
                 area.rmdir()
-    legacy = Path(tempfile.gettempdir()) / LEGACY_PREVIEWS
-    if legacy.is_dir() and not legacy.is_symlink():
-        shutil.rmtree(legacy, ignore_errors=True)
     # 5. On a Space: outputs and the Hub cache down to their size bounds, least recently used first.
     report.removed += [f"{OUTPUTS}/{name}" for name in evict_outputs(settings)]
     report.removed += [f"hub cache: {repo}" for repo in evict_hub_cache(settings)]

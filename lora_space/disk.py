@@ -42,7 +42,7 @@ PRUNE_AT_BYTES = 64 * 1024  # the ledger is rewritten without lines older than t
 
 
 def _mb(size: float) -> str:
-    return f"{size / 2**20:,.0f} MB"
+    return f"{size / 2**20:,.1f} MB" if size < 10 * 2**20 else f"{size / 2**20:,.0f} MB"
 
 
 def _ledger(settings: Settings) -> Path:
@@ -117,9 +117,10 @@ def check_write(settings: Settings, incoming_bytes: int = 0, *, where: Path | No
             wait = moment + WINDOW_S - now
             break
     minutes = max(1, round(wait / 60))
+    this_call = f", and this call would write {_mb(incoming_bytes)} more" if incoming_bytes else ""
     raise LimitError(
-        f"This Space has written {_mb(spent)} in the last hour, its limit of {_mb(budget)} for all visitors together; "
-        f"come back in about {minutes} minute{'s' if minutes != 1 else ''} ({time.strftime('%H:%M UTC', time.gmtime(now + wait))})."
+        f"This Space has written {_mb(spent)} in the last hour{this_call}: its limit is {_mb(budget)} an hour for all visitors "
+        f"together. Come back in about {minutes} minute{'s' if minutes != 1 else ''} ({time.strftime('%H:%M UTC', time.gmtime(now + wait))})."
     )
 
 

@@ -38,22 +38,22 @@ from .generation import (
     render,
 )
 from .grid import labelled_grid
+from .hashes import HashCache
 from .lora.conflicts import ConflictReport
 from .lora.optimize import OptimizeReport
 from .lora.tools import ConvertResult, compare_sources, convert_source, optimize_source
-from .hashes import HashCache
 from .owners import LOCAL, Visitor, visitor_lora_dir
 from .prompts import ParsedPrompt, parse_prompt
 from .recipe import Recipe, recipe_to_json
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .train.jobs import JobStatus
 from .sources import ResolvedSource, check_distinct, resolve_source
 from .train import intake
 from .train.autocaption import autocaption
 from .train.config import merged
 from .train.dataset import IngestedDataset
+
+if TYPE_CHECKING:
+    from .train.jobs import JobStatus
 
 
 class LoraSpace:

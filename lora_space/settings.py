@@ -80,7 +80,7 @@ class Limits:
     max_work: float = 600.0  # steps x images x megapixels x CFG passes of one call (FLUX.1-dev: ~0.3 GPU s each)
     max_requests_per_visitor: int = 2  # calls one visitor may have running at once (a Space's visitors)
     max_requests_per_address: int = 6  # calls one client address may have running at once, whatever visitors it claims to be
-    max_tool_work: float = 300.0  # billions of SVD operations one LoRA tool call may do (`lora.tools.svd_work`)
+    max_tool_work: float = 150.0  # billions of SVD operations one LoRA tool call may do (`lora.tools.svd_work`)
     max_caption_images: int = 100  # images one auto-caption call may caption
     dataset_calls: int = 2  # dataset zips read at once (previews and Start), all visitors together
     queue_size: int = 64  # calls waiting in Gradio's queue; more are turned away at once

@@ -112,7 +112,7 @@ def test_the_write_budget_is_global_and_a_refusal_says_when_to_come_back(tmp_pat
         except LimitError as error:
             refusals.append(str(error))
     assert len(baked) == 1 and len(refusals) == 2, refusals  # each bake writes ~1.2 MB (its file and the library's copy)
-    assert "in the last hour" in refusals[-1] and "come back in about" in refusals[-1] and "UTC" in refusals[-1]
+    assert "in the last hour" in refusals[-1] and "Come back in about" in refusals[-1] and "UTC" in refusals[-1]
     written = sum(size for _, size in disk._recent_writes(settings, time.time()))
     assert 1 * MB < written <= 2 * MB  # nothing of the refused bakes was written
     assert not list((settings.data_dir / "visitors").glob("*/loras/mix[12]*"))
@@ -125,10 +125,10 @@ def test_the_budget_comes_back_as_old_writes_leave_the_hour(tmp_path):
     start = 1_000_000.0
     disk.record_write(settings, 600 * 1024, now=start)
     disk.record_write(settings, 500 * 1024, now=start + 600)
-    with pytest.raises(LimitError, match="come back in about 40 minutes"):
+    with pytest.raises(LimitError, match="Come back in about 40 minutes"):
         disk.check_write(settings, now=start + 1200)
     disk.check_write(settings, now=start + 3601)  # the first write left the hour
-    with pytest.raises(LimitError, match="come back in about 20 minutes"):  # 600 KB more fit once both writes left the hour
+    with pytest.raises(LimitError, match="Come back in about 20 minutes"):  # 600 KB more fit once both writes left the hour
         disk.check_write(settings, 600 * 1024, now=start + 3000)
     disk.check_write(dataclasses.replace(settings, on_space=False), 10 * MB, now=start + 1200)  # a local run has no budget
 

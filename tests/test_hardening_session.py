@@ -19,6 +19,7 @@ import io
 import pickle
 import zipfile
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio.state_holder import SessionState
@@ -56,7 +57,8 @@ def demo(tmp_path_factory):
 def run_event(demo, fn, state: SessionState, values: dict, session: str = "session-1"):
     """Run one of the page's events as the queue does; inputs not in `values` get what a fresh page sends."""
     inputs = [values.get(block._id, None if block.stateful else getattr(block, "default_value", getattr(block, "value", None))) for block in fn.inputs]
-    return asyncio.run(demo.process_api(fn, inputs, state=state, session_hash=session, request=None))
+    request = gr.Request(session_hash=session)  # what the queue hands the handlers: the page's gradio session hash
+    return asyncio.run(demo.process_api(fn, inputs, state=state, session_hash=session, request=request))
 
 
 def element(demo, elem_id: str):

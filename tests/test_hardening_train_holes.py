@@ -124,6 +124,7 @@ def test_aged_dataset_previews_are_cleaned(settings, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # previews earlier versions left in the temp folder go
     legacy = tmp_path / "tmp" / "lora-space-previews" / ALICE.id / "0123abcd"
     legacy.mkdir(parents=True)
+    age(legacy, 2 * DAY)
     report = cleanup.clean(settings)
     assert not old.exists() and not (root / ALICE.id).exists() and fresh.exists()
     assert f"previews/{ALICE.id}/0123abcd" in report.removed

@@ -4,8 +4,9 @@
 "Try in Generate" to the Generate tab's slots once both tabs exist. Handlers only format what
 `lora_space.train` returns: the dataset preview comes from `space.preview_dataset` (kept on
 disk, `train.intake`; the session holds its id and the first `TABLE_ROWS` captions), jobs from
-`space.start_training` and `space.jobs` (`JobManager`). A `gr.Timer` polls the shown job while it is queued or running;
-the job list is the visitor's own (`with_caller`), so it survives a page reload.
+`space.start_training` and `space.jobs` (`JobManager`). A `gr.Timer` polls the shown job while
+it is queued or running; the job list is the visitor's own (`with_caller`), so it survives a
+page reload.
 """
 
 from __future__ import annotations

@@ -36,10 +36,13 @@ def client_address(request: gr.Request | None, proxy_hops: int) -> str:
     So only the last `proxy_hops` entries were written by proxies we run behind, and the entry
     `proxy_hops` from the right is the address that connected to the outermost of them; every
     entry left of it is the client's own claim and is ignored (taking the first entry, as many
-    apps do, would let one script be any number of addresses). On a Space, Hugging Face's proxy
-    appends the visitor's address (`proxy_hops` 1, `Settings.proxy_hops`); with no proxy
-    (`proxy_hops` 0), or fewer entries than proxies, the TCP peer (`request.client.host`) is the
-    address. IPv6 addresses count by their /64, which one subscriber usually holds whole.
+    apps do, would let one script be any number of addresses). On a Space the app is reached
+    only through Hugging Face's proxy, which appends the address that connected to it, as
+    proxies do (`proxy_hops` 1, `Settings.proxy_hops`; a deployment behind more proxies sets
+    `LORA_SPACE_PROXY_HOPS`). With no proxy (`proxy_hops` 0), or fewer entries than proxies, the
+    address is the TCP peer, `request.client.host` (uvicorn already replaces it by the header's
+    last entry when the peer is in its `FORWARDED_ALLOW_IPS`, 127.0.0.1 by default: a proxy on
+    the same host). IPv6 addresses count by their /64, which one subscriber usually holds whole.
     """
     if request is None:
         return ""
