@@ -34,26 +34,19 @@ def test_three_fresh_sessions_from_one_address_share_its_bound(app):
     url, _ = app
     clients = [Client(url, verbose=False) for _ in range(ADDRESS_REQUESTS + 1)]  # three visitors, one address (127.0.0.1)
     ready = threading.Barrier(len(clients))
-    running, most = [0], [0]
-    lock = threading.Lock()
 
     def call(client: Client):
-        ready.wait()
+        ready.wait()  # the three calls leave together; each takes seconds on tiny at 128 px and 40 steps
         try:
-            with lock:
-                running[0] += 1
-            result = client.predict(prompt="a harbour", seed=1, steps=40, width=128, height=128, api_name="/generate")
-            return result
+            return client.predict(prompt="a harbour", seed=1, steps=40, width=128, height=128, api_name="/generate")
         except AppError as error:
             return error
-        finally:
-            with lock:
-                running[0] -= 1
 
     with ThreadPoolExecutor(len(clients)) as pool:
         outcomes = list(pool.map(call, clients))
     refused = [outcome for outcome in outcomes if isinstance(outcome, AppError)]
     served = [outcome for outcome in outcomes if not isinstance(outcome, AppError)]
+    print(f"three fresh sessions from one address: {len(served)} served, {len(refused)} refused")
     assert refused and all("Your address already has 2 requests running" in str(error) for error in refused), outcomes
     assert 1 <= len(served) <= ADDRESS_REQUESTS
     # Once they are done, the address has its turns back.
