@@ -81,7 +81,9 @@ def test_a_resize_past_the_work_bound_is_refused_from_the_header_at_once(space):
     started = time.perf_counter()
     with pytest.raises(LimitError, match=r"Resizing huge is about 174 billion operations .* more than the 150 billion"):
         space.resize("huge", rank=16, visitor=ALICE)
-    assert time.perf_counter() - started < 5
+    elapsed = time.perf_counter() - started
+    print(f"resize of one rank-3072 module ({work:.0f} billion operations) refused in {elapsed * 1000:.0f} ms")
+    assert elapsed < 5
     with pytest.raises(LimitError, match="Comparing 2 LoRAs"):
         space.compare(["huge", "ink"], visitor=ALICE)
     with pytest.raises(LimitError, match="Baking 2 LoRAs"):
