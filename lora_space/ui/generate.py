@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..markdown_text import md_text
 from ..service import LoraSpace, Options
-from .visitors import with_caller
+from .visitors import BrowserId, with_caller
 
 SLOTS = 6
 VISIBLE_SLOTS = 2  # the rest fold away until needed
@@ -124,7 +124,7 @@ def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
     return [source, strength, enabled]
 
 
-def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
+def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
     """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers.
 
     The pickers and the library table start with the shared library; once the page has its
@@ -214,7 +214,7 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     settings = space.settings
     run.click(
         with_caller(settings, on_generate),
-        [browser_id, prompt, *controls.option_inputs, *slots],
+        [*browser_id, prompt, *controls.option_inputs, *slots],
         [gallery, warnings, metadata],
         api_visibility="private",
     )
@@ -222,14 +222,14 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     # on the pickers (an overlay that two such events leave behind blocks the picker's clicks).
     controls.library_events += [
         refresh.click(
-            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+            with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
-        browser_id.change(
-            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+        browser_id.stored.change(
+            with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
         upload.upload(
             with_caller(settings, on_upload),
-            [browser_id, upload, upload_words],
+            [*browser_id, upload, upload_words],
             [upload, upload_status, table, *dropdowns],
             api_visibility="private",
             show_progress_on=[upload_status, table],

@@ -16,6 +16,9 @@ from .errors import api_errors
 from .visitors import visitor_of
 
 
+DATASET_CALLS = "dataset"  # the concurrency group of every event that reads a dataset zip
+
+
 def _file(path) -> gr.FileData:
     return gr.FileData(path=str(path))
 
@@ -47,9 +50,9 @@ def register_train_endpoints(space: LoraSpace) -> None:
             "lora_file", "lora_name", "dataset_report", "error", "queue_position", "eta_seconds", "warnings"}
         """
         path = getattr(dataset, "path", None) or (dataset.get("path") if isinstance(dataset, dict) else dataset)
-        if not path:
+        if not path or not Path(str(path)).is_file():
             raise DatasetError("No dataset file was sent; pass the zip as handle_file('dataset.zip').")
-        status = space.jobs.start(Path(str(path)), config or {}, visitor=visitor_of(space.settings, request))
+        status = space.start_training(Path(str(path)), config or {}, visitor=visitor_of(space.settings, request))  # the zip, read once
         return status_dict(space, status.job_id)
 
     @api_errors
@@ -75,6 +78,7 @@ def register_train_endpoints(space: LoraSpace) -> None:
         space.jobs.cancel(job_id)
         return status_dict(space, job_id)
 
-    gr.api(start_training, api_name="start_training")
+    # Reading a zip is CPU work: at most `dataset_calls` at once, shared with the Train tab's upload and Start.
+    gr.api(start_training, api_name="start_training", concurrency_id=DATASET_CALLS, concurrency_limit=space.settings.limits.dataset_calls)
     gr.api(training_status, api_name="training_status")
     gr.api(cancel_training, api_name="cancel_training")
