@@ -33,6 +33,7 @@ from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
+from .compiled import CompileOptions, CompiledTransformer
 from .errors import LimitError, LoraFileError
 from .gpu import gpu, on_zerogpu
 from .turns import Turns
@@ -126,6 +127,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     fused: bool = False
+    compiled: bool = False  # the transformer ran compiled (`Engine(compile=...)`); False: eager
 
 
 @dataclass
@@ -150,10 +152,18 @@ class Engine:
         cache_size: how many adapters stay attached (LRU).
         fuse_after: fuse a mix once it has been asked for this many times in a row.
         fuse_memory_bytes: CPU memory for the original weights of fused layers (see `_fuse`).
+        compile: run the transformer compiled, LoRAs hot-swapped into fixed slots (`lora_space.compiled`);
+            None: eager, with adapters attached and fused as above.
     """
 
     def __init__(
-        self, pipe: FluxPipeline, *, cache_size: int = 8, fuse_after: int = 2, fuse_memory_bytes: int = 8 * 1024**3
+        self,
+        pipe: FluxPipeline,
+        *,
+        cache_size: int = 8,
+        fuse_after: int = 2,
+        fuse_memory_bytes: int = 8 * 1024**3,
+        compile: CompileOptions | None = None,
     ) -> None:
         self.pipe = pipe
         self.cache_size = cache_size
@@ -170,6 +180,10 @@ class Engine:
         self._repeats = 0
         self._layers: list[BaseTunerLayer] | None = None  # the LoRA layers, found again after each load or delete
         self.file_reads = 0  # LoRA files read from disk since start (benchmarks and tests read it)
+        # Compiled mode: adapters stay out of the model; `_attach` caches state dicts for the slots.
+        self._compiled = CompiledTransformer(pipe, compile) if compile is not None else None
+        self._eager_reason: str | None = None  # why the current mix runs eager in compiled mode
+        self._eager_names: list[str] = []  # its adapters, attached for that request only
         self._turns = Turns()
         # What a training chunk left on the pipeline for the next chunk of its job (a training
         # session whose adapter stays attached, switched off); only borrowers (`lend`) use it.
@@ -201,6 +215,12 @@ class Engine:
         until the chunk's next step boundary (`generation_waiting`).
         """
         return self._turns.turn()
+
+    @property
+    def parks_training(self) -> bool:
+        """Whether a training chunk may leave its session parked on the pipeline (`parked`) for its job's
+        next chunk: not in compiled mode, whose compiled blocks must see the modules they were compiled with."""
+        return self._compiled is None
 
     def generation_waiting(self) -> bool:
         """A generation waits for its turn: a training chunk ends at its next step boundary.
@@ -264,20 +284,27 @@ class Engine:
         state_dict, matched, total = self._matching(state_dict)
         if matched == 0:
             raise no_module_matched(spec.name, total)
-        # 3. Attach under a fresh name and check that every kept module got it; on any
-        #    failure remove what was half attached, so the pipeline is as it was.
+        # 3. Attach under a fresh name and check that every kept module got it (compiled mode:
+        #    keep the state dict for the slots instead).
         adapter_name = f"lora_{next(self._names)}"
+        if self._compiled is not None:
+            self._compiled.remember(adapter_name, spec.name, state_dict)
+        else:
+            self._load(spec.name, adapter_name, state_dict)
+        adapter = Adapter(adapter_name, matched / total, matched, total)
+        self._adapters[spec.key] = adapter
+        return adapter
+
+    def _load(self, label: str, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+        """Attach `state_dict` as adapter `adapter_name`; on any failure remove what was half attached."""
         self._unfuse()
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
             self._layers = None
-            self._check_attached(spec, adapter_name, state_dict)
+            self._check_attached(label, adapter_name, state_dict)
         except Exception:
             self._delete(adapter_name)
             raise
-        adapter = Adapter(adapter_name, matched / total, matched, total)
-        self._adapters[spec.key] = adapter
-        return adapter
 
     def _evict(self, keep: set[str]) -> None:
         """Delete the least recently used adapters beyond `cache_size`, never one in `keep`."""
@@ -321,17 +348,19 @@ class Engine:
         matched = len({key.rpartition(".lora_")[0] for key in kept})
         return kept, matched, len(modules)
 
-    def _check_attached(self, spec: LoraSpec, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+    def _check_attached(self, label: str, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
         """diffusers loads nothing, silently, for keys it does not recognise: check what attached."""
         for module_path in {key.rpartition(".lora_")[0] for key in state_dict}:
             module = self._module(module_path)
             if adapter_name not in getattr(module, "lora_A", {}):
                 raise LoraFileError(
-                    f"LoRA {spec.name!r} did not attach to {module_path}; its keys may be in a format "
+                    f"LoRA {label!r} did not attach to {module_path}; its keys may be in a format "
                     "LoRA Space cannot convert yet (inspect it in LoRA tools)."
                 )
 
     def _delete(self, adapter_name: str) -> None:
+        if self._compiled is not None:
+            self._compiled.forget(adapter_name)
         present = {name for names in self.pipe.get_list_adapters().values() for name in names}
         if adapter_name in present:
             self.pipe.delete_adapters(adapter_name)
@@ -353,8 +382,11 @@ class Engine:
         diffusers' `set_adapters` and `enable_lora` walk every module and, in each LoRA layer,
         toggle `requires_grad` on every attached adapter, so their cost grows with the cache.
         Inference needs only, on each layer, the active names, their scales (strength * alpha /
-        rank), and adapters switched on; no names switch them off (the base model).
+        rank), and adapters switched on; no names switch them off (the base model). In compiled
+        mode the blocks then run eager (the compiled ones expect the slots), until the next `_apply_mix`.
         """
+        if self._compiled is not None:
+            self._compiled.suspend()
         for layer in self._tuner_layers():
             layer._active_adapter = names  # peft's own fields behind `active_adapters`
             layer._disable_adapters = not names  # and `disable_adapters`
@@ -413,6 +445,9 @@ class Engine:
         """Make `mix` (adapter name, strength) the active one; fuse it when it repeats. Returns fused."""
         self._repeats = self._repeats + 1 if mix == self._last_mix else 1
         self._last_mix = mix
+        if self._compiled is not None:
+            self._apply_compiled(mix)
+            return False
         if mix == self._fused_mix:
             return True
         self._unfuse()
@@ -422,6 +457,27 @@ class Engine:
             self._fused_mix = mix
             return True
         return False
+
+    def _apply_compiled(self, mix: tuple[tuple[str, float], ...]) -> None:
+        """Compiled mode: hot-swap `mix` into the slots, or attach it for one eager run and say why."""
+        self._drop_eager()
+        self._eager_reason = self._compiled.why_not(mix)
+        if self._eager_reason is None:
+            self._compiled.swap(mix)
+            return
+        try:
+            for name, _ in mix:  # adapters for this request only: the compiled blocks never see them
+                self._eager_names.append(f"{name}_eager")
+                self._load(self._compiled.label(name), f"{name}_eager", self._compiled.state_dict(name))
+        except BaseException:
+            self._drop_eager()
+            raise
+        self._activate([f"{name}_eager" for name, _ in mix], [weight for _, weight in mix])
+
+    def _drop_eager(self) -> None:
+        """Delete the adapters of an eager run in compiled mode (the slots come back at the next swap)."""
+        while self._eager_names:
+            self._delete(self._eager_names.pop())
 
     def _run_locked(self, request: GenerationRequest, seed: int, progress) -> GenerationResult:
         timings: dict[str, float] = {}
@@ -463,19 +519,25 @@ class Engine:
                     progress((step + 1) / options.steps, desc=f"step {step + 1}/{options.steps}")
                     return callback_kwargs
 
-            images = self.pipe(
-                prompt=request.prompt,
-                num_inference_steps=options.steps,
-                guidance_scale=options.guidance,
-                width=options.width,
-                height=options.height,
-                num_images_per_prompt=options.num_images,
-                generator=generators,
-                callback_on_step_end=callback,
-                **kwargs,
-            ).images
+            compiled = self._compiled is not None and self._compiled.active
+            if self._compiled is not None and self._eager_reason:
+                warnings.append(f"This image was made without compiled generation (slower): {self._eager_reason}.")
+            try:
+                images = self.pipe(
+                    prompt=request.prompt,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance,
+                    width=options.width,
+                    height=options.height,
+                    num_images_per_prompt=options.num_images,
+                    generator=generators,
+                    callback_on_step_end=callback,
+                    **kwargs,
+                ).images
+            finally:
+                self._drop_eager()  # compiled mode: an eager mix's adapters never outlive its request
             timings["inference"] = time.perf_counter() - start
-        return GenerationResult(images=images, seed=seed, warnings=warnings, timings=timings, fused=fused)
+        return GenerationResult(images=images, seed=seed, warnings=warnings, timings=timings, fused=fused, compiled=compiled)
 
 
 # Engines by id, written once per engine at start-up: the GPU function finds its engine here.

@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -46,6 +47,7 @@ except ImportError:  # `spaces` is in requirements.txt; tolerate its absence off
 
 F = TypeVar("F", bound=Callable)
 
+CUDA_ONLY_PACKAGES = ("bitsandbytes", "torchao")  # requirements.txt: AdamW8bit, the nf4 and fp8 bases
 STANDIN = "LORA_SPACE_ZEROGPU_STANDIN"
 STANDIN_LOG = "LORA_SPACE_ZEROGPU_STANDIN_LOG"
 STANDIN_MODES = ("fork", "reuse")
@@ -57,10 +59,14 @@ def standin_mode(env: Mapping[str, str] | None = None) -> str:
     return mode if mode in STANDIN_MODES else ""
 
 
+def on_zerogpu_hardware(env: Mapping[str, str] | None = None) -> bool:
+    """True inside a Hugging Face Space running on ZeroGPU hardware (`env`: default the process's)."""
+    return (os.environ if env is None else env).get("SPACES_ZERO_GPU", "").lower() in {"1", "true"}
+
+
 def on_zerogpu(env: Mapping[str, str] | None = None) -> bool:
-    """True on ZeroGPU hardware (a Space's `SPACES_ZERO_GPU`), or under the stand-in that plays it."""
-    env = os.environ if env is None else env
-    return env.get("SPACES_ZERO_GPU", "").lower() in {"1", "true"} or bool(standin_mode(env))
+    """True on ZeroGPU hardware, or under the stand-in that plays it: how the app behaves (jobs in requests)."""
+    return on_zerogpu_hardware(env) or bool(standin_mode(env))
 
 
 def gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
@@ -74,7 +80,7 @@ def gpu(duration: int | Callable[..., int] = 60) -> Callable[[F], F]:
         mode = standin_mode()
         if mode:
             return _raising(_StandIn(_catching(function), duration, reuse=mode == "reuse"))  # type: ignore[return-value]
-        if spaces is None or not on_zerogpu():
+        if spaces is None or not on_zerogpu_hardware():
             return function
         return _raising(spaces.GPU(duration=duration)(_catching(function)))  # type: ignore[return-value]
 
@@ -245,3 +251,23 @@ class _StandIn:
         }  # fmt: skip
         with open(path, "a", encoding="utf-8") as log:
             log.write(json.dumps(line) + "\n")
+
+
+def hide_cuda_only_packages() -> bool:
+    """Without CUDA, make bitsandbytes and torchao look absent to this process; returns whether it did.
+
+    requirements.txt installs them wherever CUDA may run, but diffusers, transformers and peft
+    import them as soon as they are installed: seconds at every start on a CPU, and bitsandbytes
+    asks the Hub for a CPU kernel on processors with AVX512-BF16. With `sys.modules[name] = None`,
+    `importlib.util.find_spec` reports them missing and `import` raises ImportError, so those
+    libraries skip them and the trainer falls back (AdamW, an unquantised base) and says so, as
+    where they are not installed. For entry points (app.py), before diffusers is imported;
+    nothing changes on ZeroGPU or where CUDA is.
+    """
+    import torch  # after `spaces` (imported above)
+
+    if on_zerogpu_hardware() or torch.cuda.is_available():
+        return False
+    for name in CUDA_ONLY_PACKAGES:
+        sys.modules.setdefault(name, None)  # one already imported stays
+    return True

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from tests.app_process import running_app
+from tests.app_process import SPACE_ENV, running_app
 from tests.browser import chromium
-from tests.test_ui_browser_owners import SPACE_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flat_shapes.zip"
 STEPS = 8

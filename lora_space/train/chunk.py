@@ -28,5 +28,6 @@ def train_chunk(engine_id: int, job_dir: str, adapter_name: str, max_steps: int 
     with engine.lend() as pipe:
         return run_chunk(
             pipe, files.root, adapter_name=adapter_name, max_steps=max_steps, max_seconds=max_seconds,
-            should_stop=files.stop_flag.exists, should_yield=engine.generation_waiting, parking=engine,
+            should_stop=files.stop_flag.exists, should_yield=engine.generation_waiting,
+            parking=engine if engine.parks_training else None,
         )  # fmt: skip

@@ -132,13 +132,16 @@ class TrainConfig:
         return [item.name for item in fields(cls) if item.name != "notes"]
 
     @classmethod
-    def from_dict(cls, values: dict, *, is_tiny: bool, bnb_available: bool | None = None) -> TrainConfig:
+    def from_dict(
+        cls, values: dict, *, is_tiny: bool, bnb_available: bool | None = None, torchao_available: bool | None = None
+    ) -> TrainConfig:
         """Read a `config.json` (the course's names and values as printed, or known aliases).
 
         Args:
             values: the settings; missing keys take the defaults.
             is_tiny: the Space runs the tiny model: FLUX.1-dev names mean `tiny`.
-            bnb_available: whether 8-bit AdamW can run (None: bitsandbytes installed and CUDA present).
+            bnb_available: whether 8-bit AdamW and the nf4 base can run (None: bitsandbytes installed and CUDA present).
+            torchao_available: whether the fp8 base can run (None: torchao installed and CUDA present).
 
         Returns:
             The checked config; `notes` says what was mapped or fell back.
@@ -162,18 +165,22 @@ class TrainConfig:
             canonical["model_name"] = _resolve_model(canonical["model_name"], is_tiny=is_tiny, notes=notes)
         else:
             canonical["model_name"] = TINY if is_tiny else FLUX_DEV
-        # 2. 8-bit AdamW and a quantised base need bitsandbytes on CUDA; elsewhere fall back and say so.
+        # 2. 8-bit AdamW and the nf4 base need bitsandbytes on CUDA, the fp8 base torchao on CUDA;
+        #    elsewhere fall back and say so (both packages are installed everywhere but macOS).
         optimizer = canonical.get("optimizer_type")
         wants_8bit = isinstance(optimizer, str) and OPTIMIZERS.get(optimizer.lower()) == "AdamW8bit"
         quantize = canonical.get("quantize_base", "none")
-        if (wants_8bit or quantize != "none") and bnb_available is None:
-            bnb_available = _bitsandbytes_runs()
+        if (wants_8bit or quantize == "nf4") and bnb_available is None:
+            bnb_available = _runs_on_cuda("bitsandbytes")
+        if quantize == "fp8" and torchao_available is None:
+            torchao_available = _runs_on_cuda("torchao")
         if wants_8bit and not bnb_available:
             canonical["optimizer_type"] = "AdamW"
             notes.append("optimizer_type AdamW8bit needs bitsandbytes on a CUDA GPU, which this machine lacks: training uses AdamW (same maths, more optimizer memory).")
-        if quantize in ("nf4", "fp8") and not bnb_available:
+        package = {"nf4": ("bitsandbytes", bnb_available), "fp8": ("torchao", torchao_available)}.get(quantize)
+        if package is not None and not package[1]:
             canonical["quantize_base"] = "none"
-            notes.append(f"quantize_base {quantize} needs bitsandbytes on a CUDA GPU, which this machine lacks: the base stays unquantised.")
+            notes.append(f"quantize_base {quantize} needs {package[0]} on a CUDA GPU, which this machine lacks: the base stays unquantised.")
         return cls(**canonical, notes=notes)
 
     def to_dict(self) -> dict:
@@ -372,10 +379,11 @@ def _resolve_model(name: str, *, is_tiny: bool, notes: list[str]) -> str:
     return name
 
 
-def _bitsandbytes_runs() -> bool:
-    if importlib.util.find_spec("bitsandbytes") is None:
+def _runs_on_cuda(package: str) -> bool:
+    """`package` is installed and CUDA is present (it is not imported here: importing bitsandbytes costs seconds)."""
+    if importlib.util.find_spec(package) is None:
         return False
-    import torch  # deferred: only where bitsandbytes is installed
+    import torch  # deferred: only where the package is installed
 
     return torch.cuda.is_available()
 

@@ -41,7 +41,8 @@ from . import chunk
 from .checkpoint import JobFiles, log_line, read_json, write_json
 from .config import check_job_bounds, merged
 from .prepare import prepare_job
-from .status import JobStatus, lora_name_for
+from .samples import lora_name_for
+from .status import JobStatus
 from .trainer import ChunkResult, check_rank
 
 if TYPE_CHECKING:
@@ -105,9 +106,7 @@ class JobManager:
             TrainConfigError: a bad setting, or the job's work past a bound of the Space (named).
             JobError: the visitor already has a job queued or running, or the Space has its most jobs.
         """
-        self._refuse_second_job(visitor)
-        with self._lock:
-            self._refuse_when_full()  # at once, before any file work
+        self.check_room(visitor)  # at once, before any file work
         settings = self.space.settings
         merged(None, config, is_tiny=settings.is_tiny)  # the call's own values, before any file work
         job_id = secrets.token_hex(16)
@@ -141,6 +140,16 @@ class JobManager:
             raise
         log_line(files, f"job created: {len(rows)} images, {final.max_train_steps} steps")
         return self.status(job_id)
+
+    def check_room(self, visitor: Visitor) -> None:
+        """Refuse at once, before a zip is read, what `start` would refuse for the visitor and the Space.
+
+        Raises:
+            JobError: the visitor has a job queued or running, or the Space has its most jobs.
+        """
+        self._refuse_second_job(visitor)
+        with self._lock:
+            self._refuse_when_full()
 
     def status(self, job_id: str) -> JobStatus:
         """The job's state, progress, files and warnings.

@@ -1,8 +1,7 @@
-"""What `/training_status` returns for a job (`JobStatus`), and the library name of a job's LoRA."""
+"""What `/training_status` returns for a job (`JobStatus`)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,9 +33,3 @@ class JobStatus:
         values["checkpoints"] = [str(path) for path in self.checkpoints]
         values["lora_file"] = str(self.lora_file) if self.lora_file else None
         return values
-
-
-def lora_name_for(trigger_word: str, job_id: str) -> str:
-    """A library name for the job's LoRA: the trigger word (or "trained") and the id's start."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", trigger_word).strip("_-")[:40] or "trained"
-    return f"{stem}_{job_id[:8]}"

@@ -35,10 +35,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from ..errors import JobError, TrainConfigError
+from ..recipe import save_png
 from .cache import Cache
 from .checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
 from .config import TrainConfig
 from .lora_file import save_trained_lora
+from .samples import sample_recipe
 
 if TYPE_CHECKING:
     from .session import Parking, Session
@@ -129,9 +131,10 @@ def rank_bound(transformer: torch.nn.Module) -> int:
 
     A rank above it adds no capacity, and the one reader (`safefile`) refuses such a file.
     """
+    paths = {path.removesuffix(".base_layer"): module for path, module in transformer.named_modules()}  # LoRA layers wrap them
     widths = [
         min(module.in_features, module.out_features)
-        for path, module in transformer.named_modules()
+        for path, module in paths.items()
         if isinstance(module, torch.nn.Linear) and any(path == target or path.endswith("." + target) for target in TARGET_MODULES)
     ]  # fmt: skip
     return min(widths) if widths else 0
@@ -311,7 +314,8 @@ def sample_image(pipe, layers, config: TrainConfig, prompts: list[str], number: 
     finally:
         set_enabled(layers, True)
     path = files.samples / f"step{step:06d}_prompt{number}_strength{strength}.png"
-    image.save(path)
+    recipe = sample_recipe(config, prompts[number], strength=strength, job_id=files.root.name, steps=SAMPLE_STEPS, guidance=GUIDANCE)
+    save_png(image, path, recipe)  # A1111 `parameters` and the JSON recipe
     return path.name
 
 

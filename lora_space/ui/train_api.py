@@ -22,6 +22,9 @@ from .errors import api_errors
 from .visitors import visitor_of
 
 
+DATASET_CALLS = "dataset"  # the concurrency group of every event that reads a dataset zip
+
+
 def _file(path) -> gr.FileData:
     return gr.FileData(path=str(path))
 
@@ -58,9 +61,9 @@ def register_train_endpoints(space: LoraSpace) -> None:
             "lora_file", "lora_name", "dataset_report", "error", "queue_position", "eta_seconds", "warnings"}
         """
         path = getattr(dataset, "path", None) or (dataset.get("path") if isinstance(dataset, dict) else dataset)
-        if not path:
+        if not path or not Path(str(path)).is_file():
             raise DatasetError("No dataset file was sent; pass the zip as handle_file('dataset.zip').")
-        status = space.jobs.start(Path(str(path)), config or {}, visitor=visitor_of(space.settings, request))
+        status = space.start_training(Path(str(path)), config or {}, visitor=visitor_of(space.settings, request))  # the zip, read once
         for _ in space.jobs.follow(status.job_id):
             yield status_dict(space, status.job_id)
 
@@ -103,9 +106,9 @@ def register_train_endpoints(space: LoraSpace) -> None:
         for _ in space.jobs.follow(job_id):
             yield status_dict(space, job_id)
 
-    # The streaming calls wait for their job's turn in the job queue (bounded by the Space's jobs
-    # setting), not in Gradio's: no concurrency limit, so a refusal comes at once.
-    gr.api(start_training, api_name="start_training", concurrency_limit=None)
+    # Reading a zip is CPU work: at most `dataset_calls` at once, shared with the Train tab's upload and Start
+    # (on ZeroGPU the call then streams its job's training, holding its place). Resuming reads no zip.
+    gr.api(start_training, api_name="start_training", concurrency_id=DATASET_CALLS, concurrency_limit=space.settings.limits.dataset_calls)
     gr.api(training_status, api_name="training_status")
     gr.api(cancel_training, api_name="cancel_training")
     gr.api(resume_training, api_name="resume_training", concurrency_limit=None)
