@@ -13,21 +13,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import library
-from .cleanup import check_quota
-from .disk import check_write
-from .errors import LoraFileError
-from .hashes import LORA_SHORT, is_hash_prefix
-from .lora.bake import BakePart, BakeReport, bake
-from .lora.export import TARGETS, save_lora
-from .lora.shapes import current_base
-from .lora.tools import check_tool_work, files_work, read_lora_file
-from .owners import LOCAL, Visitor, visitor_lora_dir
-from .recipe import Recipe
-from .sources import find_library_entry
+from lora_space import library
+from lora_space.cleanup import check_quota
+from lora_space.disk import check_write
+from lora_space.errors import LoraFileError
+from lora_space.hashes import LORA_SHORT, is_hash_prefix
+from lora_space.lora.bake import BakePart, BakeReport, bake
+from lora_space.lora.export import TARGETS, save_lora
+from lora_space.lora.shapes import current_base
+from lora_space.lora.tools import check_tool_work, files_work, read_lora_file
+from lora_space.owners import LOCAL, Visitor, visitor_lora_dir
+from lora_space.recipe import Recipe
+from lora_space.sources import find_library_entry
 
 if TYPE_CHECKING:
-    from .service import LoraSpace
+    from lora_space.service import LoraSpace
 
 logger = logging.getLogger(__name__)
 

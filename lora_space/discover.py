@@ -21,15 +21,20 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from . import hub, hub_search, library
-from .card_render import RenderedCard, hub_image_url, render_card, widget_examples
-from .errors import HubError, LoraFileError
-from .hub_search import HubModel
-from .lora.inspect import inspect_header
-from .lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
-from .lora.shapes import current_base
-from .prompts import clean_trigger_words
-from .settings import Settings
+from lora_space import hub, hub_search, library
+from lora_space.card_render import (
+    RenderedCard,
+    hub_image_url,
+    render_card,
+    widget_examples,
+)
+from lora_space.errors import HubError, LoraFileError
+from lora_space.hub_search import HubModel
+from lora_space.lora.inspect import inspect_header
+from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
+from lora_space.lora.shapes import current_base
+from lora_space.prompts import clean_trigger_words
+from lora_space.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 CACHE_SECONDS = 300.0

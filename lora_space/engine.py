@@ -33,14 +33,14 @@ from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from .compiled import CompileOptions, CompiledTransformer
-from .errors import LimitError, LoraFileError
-from .gpu import gpu, on_zerogpu
-from .turns import Turns
-from .lora.formats import to_diffusers
-from .lora.safefile import load_lora_file
-from .lora.shapes import no_module_matched
-from .settings import Limits
+from lora_space.compiled import CompiledTransformer, CompileOptions
+from lora_space.errors import LimitError, LoraFileError
+from lora_space.gpu import gpu, on_zerogpu
+from lora_space.lora.formats import to_diffusers
+from lora_space.lora.safefile import load_lora_file
+from lora_space.lora.shapes import no_module_matched
+from lora_space.settings import Limits
+from lora_space.turns import Turns
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from .errors import LimitError
-from .owners import LOCAL, Visitor
+from lora_space.errors import LimitError
+from lora_space.owners import LOCAL, Visitor
 
 F = TypeVar("F", bound=Callable)
 

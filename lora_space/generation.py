@@ -12,17 +12,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .engine import GenerationRequest, LoraSpec, Options
-from .errors import PromptError
-from .hashes import LORA_SHORT, MODEL_SHORT
-from .lora.conflicts import PairSummary, mix_warnings
-from .lora.tools import compare_files
-from .prompts import MAX_STRENGTH, MIN_STRENGTH, ParsedPrompt, build_model_prompt
-from .recipe import LoraRef, Recipe, save_png
-from .sources import ResolvedSource
+from lora_space.engine import GenerationRequest, LoraSpec, Options
+from lora_space.errors import PromptError
+from lora_space.hashes import LORA_SHORT, MODEL_SHORT
+from lora_space.lora.conflicts import PairSummary, mix_warnings
+from lora_space.lora.tools import compare_files
+from lora_space.prompts import (
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    ParsedPrompt,
+    build_model_prompt,
+)
+from lora_space.recipe import LoraRef, Recipe, save_png
+from lora_space.sources import ResolvedSource
 
 if TYPE_CHECKING:
-    from .service import LoraSpace
+    from lora_space.service import LoraSpace
 
 # The course, per LoRA: "Optimal Range: Usually 0.6-1.0 for balanced results"; "Over-application:
 # Values too high can cause artifacts or instability". A LoRA past this strength (either sign) is

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import GpuUnavailableError, LoraSpaceError
+from lora_space.errors import GpuUnavailableError, LoraSpaceError
 
 try:
     import spaces
@@ -200,6 +200,7 @@ def _drop_tqdm_process_lock() -> None:
     lock it shares between processes (held by the parent at the fork, it would block the worker)."""
     try:
         from multiprocessing.synchronize import RLock
+
         from tqdm import tqdm
     except ImportError:
         return

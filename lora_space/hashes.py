@@ -21,8 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_atomically
-from .lora.safefile import read_local_header
+from lora_space.atomic import write_atomically
+from lora_space.lora.safefile import read_local_header
 
 logger = logging.getLogger(__name__)
 

@@ -22,14 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    try_to_load_from_cache,
+)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+)
 
-from . import hub_http
-from .errors import HubError, LoraFileError, UnsafeFileError
-from .hub_http import base_url, caller_token, hub_errors, ranged_reader, require_online
-from .lora import safefile
-from .prompts import clean_trigger_words
+from lora_space import hub_http
+from lora_space.errors import HubError, LoraFileError, UnsafeFileError
+from lora_space.hub_http import (
+    base_url,
+    caller_token,
+    hub_errors,
+    ranged_reader,
+    require_online,
+)
+from lora_space.lora import safefile
+from lora_space.prompts import clean_trigger_words
 
 logger = logging.getLogger(__name__)
 

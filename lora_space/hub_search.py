@@ -18,8 +18,14 @@ from typing import Any
 from huggingface_hub import HfApi, constants, scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
-from . import hub_http
-from .hub_http import base_url, caller_token, hub_errors, ranged_reader, require_online
+from lora_space import hub_http
+from lora_space.hub_http import (
+    base_url,
+    caller_token,
+    hub_errors,
+    ranged_reader,
+    require_online,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomically
-from .errors import LoraFileError
-from .lora.keymap import detect_format
-from .lora.safefile import read_local_header
-from .prompts import clean_trigger_words
+from lora_space.atomic import write_atomically
+from lora_space.errors import LoraFileError
+from lora_space.lora.keymap import detect_format
+from lora_space.lora.safefile import read_local_header
+from lora_space.prompts import clean_trigger_words
 
 SUFFIX = ".safetensors"
 MAX_SIDECAR_BYTES = 1024 * 1024

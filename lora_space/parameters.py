@@ -35,11 +35,11 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from .errors import PromptError
-from .prompts import find_tags
+from lora_space.errors import PromptError
+from lora_space.prompts import find_tags
 
 if TYPE_CHECKING:
-    from .recipe import Recipe
+    from lora_space.recipe import Recipe
 
 MAX_PARAMETERS_CHARS = 16_000
 """The longest `parameters` text read; A1111 and Forge write far less."""

@@ -26,11 +26,17 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from . import timebox
-from .errors import PromptError
-from .parameters import HASH, TYPE_NAMES, check_length, parse_parameters, to_parameters
-from .prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
-from .settings import FLUX_DEV
+from lora_space import timebox
+from lora_space.errors import PromptError
+from lora_space.parameters import (
+    HASH,
+    TYPE_NAMES,
+    check_length,
+    parse_parameters,
+    to_parameters,
+)
+from lora_space.prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
+from lora_space.settings import FLUX_DEV
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "lora_space_recipe"

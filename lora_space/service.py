@@ -16,14 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import blends, library
-from .cleanup import check_quota
-from .discover import Discover
-from .disk import check_write, output_folder, record_write
-from .engine import MAX_SEED, Engine, Options, check_work
-from .errors import DatasetError, LimitError, LoraFileError, PromptError
-from .fairness import VisitorGate, one_turn_per_call
-from .generation import (
+from lora_space import blends, library
+from lora_space.cleanup import check_quota
+from lora_space.discover import Discover
+from lora_space.disk import check_write, output_folder, record_write
+from lora_space.engine import MAX_SEED, Engine, Options, check_work
+from lora_space.errors import DatasetError, LimitError, LoraFileError, PromptError
+from lora_space.fairness import VisitorGate, one_turn_per_call
+from lora_space.generation import (
     MAX_BATCH_PROMPTS,
     MAX_SWEEP_CELLS,
     BatchOutput,
@@ -37,23 +37,28 @@ from .generation import (
     recipe_from_metadata,
     render,
 )
-from .grid import labelled_grid
-from .hashes import HashCache
-from .lora.conflicts import ConflictReport
-from .lora.optimize import OptimizeReport
-from .lora.tools import ConvertResult, compare_sources, convert_source, optimize_source
-from .owners import LOCAL, Visitor, visitor_lora_dir
-from .prompts import ParsedPrompt, parse_prompt
-from .recipe import Recipe, recipe_to_json
-from .settings import Settings
-from .sources import ResolvedSource, check_distinct, resolve_source
-from .train import intake
-from .train.autocaption import autocaption
-from .train.config import merged
-from .train.dataset import IngestedDataset
+from lora_space.grid import labelled_grid
+from lora_space.hashes import HashCache
+from lora_space.lora.conflicts import ConflictReport
+from lora_space.lora.optimize import OptimizeReport
+from lora_space.lora.tools import (
+    ConvertResult,
+    compare_sources,
+    convert_source,
+    optimize_source,
+)
+from lora_space.owners import LOCAL, Visitor, visitor_lora_dir
+from lora_space.prompts import ParsedPrompt, parse_prompt
+from lora_space.recipe import Recipe, recipe_to_json
+from lora_space.settings import Settings
+from lora_space.sources import ResolvedSource, check_distinct, resolve_source
+from lora_space.train import intake
+from lora_space.train.autocaption import autocaption
+from lora_space.train.config import merged
+from lora_space.train.dataset import IngestedDataset
 
 if TYPE_CHECKING:
-    from .train.jobs import JobStatus
+    from lora_space.train.jobs import JobStatus
 
 
 class LoraSpace:
@@ -67,7 +72,7 @@ class LoraSpace:
         # Calls running per visitor, bounded by `settings.limits.max_requests_per_visitor`.
         self.gate = VisitorGate()
         # Training jobs (lora_space/train/jobs.py): queued, trained chunk by chunk on this engine.
-        from .train.jobs import JobManager
+        from lora_space.train.jobs import JobManager
 
         self.jobs = JobManager(self)
         # A1111's file hashes (`Lora hashes`, `Model hash`), computed once per file, kept on disk.

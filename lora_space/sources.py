@@ -13,12 +13,17 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from . import hub, library
-from .disk import check_write, evict_hub_cache, note_hub_download, record_write
-from .errors import LoraFileError, PromptError, UnsafeFileError
-from .lora.safefile import PICKLE_SUFFIXES, parse_header
-from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
-from .settings import Settings
+from lora_space import hub, library
+from lora_space.disk import (
+    check_write,
+    evict_hub_cache,
+    note_hub_download,
+    record_write,
+)
+from lora_space.errors import LoraFileError, PromptError, UnsafeFileError
+from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
+from lora_space.owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
+from lora_space.settings import Settings
 
 
 @dataclass(frozen=True)

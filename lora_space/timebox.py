@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import errors
+from lora_space import errors
 
 logger = logging.getLogger(__name__)
 

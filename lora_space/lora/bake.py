@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import LoraFileError
-from .formats import LoraModule, LoraSet
-from .optimize import ModuleResult, optimize
-from .shapes import BaseShapes, coverage, no_module_matched
+from lora_space.errors import LoraFileError
+from lora_space.lora.formats import LoraModule, LoraSet
+from lora_space.lora.optimize import ModuleResult, optimize
+from lora_space.lora.shapes import BaseShapes, coverage, no_module_matched
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 
-from .formats import LoraSet
-from .keymap import block_of
+from lora_space.lora.formats import LoraSet
+from lora_space.lora.keymap import block_of
 
 logger = logging.getLogger(__name__)
 

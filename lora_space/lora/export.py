@@ -28,15 +28,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..errors import LoraFileError
-from .formats import (
+from lora_space.errors import LoraFileError
+from lora_space.lora.formats import (
     ADAPTER_METADATA,
     SPLIT_METADATA,
     LoraModule,
     LoraSet,
     adapter_metadata,
 )
-from .keymap import COMFYUI_UNET, KOHYA_UNET, TEXT_ENCODER, Target, bfl_of
+from lora_space.lora.keymap import (
+    COMFYUI_UNET,
+    KOHYA_UNET,
+    TEXT_ENCODER,
+    Target,
+    bfl_of,
+)
 
 logger = logging.getLogger(__name__)
 

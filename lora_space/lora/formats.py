@@ -26,8 +26,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LoraFileError
-from .keymap import Target, detect_format, split_key, target_of, unsupported_part
+from lora_space.errors import LoraFileError
+from lora_space.lora.keymap import (
+    Target,
+    detect_format,
+    split_key,
+    target_of,
+    unsupported_part,
+)
 
 logger = logging.getLogger(__name__)
 

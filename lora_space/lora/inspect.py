@@ -20,13 +20,18 @@ from typing import Any
 
 import torch
 
-from .. import hub, sources
-from ..errors import HubError, LoraFileError
-from ..owners import LOCAL, Visitor
-from ..settings import Settings
-from .formats import SPLIT_METADATA, LoraSet, read_lora
-from .keymap import block_of, detect_format, module_kind, split_key, target_of, unsupported_part
-from .safefile import (
+from lora_space import hub, sources
+from lora_space.errors import HubError, LoraFileError
+from lora_space.lora.formats import SPLIT_METADATA, LoraSet, read_lora
+from lora_space.lora.keymap import (
+    block_of,
+    detect_format,
+    module_kind,
+    split_key,
+    target_of,
+    unsupported_part,
+)
+from lora_space.lora.safefile import (
     MAX_HEADER_BYTES,
     PICKLE_SUFFIXES,
     SafetensorsHeader,
@@ -35,7 +40,9 @@ from .safefile import (
     read_local_header,
     read_scalars,
 )
-from .shapes import BaseShapes, coverage, current_base, guess_base
+from lora_space.lora.shapes import BaseShapes, coverage, current_base, guess_base
+from lora_space.owners import LOCAL, Visitor
+from lora_space.settings import Settings
 
 logger = logging.getLogger(__name__)
 

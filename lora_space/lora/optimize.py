@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..errors import LoraFileError
-from .formats import LoraModule, LoraSet
-from .safefile import SafetensorsHeader
+from lora_space.errors import LoraFileError
+from lora_space.lora.formats import LoraModule, LoraSet
+from lora_space.lora.safefile import SafetensorsHeader
 
 logger = logging.getLogger(__name__)
 

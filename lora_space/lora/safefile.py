@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..errors import LoraFileError, UnsafeFileError
-from .keymap import split_key
+from lora_space.errors import LoraFileError, UnsafeFileError
+from lora_space.lora.keymap import split_key
 
 logger = logging.getLogger(__name__)
 

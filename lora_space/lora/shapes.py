@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import HubError, LoraFileError, LoraSpaceError
-from ..settings import Settings
-from .formats import LoraSet
-from .keymap import module_kind
+from lora_space.errors import HubError, LoraFileError, LoraSpaceError
+from lora_space.lora.formats import LoraSet
+from lora_space.lora.keymap import module_kind
+from lora_space.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def shapes_from_configs(name: str, transformer: dict, text_encoder: dict | None 
 
 def tiny_shapes() -> BaseShapes:
     """The offline tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
-    from ..tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
+    from lora_space.tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
 
     return shapes_from_configs("tiny (LoRA Space's test model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
 
@@ -127,7 +127,7 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
         if folder.is_dir():
             transformer, text_encoder = _folder_configs(folder)
         else:
-            from .. import hub
+            from lora_space import hub
 
             files = {}
             for part in ("transformer", "text_encoder"):

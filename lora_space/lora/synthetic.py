@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .formats import LoraModule, LoraSet
+from lora_space.lora.formats import LoraModule, LoraSet
 
 
 def random_lora(

@@ -22,10 +22,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PublishError
-from ..lora.formats import LoraSet
-from ..lora.shapes import BaseShapes, current_base, known_base, lora_hidden_size, misfits, tiny_shapes
-from ..settings import TINY, Settings
+from lora_space.errors import PublishError
+from lora_space.lora.formats import LoraSet
+from lora_space.lora.shapes import (
+    BaseShapes,
+    current_base,
+    known_base,
+    lora_hidden_size,
+    misfits,
+    tiny_shapes,
+)
+from lora_space.settings import TINY, Settings
 
 
 @dataclass(frozen=True)

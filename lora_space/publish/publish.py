@@ -33,15 +33,22 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .. import hub
-from ..errors import HubError, LoraFileError, PublishError
-from ..hashes import LORA_SHORT, lora_file_hash
-from ..lora.export import TARGETS, save_lora
-from ..lora.tools import read_lora_file
-from ..owners import Visitor
-from .base import check_card_base, made_for
-from .bundle import Bundle, file_bundle, file_sha256, find_bundle, json_text, read_samples
-from .card import CardFacts, CardImage, parse_card, render_card
+from lora_space import hub
+from lora_space.errors import HubError, LoraFileError, PublishError
+from lora_space.hashes import LORA_SHORT, lora_file_hash
+from lora_space.lora.export import TARGETS, save_lora
+from lora_space.lora.tools import read_lora_file
+from lora_space.owners import Visitor
+from lora_space.publish.base import check_card_base, made_for
+from lora_space.publish.bundle import (
+    Bundle,
+    file_bundle,
+    file_sha256,
+    find_bundle,
+    json_text,
+    read_samples,
+)
+from lora_space.publish.card import CardFacts, CardImage, parse_card, render_card
 
 logger = logging.getLogger(__name__)
 

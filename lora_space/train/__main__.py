@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import LoraSpaceError, TrainConfigError
+from lora_space.errors import LoraSpaceError, TrainConfigError
 
 
 def base_quantization(quantize: str):
@@ -45,9 +45,9 @@ def load_pipeline(base_model: str, quantize: str, device):
     """The base pipeline for training; the transformer quantised (nf4 / fp8) when asked, on CUDA."""
     import torch
 
-    from ..base_model import load_base_pipeline
-    from ..settings import Settings
-    from ..tiny import build_tiny_pipeline
+    from lora_space.base_model import load_base_pipeline
+    from lora_space.settings import Settings
+    from lora_space.tiny import build_tiny_pipeline
 
     if quantize != "none" and device.type != "cuda":
         raise TrainConfigError(f"quantize_base {quantize} needs a CUDA GPU; set it to none on this machine.")
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    from ..settings import Settings
-    from .checkpoint import JobFiles, read_json
-    from .config import TrainConfig
-    from .prepare import prepare_job
-    from .trainer import Parallel, run_chunk
+    from lora_space.settings import Settings
+    from lora_space.train.checkpoint import JobFiles, read_json
+    from lora_space.train.config import TrainConfig
+    from lora_space.train.prepare import prepare_job
+    from lora_space.train.trainer import Parallel, run_chunk
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: torchrun's processes form a CPU group
     files = JobFiles(Path(args.output))
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # 2. The model, the same on every rank; rank 0 encodes the dataset once.
         pipe = load_pipeline(config.model_name, config.quantize_base, accelerator.device)
         if accelerator.is_main_process and config.cache_latents:
-            from .cache import build_cache
+            from lora_space.train.cache import build_cache
 
             build_cache(pipe, read_json(files.rows), files, config)  # what is not in the cache yet
         accelerator.wait_for_everyone()
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from ..gpu import hide_cuda_only_packages
+    from lora_space.gpu import hide_cuda_only_packages
 
     hide_cuda_only_packages()  # on a CPU: bitsandbytes and torchao unused, and slow to import
     raise SystemExit(main())

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .. import hub
-from ..errors import DatasetError, HubError
-from .config import load_presets
-from .dataset import add_trigger_word
+from lora_space import hub
+from lora_space.errors import DatasetError, HubError
+from lora_space.train.config import load_presets
+from lora_space.train.dataset import add_trigger_word
 
 OFFLINE_FIX = (
     "Write the captions in the table yourself, or run the app where the Hub is reachable "

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..lora.export import save_tensors
-from ..lora.safefile import load_lora_file
-from .checkpoint import JobFiles
-from .config import TrainConfig
-from .dataset import bucket_size
+from lora_space.lora.export import save_tensors
+from lora_space.lora.safefile import load_lora_file
+from lora_space.train.checkpoint import JobFiles
+from lora_space.train.config import TrainConfig
+from lora_space.train.dataset import bucket_size
 
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default, so training sees what generation sends
 

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_atomically
-from ..lora.export import save_tensors
-from ..lora.safefile import load_lora_file
-
+from lora_space.atomic import write_atomically
+from lora_space.lora.export import save_tensors
+from lora_space.lora.safefile import load_lora_file
 
 _EXACT_IN_FLOAT = (torch.uint8, torch.int8, torch.int16, torch.bool)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engine import engine_by_id
-from ..gpu import gpu
-from .checkpoint import JobFiles
-from .trainer import ChunkResult, run_chunk
+from lora_space.engine import engine_by_id
+from lora_space.gpu import gpu
+from lora_space.train.checkpoint import JobFiles
+from lora_space.train.trainer import ChunkResult, run_chunk
 
 ZEROGPU_CHUNK_SECONDS = 90  # training time per ZeroGPU call; the call asks for this plus a margin
 CHUNK_SECONDS = 60  # elsewhere: the state is saved at least this often (a generation ends a chunk sooner)

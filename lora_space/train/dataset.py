@@ -27,9 +27,18 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from ..errors import DatasetError, LimitError
-from .archive import Member, Skipped, ZipLimits, display_name, is_junk, open_zip, read_members, safe_parts
-from .images import open_normalised
+from lora_space.errors import DatasetError, LimitError
+from lora_space.train.archive import (
+    Member,
+    Skipped,
+    ZipLimits,
+    display_name,
+    is_junk,
+    open_zip,
+    read_members,
+    safe_parts,
+)
+from lora_space.train.images import open_normalised
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")

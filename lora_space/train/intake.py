@@ -14,13 +14,19 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ..cleanup import preview_root, quota_left
-from ..disk import check_write, free_bytes, record_write, tree_bytes
-from ..errors import DatasetError
-from ..owners import Visitor
-from ..settings import Settings
-from .dataset import IngestedDataset, ZipRead, finish, read_zip
-from .preview import PREVIEW_FILE, is_preview, load_preview, save_captions, save_preview
+from lora_space.cleanup import preview_root, quota_left
+from lora_space.disk import check_write, free_bytes, record_write, tree_bytes
+from lora_space.errors import DatasetError
+from lora_space.owners import Visitor
+from lora_space.settings import Settings
+from lora_space.train.dataset import IngestedDataset, ZipRead, finish, read_zip
+from lora_space.train.preview import (
+    PREVIEW_FILE,
+    is_preview,
+    load_preview,
+    save_captions,
+    save_preview,
+)
 
 _PREVIEW_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -34,19 +34,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import GpuUnavailableError, JobError, LimitError, LoraSpaceError
-from ..gpu import on_zerogpu
-from ..owners import Visitor
-from . import chunk
-from .checkpoint import JobFiles, log_line, read_json, write_json
-from .config import check_job_bounds, merged
-from .prepare import prepare_job
-from .samples import lora_name_for
-from .status import JobStatus
-from .trainer import ChunkResult, check_rank
+from lora_space.errors import GpuUnavailableError, JobError, LimitError, LoraSpaceError
+from lora_space.gpu import on_zerogpu
+from lora_space.owners import Visitor
+from lora_space.train import chunk
+from lora_space.train.checkpoint import JobFiles, log_line, read_json, write_json
+from lora_space.train.config import check_job_bounds, merged
+from lora_space.train.prepare import prepare_job
+from lora_space.train.samples import lora_name_for
+from lora_space.train.status import JobStatus
+from lora_space.train.trainer import ChunkResult, check_rank
 
 if TYPE_CHECKING:
-    from ..service import LoraSpace
+    from lora_space.service import LoraSpace
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import JobFiles, write_json
-from .config import TrainConfig, merged
-from .dataset import DatasetReport, finish, read_zip
-from .preview import adopt, is_preview
+from lora_space.train.checkpoint import JobFiles, write_json
+from lora_space.train.config import TrainConfig, merged
+from lora_space.train.dataset import DatasetReport, finish, read_zip
+from lora_space.train.preview import adopt, is_preview
 
 
 @dataclass

@@ -14,9 +14,9 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import DatasetError
-from .checkpoint import read_json, write_json
-from .dataset import DatasetReport, ZipRead
+from lora_space.errors import DatasetError
+from lora_space.train.checkpoint import read_json, write_json
+from lora_space.train.dataset import DatasetReport, ZipRead
 
 PREVIEW_FILE = "preview.json"
 

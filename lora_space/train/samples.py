@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 
-from ..recipe import LoraRef, Recipe
-from .config import TrainConfig
+from lora_space.recipe import LoraRef, Recipe
+from lora_space.train.config import TrainConfig
 
 
 def lora_name_for(trigger_word: str, job_id: str) -> str:

@@ -26,12 +26,20 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from ..errors import TrainConfigError
-from .cache import CacheBuilder, LiveEncoder
-from .checkpoint import JobFiles, load_state, log_line, read_json, save_state, saved_state_info, write_json
-from .config import TrainConfig, is_due
-from .lora_file import save_trained_lora
-from .trainer import (
+from lora_space.errors import TrainConfigError
+from lora_space.train.cache import CacheBuilder, LiveEncoder
+from lora_space.train.checkpoint import (
+    JobFiles,
+    load_state,
+    log_line,
+    read_json,
+    save_state,
+    saved_state_info,
+    write_json,
+)
+from lora_space.train.config import TrainConfig, is_due
+from lora_space.train.lora_file import save_trained_lora
+from lora_space.train.trainer import (
     MAX_GRAD_NORM,
     VALIDATION_SIGMAS,
     Devices,

@@ -34,16 +34,16 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from ..errors import JobError, TrainConfigError
-from ..recipe import save_png
-from .cache import Cache
-from .checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
-from .config import TrainConfig
-from .lora_file import save_trained_lora
-from .samples import sample_recipe
+from lora_space.errors import JobError, TrainConfigError
+from lora_space.recipe import save_png
+from lora_space.train.cache import Cache
+from lora_space.train.checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
+from lora_space.train.config import TrainConfig
+from lora_space.train.lora_file import save_trained_lora
+from lora_space.train.samples import sample_recipe
 
 if TYPE_CHECKING:
-    from .session import Parking, Session
+    from lora_space.train.session import Parking, Session
 
 # diffusers' FLUX DreamBooth LoRA recipe: attention (image and text streams) and feed-forward layers.
 TARGET_MODULES = [
@@ -366,7 +366,9 @@ def run_chunk(
         TrainConfigError: the job's config cannot run here (a quantised base on a CPU).
         JobError: out of GPU memory or a full disk; the message says what the job keeps.
     """
-    from .session import Session  # the session is made of this module's maths
+    from lora_space.train.session import (
+        Session,  # the session is made of this module's maths
+    )
 
     parallel = parallel or Parallel()
     files = JobFiles(Path(job_dir))

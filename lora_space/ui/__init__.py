@@ -7,14 +7,22 @@ import sys
 
 import gradio as gr
 
-from ..cleanup import gradio_delete_cache, preview_root, start_cleaner
-from ..errors import LoraSpaceError
-from ..service import LoraSpace
-from ..settings import Settings
-from . import api, bake_api, blend_tools, generate, lora_tools
-from . import discover, publish, train
-from . import train_api
-from .visitors import build_browser_id, fill_browser_id
+from lora_space.cleanup import gradio_delete_cache, preview_root, start_cleaner
+from lora_space.errors import LoraSpaceError
+from lora_space.service import LoraSpace
+from lora_space.settings import Settings
+from lora_space.ui import (
+    api,
+    bake_api,
+    blend_tools,
+    discover,
+    generate,
+    lora_tools,
+    publish,
+    train,
+    train_api,
+)
+from lora_space.ui.visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
 TINY_NOTE = (
@@ -66,9 +74,9 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
 
 def create_space(settings: Settings) -> LoraSpace:
     """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
-    from ..base_model import load_base_pipeline
-    from ..compiled import CompileOptions
-    from ..engine import Engine
+    from lora_space.base_model import load_base_pipeline
+    from lora_space.compiled import CompileOptions
+    from lora_space.engine import Engine
 
     pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
     compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..lora.inspect import inspect_source
-from ..service import LoraSpace, Options
-from .errors import api_errors
-from .visitors import token_of, visitor_of
+from lora_space.lora.inspect import inspect_source
+from lora_space.service import LoraSpace, Options
+from lora_space.ui.errors import api_errors
+from lora_space.ui.visitors import token_of, visitor_of
 
 
 def _file(path) -> gr.FileData:

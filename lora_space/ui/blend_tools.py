@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..errors import PromptError
-from ..generation import parse_strengths
-from ..lora.export import TARGETS
-from ..markdown_text import md_text
-from ..recipe import read_recipe_file
-from ..service import LoraSpace
-from .errors import user_errors
-from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
-from .lora_tools import energy_frame
-from .visitors import BrowserId, with_caller
+from lora_space.errors import PromptError
+from lora_space.generation import parse_strengths
+from lora_space.lora.export import TARGETS
+from lora_space.markdown_text import md_text
+from lora_space.recipe import read_recipe_file
+from lora_space.service import LoraSpace
+from lora_space.ui.errors import user_errors
+from lora_space.ui.generate import (
+    SLOTS,
+    GenerateControls,
+    library_rows,
+    slot_values_to_loras,
+    warnings_markdown,
+)
+from lora_space.ui.lora_tools import energy_frame
+from lora_space.ui.visitors import BrowserId, with_caller
 
 
 def build_blend_tools(

@@ -15,14 +15,14 @@ from typing import Any
 
 import gradio as gr
 
-from ..discover import Evaluation, LoraSummary, starter_list
-from ..hub_search import SORTS
-from ..markdown_text import md_text
-from ..service import LoraSpace
-from ..sources import resolve_source
-from .errors import api_errors
-from .generate import GenerateControls, fill_next_slot
-from .visitors import BrowserId, token_of, with_caller
+from lora_space.discover import Evaluation, LoraSummary, starter_list
+from lora_space.hub_search import SORTS
+from lora_space.markdown_text import md_text
+from lora_space.service import LoraSpace
+from lora_space.sources import resolve_source
+from lora_space.ui.errors import api_errors
+from lora_space.ui.generate import GenerateControls, fill_next_slot
+from lora_space.ui.visitors import BrowserId, token_of, with_caller
 
 DEFAULT_STRENGTH = 0.8
 PAGE_SIZE = 12
@@ -189,7 +189,7 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
         The new slot values and a line saying where it went and its trigger words.
     """
     if not chosen:
-        from ..errors import LoraFileError
+        from lora_space.errors import LoraFileError
 
         raise LoraFileError("Open a LoRA with a usable .safetensors file first, then press Use in Generate.")
     if progress is not None:

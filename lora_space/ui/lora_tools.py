@@ -14,15 +14,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from ..errors import LoraFileError
-from ..lora.inspect import inspect_source
-from ..markdown_text import md_code, md_text
-from ..owners import LOCAL, Visitor
-from ..service import LoraSpace
-from ..settings import Settings
-from .errors import user_errors
-from .generate import warnings_markdown
-from .visitors import BrowserId, with_caller
+from lora_space.errors import LoraFileError
+from lora_space.lora.inspect import inspect_source
+from lora_space.markdown_text import md_code, md_text
+from lora_space.owners import LOCAL, Visitor
+from lora_space.service import LoraSpace
+from lora_space.settings import Settings
+from lora_space.ui.errors import user_errors
+from lora_space.ui.generate import warnings_markdown
+from lora_space.ui.visitors import BrowserId, with_caller
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block
@@ -58,7 +58,7 @@ def energy_frame(modules: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(modules or [], columns=["name", "energy_kept", "norm"])
     if len(frame) <= MAX_BARS:
         return pd.DataFrame({"module": frame["name"].str.removeprefix("transformer."), "energy_kept": frame["energy_kept"]})
-    from ..lora.keymap import block_of
+    from lora_space.lora.keymap import block_of
 
     frame["block"] = frame["name"].map(block_of)
     frame["total"] = frame["norm"] ** 2

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import PublishError
-from ..library import scan_library
-from ..owners import visitor_lora_dir
-from ..publish.card import FRONT_MATTER
-from ..publish.publish import PublishRequest, preview_card, publish, user_token
-from ..service import LoraSpace
-from .errors import api_errors
-from .visitors import BrowserId, token_of, visitor_of, with_caller
+from lora_space.errors import PublishError
+from lora_space.library import scan_library
+from lora_space.owners import visitor_lora_dir
+from lora_space.publish.card import FRONT_MATTER
+from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token
+from lora_space.service import LoraSpace
+from lora_space.ui.errors import api_errors
+from lora_space.ui.visitors import BrowserId, token_of, visitor_of, with_caller
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "

@@ -20,16 +20,26 @@ from pathlib import Path
 import gradio as gr
 from matplotlib.figure import Figure
 
-from ..errors import DatasetError, LoraSpaceError
-from ..markdown_text import md_code, md_text
-from ..service import LoraSpace
-from ..train import intake
-from ..train.config import MIXED_PRECISIONS, OPTIMIZERS, QUANTIZATIONS, SCHEDULERS, default_preset, guidance, load_presets, merged, preset_values
-from ..train.dataset import add_trigger_word, has_word
-from .errors import user_errors
-from .generate import GenerateControls, fill_next_slot
-from .train_api import DATASET_CALLS
-from .visitors import BrowserId, with_caller
+from lora_space.errors import DatasetError, LoraSpaceError
+from lora_space.markdown_text import md_code, md_text
+from lora_space.service import LoraSpace
+from lora_space.train import intake
+from lora_space.train.config import (
+    MIXED_PRECISIONS,
+    OPTIMIZERS,
+    QUANTIZATIONS,
+    SCHEDULERS,
+    default_preset,
+    guidance,
+    load_presets,
+    merged,
+    preset_values,
+)
+from lora_space.train.dataset import add_trigger_word, has_word
+from lora_space.ui.errors import user_errors
+from lora_space.ui.generate import GenerateControls, fill_next_slot
+from lora_space.ui.train_api import DATASET_CALLS
+from lora_space.ui.visitors import BrowserId, with_caller
 
 TRY_STRENGTH = 0.8
 THUMBNAILS = 24

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..errors import DatasetError
-from ..service import LoraSpace
-from .errors import api_errors
-from .visitors import visitor_of
-
+from lora_space.errors import DatasetError
+from lora_space.service import LoraSpace
+from lora_space.ui.errors import api_errors
+from lora_space.ui.visitors import visitor_of
 
 DATASET_CALLS = "dataset"  # the concurrency group of every event that reads a dataset zip
 

@@ -21,9 +21,15 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
-from ..owners import LOCAL, Visitor, browser_secret, is_browser_id, new_browser_id
-from ..settings import Settings
-from .errors import user_errors
+from lora_space.owners import (
+    LOCAL,
+    Visitor,
+    browser_secret,
+    is_browser_id,
+    new_browser_id,
+)
+from lora_space.settings import Settings
+from lora_space.ui.errors import user_errors
 
 STORAGE_KEY = "lora_space_visitor"
 
