@@ -24,9 +24,9 @@ from huggingface_hub import constants  # noqa: E402
 
 from lora_space import hub  # noqa: E402
 from lora_space.card_render import render_card  # noqa: E402
+from lora_space.core.settings import FLUX_DEV, Settings  # noqa: E402
 from lora_space.discover import Discover, choose_weight_file  # noqa: E402
 from lora_space.hub_search import MAX_CARD_BYTES  # noqa: E402
-from lora_space.settings import FLUX_DEV, Settings  # noqa: E402
 from tests.hub_standin import HubStandIn, safetensors_bytes  # noqa: E402
 
 REPOS = 300

@@ -24,7 +24,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lora_space import parameters
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
 from lora_space.recipe import Recipe, read_png_recipe
 
 A1111 = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

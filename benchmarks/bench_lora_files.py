@@ -29,12 +29,12 @@ from huggingface_hub import constants
 from safetensors.torch import save
 
 from lora_space import hub
+from lora_space.core.settings import FLUX_DEV, Settings
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.inspect import inspect_source
 from lora_space.lora.optimize import optimize
 from lora_space.lora.shapes import known_bases
 from lora_space.lora.synthetic import random_lora
-from lora_space.settings import FLUX_DEV, Settings
 from tests.hub_standin import HubStandIn
 
 TARGET_BYTES = 100 * 10**6

@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpu_train  # noqa: E402  (benchmarks/ is this script's folder)
 from bench_generate import different_mixes, write_lora  # noqa: E402
 
-from lora_space.atomic import write_atomically  # noqa: E402
 from lora_space.compiled import CompileOptions  # noqa: E402
+from lora_space.core.atomic import write_atomically  # noqa: E402
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def build_pipeline(size: Size, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from lora_space.tiny import build_tiny_pipeline
+    from lora_space.core.tiny import build_tiny_pipeline
 
     tiny = build_tiny_pipeline()
     transformer = gpu_train.random_transformer(size.train.transformer, device, dtype)

@@ -128,7 +128,11 @@ def run(preset: str, steps: int, peak_tflops: float, *, scale: Scale = FULL, dev
 
     from benchmarks.preemption import encoder_moves, preemption_parts
     from lora_space.train.config import TrainConfig
-    from lora_space.train.trainer import attach_adapter, flow_matching_loss, make_optimizer
+    from lora_space.train.trainer import (
+        attach_adapter,
+        flow_matching_loss,
+        make_optimizer,
+    )
 
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r} is unknown; use one of {', '.join(PRESETS)}.")

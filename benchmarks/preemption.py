@@ -22,7 +22,12 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lora_space.train.checkpoint import JobFiles, load_state, save_state
 from lora_space.train.config import TrainConfig
-from lora_space.train.trainer import attach_adapter, make_optimizer, reactivate_adapter, set_enabled
+from lora_space.train.trainer import (
+    attach_adapter,
+    make_optimizer,
+    reactivate_adapter,
+    set_enabled,
+)
 
 
 def preemption_parts(

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from diffusers import FluxPipeline
 
-from lora_space.errors import BaseModelError
-from lora_space.settings import TINY, Settings
+from lora_space.core.errors import BaseModelError
+from lora_space.core.settings import TINY, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def load_base_pipeline(settings: Settings, *, token: str | None = None, device: 
     device = device or pick_device()
     # 1. Tiny: built in memory from configs.
     if settings.base_model == TINY:
-        from lora_space.tiny import build_tiny_pipeline
+        from lora_space.core.tiny import build_tiny_pipeline
 
         return build_tiny_pipeline(dtype=device.dtype).to(device.name)
     # 2. A local folder or a Hub repo, downloaded with progress bars in the log.

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from lora_space import library
 from lora_space.cleanup import check_quota
+from lora_space.core.errors import LoraFileError
 from lora_space.disk import check_write
-from lora_space.errors import LoraFileError
 from lora_space.hashes import LORA_SHORT, is_hash_prefix
 from lora_space.lora.bake import BakePart, BakeReport, bake
 from lora_space.lora.export import TARGETS, save_lora

@@ -34,10 +34,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_space.core.errors import LimitError
+from lora_space.core.settings import Settings
 from lora_space.disk import evict_hub_cache, evict_outputs, tree_bytes
-from lora_space.errors import LimitError
 from lora_space.owners import Visitor, visitor_area
-from lora_space.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from lora_space.card_render import (
     render_card,
     widget_examples,
 )
-from lora_space.errors import HubError, LoraFileError
+from lora_space.core.errors import HubError, LoraFileError
+from lora_space.core.settings import Settings
 from lora_space.hub_search import HubModel
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 from lora_space.lora.shapes import current_base
 from lora_space.prompts import clean_trigger_words
-from lora_space.settings import Settings
 
 DATA = Path(__file__).parent / "data"
 CACHE_SECONDS = 300.0

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lora_space.errors import LimitError
-from lora_space.settings import Settings
+from lora_space.core.errors import LimitError
+from lora_space.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

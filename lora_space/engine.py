@@ -34,13 +34,13 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from lora_space.compiled import CompiledTransformer, CompileOptions
-from lora_space.errors import LimitError, LoraFileError
-from lora_space.gpu import gpu, on_zerogpu
+from lora_space.core.errors import LimitError, LoraFileError
+from lora_space.core.gpu import gpu, on_zerogpu
+from lora_space.core.settings import Limits
+from lora_space.core.turns import Turns
 from lora_space.lora.formats import to_diffusers
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import no_module_matched
-from lora_space.settings import Limits
-from lora_space.turns import Turns
 
 logger = logging.getLogger(__name__)
 

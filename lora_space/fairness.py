@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from lora_space.errors import LimitError
+from lora_space.core.errors import LimitError
 from lora_space.owners import LOCAL, Visitor
 
 F = TypeVar("F", bound=Callable)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lora_space.core.errors import PromptError
 from lora_space.engine import GenerationRequest, LoraSpec, Options
-from lora_space.errors import PromptError
 from lora_space.hashes import LORA_SHORT, MODEL_SHORT
 from lora_space.lora.conflicts import PairSummary, mix_warnings
 from lora_space.lora.tools import compare_files

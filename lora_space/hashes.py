@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_space.atomic import write_atomically
+from lora_space.core.atomic import write_atomically
 from lora_space.lora.safefile import read_local_header
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
 )
 
 from lora_space import hub_http
-from lora_space.errors import HubError, LoraFileError, UnsafeFileError
+from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
 from lora_space.hub_http import (
     base_url,
     caller_token,

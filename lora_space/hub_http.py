@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from lora_space.errors import HubError
+from lora_space.core.errors import HubError
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_space.atomic import write_atomically
-from lora_space.errors import LoraFileError
+from lora_space.core.atomic import write_atomically
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.keymap import detect_format
 from lora_space.lora.safefile import read_local_header
 from lora_space.prompts import clean_trigger_words

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_space.settings import Settings
+from lora_space.core.settings import Settings
 
 KINDS = ("local", "hub", "browser", "session")
 _BROWSER_ID = re.compile(r"[0-9a-f]{32}")

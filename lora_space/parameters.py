@@ -26,7 +26,7 @@ are a few hundred to a few thousand), and every repeat of the key/value grammar 
 so that a line without the `:` it looks for costs linear time, not quadratic (A1111's own
 pattern, `\\s*(\\w[\\w \\-/]+):...`, takes seconds on 16,000 characters and hours on a
 million). This module needs only the standard library and `lora_space.prompts`, so that
-`lora_space.timebox` can run `parse_parameters` in a bare interpreter with a deadline.
+`lora_space.core.timebox` can run `parse_parameters` in a bare interpreter with a deadline.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
 from lora_space.prompts import find_tags
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
 
 MIN_STRENGTH = -2.0
 MAX_STRENGTH = 3.0

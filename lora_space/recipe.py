@@ -9,7 +9,7 @@ prefers: sources, revisions and trigger words do not fit the A1111 format.
 Images and recipe files come from anyone, so reading them is bounded: a PNG's text chunks are
 read without decoding its pixels, at most `MAX_TEXT_BYTES` each once inflated; a recipe file
 is at most `MAX_TEXT_BYTES`; and `parameters` text is parsed in a separate interpreter that is
-killed after `PARSE_SECONDS` (`lora_space.timebox`), so that no image can hold the app.
+killed after `PARSE_SECONDS` (`lora_space.core.timebox`), so that no image can hold the app.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_space import timebox
-from lora_space.errors import PromptError
+from lora_space.core import timebox
+from lora_space.core.errors import PromptError
+from lora_space.core.settings import FLUX_DEV
 from lora_space.parameters import (
     HASH,
     TYPE_NAMES,
@@ -36,7 +37,6 @@ from lora_space.parameters import (
     to_parameters,
 )
 from lora_space.prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
-from lora_space.settings import FLUX_DEV
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "lora_space_recipe"

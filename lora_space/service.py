@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from lora_space import blends, library
 from lora_space.cleanup import check_quota
+from lora_space.core.errors import DatasetError, LimitError, LoraFileError, PromptError
+from lora_space.core.settings import Settings
 from lora_space.discover import Discover
 from lora_space.disk import check_write, output_folder, record_write
 from lora_space.engine import MAX_SEED, Engine, Options, check_work
-from lora_space.errors import DatasetError, LimitError, LoraFileError, PromptError
 from lora_space.fairness import VisitorGate, one_turn_per_call
 from lora_space.generation import (
     MAX_BATCH_PROMPTS,
@@ -50,7 +51,6 @@ from lora_space.lora.tools import (
 from lora_space.owners import LOCAL, Visitor, visitor_lora_dir
 from lora_space.prompts import ParsedPrompt, parse_prompt
 from lora_space.recipe import Recipe, recipe_to_json
-from lora_space.settings import Settings
 from lora_space.sources import ResolvedSource, check_distinct, resolve_source
 from lora_space.train import intake
 from lora_space.train.autocaption import autocaption

@@ -14,16 +14,16 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from lora_space import hub, library
+from lora_space.core.errors import LoraFileError, PromptError, UnsafeFileError
+from lora_space.core.settings import Settings
 from lora_space.disk import (
     check_write,
     evict_hub_cache,
     note_hub_download,
     record_write,
 )
-from lora_space.errors import LoraFileError, PromptError, UnsafeFileError
 from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
 from lora_space.owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
-from lora_space.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """The tiny FLUX pipeline, shared by the tests that only read it."""
-    from lora_space.tiny import build_tiny_pipeline
+    from lora_space.core.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline()
 
@@ -23,7 +23,7 @@ def tiny_pipe():
 @pytest.fixture
 def settings(tmp_path: Path):
     """Settings in tiny mode with the library and data in a temp folder."""
-    from lora_space.settings import Settings
+    from lora_space.core.settings import Settings
 
     env = {
         "LORA_SPACE_BASE_MODEL": "tiny",

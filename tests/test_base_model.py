@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lora_space.base_model import load_base_pipeline
-from lora_space.errors import BaseModelError
-from lora_space.tiny import save_tiny
+from lora_space.core.errors import BaseModelError
+from lora_space.core.tiny import save_tiny
 
 
 @pytest.fixture

@@ -7,14 +7,19 @@ import time
 import gradio as gr
 import pytest
 
+from lora_space.core.errors import LimitError
+from lora_space.core.settings import Settings
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.errors import LimitError
 from lora_space.service import LoraSpace
-from lora_space.settings import Settings
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.ui import build_demo
 from lora_space.ui.generate import SLOTS, fill_next_slot
-from tests.discover_repos import GATED_TOKEN, GATED_USER, add_discover_repos, instant_retries  # noqa: F401 (a fixture)
+from tests.discover_repos import (  # noqa: F401 (a fixture)
+    GATED_TOKEN,
+    GATED_USER,
+    add_discover_repos,
+    instant_retries,
+)
 from tests.hub_standin import isolated_hub
 
 EMPTY = [None, 0.8, True] * SLOTS
@@ -115,7 +120,9 @@ def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
 
     monkeypatch.setenv("SYSTEM", "spaces")  # what a Space sets: gradio then adds the real OAuth routes, no whoami()
     monkeypatch.setenv("SPACE_ID", "alice/lora-space")
-    from gradio import oauth  # the variables a Space with `hf_oauth: true` gets (read by gradio at import)
+    from gradio import (
+        oauth,  # the variables a Space with `hf_oauth: true` gets (read by gradio at import)
+    )
 
     for name, value in {"OAUTH_CLIENT_ID": "client-id", "OAUTH_CLIENT_SECRET": "client-secret",
                         "OAUTH_SCOPES": "openid profile read-repos", "OPENID_PROVIDER_URL": "https://huggingface.co"}.items():
@@ -128,7 +135,7 @@ def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
 def test_hub_text_in_the_verdict_shows_as_text():
     from markdown_it import MarkdownIt
 
-    from lora_space.markdown_text import md_text
+    from lora_space.core.markdown_text import md_text
 
     hostile = "![t](https://evil.example/t.png) [x](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**"
     page = MarkdownIt("commonmark").render(md_text(hostile))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lora_space import gpu
-from lora_space.errors import JobError
+from lora_space.core import gpu
+from lora_space.core.errors import JobError
 
 
 def test_off_zerogpu_the_function_is_returned_unchanged(monkeypatch):
@@ -60,7 +60,7 @@ def test_the_standin_mode_is_read_from_the_environment():
 def test_spaces_refusals_become_gpu_unavailable_with_their_words(monkeypatch):
     import gradio as gr
 
-    from lora_space.errors import GpuUnavailableError
+    from lora_space.core.errors import GpuUnavailableError
 
     def fake_gpu(*, duration):
         def wrap(function):
@@ -79,19 +79,19 @@ def test_spaces_refusals_become_gpu_unavailable_with_their_words(monkeypatch):
 
 HIDDEN_RUN = """
 import sys
-import lora_space.gpu
-hidden = lora_space.gpu.hide_cuda_only_packages() if sys.argv[1] == "hide" else False
+import lora_space.core.gpu
+hidden = lora_space.core.gpu.hide_cuda_only_packages() if sys.argv[1] == "hide" else False
 from pathlib import Path
 import tempfile
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
-from lora_space.tiny import build_tiny_pipeline
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.train.config import TrainConfig
 from tests.lora_factory import write_lora
 lora = write_lora(Path(tempfile.mkdtemp()) / "a.safetensors", 0)
 result = Engine(build_tiny_pipeline()).generate(GenerationRequest(
     prompt="a cat", options=Options(seed=1, steps=2, width=64, height=64), loras=(LoraSpec(str(lora), str(lora), "a", 0.8),)))
 config = TrainConfig.from_dict({"optimizer_type": "AdamW8bit", "quantize_base": "fp8"}, is_tiny=False)
-imported = [name for name in lora_space.gpu.CUDA_ONLY_PACKAGES if sys.modules.get(name) is not None]
+imported = [name for name in lora_space.core.gpu.CUDA_ONLY_PACKAGES if sys.modules.get(name) is not None]
 print(hidden, imported, len(result.images), config.optimizer_type, config.quantize_base, len(config.notes))
 """
 

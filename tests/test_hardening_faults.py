@@ -16,10 +16,10 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import save_file
 
 from lora_space import hub_http
+from lora_space.core.errors import HubError, UnsafeFileError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
-from lora_space.errors import HubError, UnsafeFileError
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=3, steps=2, width=64, height=64)

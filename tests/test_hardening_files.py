@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_space import library
-from lora_space.errors import LoraFileError, UnsafeFileError
+from lora_space.core.errors import LoraFileError, UnsafeFileError
 from lora_space.lora import safefile
 from lora_space.lora.inspect import inspect_source
 from lora_space.lora.tools import compare_files, convert_source
@@ -84,9 +84,9 @@ def test_deeply_nested_metadata_is_a_problem_entry_not_a_broken_listing(settings
     assert entries["fine"]["problem"] is None and entries["fine"]["format"] == "diffusers"
     assert entries["deep"]["trigger_words"] == [] or entries["deep"]["problem"]
     # and the app's start (build_demo lists the library) does not fail either
+    from lora_space.core.tiny import build_tiny_pipeline
     from lora_space.engine import Engine
     from lora_space.service import LoraSpace
-    from lora_space.tiny import build_tiny_pipeline
     from lora_space.ui import build_demo
 
     build_demo(LoraSpace(settings, Engine(build_tiny_pipeline())))

@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
+from lora_space.core.errors import LoraFileError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, Options
-from lora_space.errors import LoraFileError
 from lora_space.owners import Visitor
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
 
 ALICE, BOB = Visitor("hub", "alice"), Visitor("session", "b" * 32)

@@ -11,13 +11,13 @@ import threading
 
 import pytest
 
+from lora_space.core.errors import HubError, LimitError, LoraFileError, PromptError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, Options
-from lora_space.errors import HubError, LimitError, LoraFileError, PromptError
 from lora_space.lora.inspect import inspect_source
 from lora_space.lora.tools import compare_sources, convert_source, optimize_source
 from lora_space.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)
@@ -225,7 +225,7 @@ BAD_REPO_IDS = [ref for ref in BAD_REFERENCES if ref.count("/") != 2 or ref.star
 
 @pytest.mark.parametrize("repo_id", BAD_REPO_IDS)
 def test_a_bad_repo_id_is_refused_in_every_field_that_takes_one_without_a_hub_call(refusing, hub, repo_id):
-    from lora_space.errors import LoraSpaceError
+    from lora_space.core.errors import LoraSpaceError
     from lora_space.publish.publish import check_repo_id
 
     space = refusing

@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 from lora_space import hub as hub_calls
 from lora_space import hub_search
 from lora_space.card_render import hub_image_url
+from lora_space.core.settings import Settings
 from lora_space.discover import Discover
 from lora_space.lora.inspect import inspect_source
 from lora_space.lora.shapes import current_base
-from lora_space.settings import Settings
 from tests.app_process import running_app
 from tests.browser import app_page
 from tests.hub_standin import isolated_hub, safetensors_bytes

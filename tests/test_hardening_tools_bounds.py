@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_space.errors import LimitError, PromptError
+from lora_space.core.errors import LimitError, PromptError
 from lora_space.lora.optimize import svd_work
 from lora_space.lora.safefile import read_local_header
 from lora_space.owners import Visitor

@@ -22,13 +22,21 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.lora import export
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import load_state
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import ALICE, RUN, TINY, job_folder, red_zip, space, wait_for_job  # noqa: F401 (fixtures)
+from tests.train_factory import (  # noqa: F401 (fixtures)
+    ALICE,
+    RUN,
+    TINY,
+    job_folder,
+    red_zip,
+    space,
+    wait_for_job,
+)
 
 CONFIG = RUN | {"max_train_steps": 12, "checkpoint_every": 3}
 

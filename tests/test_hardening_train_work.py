@@ -14,10 +14,18 @@ import time
 
 import pytest
 
+from lora_space.core.errors import TrainConfigError
+from lora_space.core.settings import Training
 from lora_space.engine import Engine, GenerationRequest
-from lora_space.errors import TrainConfigError
-from lora_space.settings import Training
-from tests.train_factory import ALICE, RUN, TINY, colour_zip, red_zip, space, wait_for_job  # noqa: F401 (fixtures)
+from tests.train_factory import (  # noqa: F401 (fixtures)
+    ALICE,
+    RUN,
+    TINY,
+    colour_zip,
+    red_zip,
+    space,
+    wait_for_job,
+)
 
 
 @pytest.mark.parametrize(

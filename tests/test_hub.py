@@ -13,7 +13,7 @@ import huggingface_hub.utils._http
 import pytest
 
 from lora_space import hub as hub_calls
-from lora_space.errors import HubError, LoraFileError, UnsafeFileError
+from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
 from tests.hub_standin import HubStandIn, isolated_hub, safetensors_bytes
 
 FLUX = "black-forest-labs/FLUX.1-dev"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lora_space import hub
-from lora_space.errors import HubError
+from lora_space.core.errors import HubError
 from tests.hub_standin import isolated_hub
 
 TOKEN = "hf_writer_token_0a1b2c3d4e5f"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from lora_space.errors import LoraFileError, UnsafeFileError
+from lora_space.core.errors import LoraFileError, UnsafeFileError
 from lora_space.library import (
     add_to_library,
     find_entry,

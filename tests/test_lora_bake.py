@@ -14,8 +14,9 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from safetensors.torch import save_file
 
+from lora_space.core.errors import LoraFileError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.errors import LoraFileError
 from lora_space.lora.bake import BAKE_METADATA, BakePart, bake
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.safefile import load_lora_file
@@ -24,7 +25,6 @@ from lora_space.lora.synthetic import random_lora
 from lora_space.lora.tools import read_lora_file
 from lora_space.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace, Options
-from lora_space.tiny import build_tiny_pipeline
 from tests.app_process import running_app
 from tests.lora_factory import write_lora
 

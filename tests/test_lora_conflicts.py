@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.conflicts import compare_loras
 from lora_space.lora.export import save_lora
 from lora_space.lora.formats import LoraModule, LoraSet

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from lora_space.errors import UnsafeFileError
+from lora_space.core.errors import UnsafeFileError
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.inspect import inspect_source
 from lora_space.lora.shapes import known_bases, tiny_shapes

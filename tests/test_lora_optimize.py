@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.export import diffusers_tensors, save_lora
 from lora_space.lora.formats import LoraModule, LoraSet, read_lora, to_diffusers
 from lora_space.lora.optimize import optimize
@@ -34,7 +34,7 @@ def _known_spectrum(values: list[float]) -> LoraSet:
 
 
 def test_full_rank_resize_gives_the_same_image(lora: LoraSet) -> None:
-    from lora_space.tiny import build_tiny_pipeline
+    from lora_space.core.tiny import build_tiny_pipeline
 
     resized, report = optimize(lora, rank=RANK)
     assert report.energy_kept == pytest.approx(1.0) and all(m.rank_after == RANK for m in report.modules)

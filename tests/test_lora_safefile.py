@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_space.errors import LoraFileError, UnsafeFileError
+from lora_space.core.errors import LoraFileError, UnsafeFileError
 from lora_space.lora.safefile import (
     MAX_TENSORS,
     load_lora_file,

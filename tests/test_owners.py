@@ -8,9 +8,15 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.inspect import inspect_source
-from lora_space.owners import LOCAL, Visitor, browser_secret, new_browser_id, visitor_area
+from lora_space.owners import (
+    LOCAL,
+    Visitor,
+    browser_secret,
+    new_browser_id,
+    visitor_area,
+)
 from lora_space.service import LoraSpace
 from lora_space.sources import resolve_source
 from lora_space.ui.visitors import caller_of, fill_browser_id, visitor_of

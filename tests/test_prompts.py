@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
 from lora_space.prompts import (
     build_model_prompt,
     find_tags,

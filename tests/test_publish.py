@@ -15,14 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
+from lora_space.core.errors import HubError, PublishError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.errors import HubError, PublishError
 from lora_space.owners import LOCAL, Visitor
 from lora_space.publish.card import parse_card
-from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token, writable_namespaces
+from lora_space.publish.publish import (
+    PublishRequest,
+    preview_card,
+    publish,
+    user_token,
+    writable_namespaces,
+)
 from lora_space.recipe import read_png_recipe
 from lora_space.service import LoraSpace, Options
-from lora_space.tiny import build_tiny_pipeline
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lora_space.errors import PublishError
+from lora_space.core.errors import PublishError
 from lora_space.publish.card import (
     CardFacts,
     CardImage,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
 from lora_space.recipe import (
     LoraRef,
     Recipe,
@@ -255,7 +255,7 @@ def test_reading_a_recipe_never_decodes_the_pixels(tmp_path: Path):
 
 
 def test_a_parse_past_its_deadline_is_stopped_with_a_clear_message():
-    from lora_space import timebox
+    from lora_space.core import timebox
 
     with pytest.raises(PromptError, match="The parameters text of 'x.png' took longer than 0.001 s to read and was given up"):
         timebox.run("lora_space.parameters:parse_parameters", "a cat", seconds=0.001, what="The parameters text of 'x.png'")

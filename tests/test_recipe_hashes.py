@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
 from lora_space.hashes import HashCache, lora_file_hash
 from lora_space.owners import Visitor
@@ -27,7 +28,6 @@ from lora_space.recipe import (
     to_parameters,
 )
 from lora_space.service import LoraSpace, Options
-from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)

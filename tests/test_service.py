@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lora_space.core.errors import HubError, LoraFileError, PromptError, UnsafeFileError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.errors import HubError, LoraFileError, PromptError, UnsafeFileError
 from lora_space.recipe import read_png_recipe, recipe_from_json
 from lora_space.service import LoraSpace, Options
-from lora_space.tiny import build_tiny_pipeline
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=11, steps=2, width=64, height=64)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_space.errors import SettingsError
-from lora_space.settings import FLUX_DEV, TINY, Settings
+from lora_space.core.errors import SettingsError
+from lora_space.core.settings import FLUX_DEV, TINY, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,6 @@ def test_compiled_generation_is_off_on_a_cpu_and_on_zerogpu_unless_asked_for(tmp
 
 
 def test_auto_turns_compiled_generation_on_where_cuda_is_except_on_zerogpu(monkeypatch, tmp_path):
-    monkeypatch.setattr("lora_space.settings._cuda_available", lambda: True)  # no CUDA on this machine
+    monkeypatch.setattr("lora_space.core.settings._cuda_available", lambda: True)  # no CUDA on this machine
     assert Settings.from_env(env_for(tmp_path, LORA_SPACE_BASE_MODEL="tiny")).compile is True
     assert Settings.from_env(env_for(tmp_path, LORA_SPACE_BASE_MODEL="tiny", SPACES_ZERO_GPU="1")).compile is False

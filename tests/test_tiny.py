@@ -12,9 +12,9 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 
 from lora_space.base_model import load_base_pipeline
-from lora_space.errors import BaseModelError
-from lora_space.settings import Settings
-from lora_space.tiny import build_tiny_pipeline
+from lora_space.core.errors import BaseModelError
+from lora_space.core.settings import Settings
+from lora_space.core.tiny import build_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_two_builds_have_the_same_weights():
 
 def test_cli_writes_a_folder_that_loads_the_same_model(tmp_path, tiny_pipe):
     folder = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "lora_space.tiny", str(folder)], cwd=REPO, check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "lora_space.core.tiny", str(folder)], cwd=REPO, check=True, timeout=120)
     settings = Settings.from_env(
         {"LORA_SPACE_BASE_MODEL": str(folder), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"), "LORA_SPACE_LORA_DIR": str(tmp_path / "l")}
     )

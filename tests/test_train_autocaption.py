@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_space.errors import DatasetError
+from lora_space.core.errors import DatasetError
 from lora_space.train.autocaption import autocaption
 from lora_space.train.dataset import ingest
 
@@ -31,7 +31,7 @@ def test_an_unreachable_hub_fails_with_the_same_advice(tmp_path):
     """A real attempt against a Hub that refuses connections (a fresh process: HF_ENDPOINT is read at import)."""
     script = (
         "from lora_space.train.autocaption import autocaption\n"
-        "from lora_space.errors import DatasetError\n"
+        "from lora_space.core.errors import DatasetError\n"
         "try:\n"
         "    autocaption({'a': 'examples/make_dataset.py'}, device='cpu', endpoint='http://127.0.0.1:9')\n"
         "except DatasetError as error:\n"

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from lora_space.errors import LoraSpaceError, TrainConfigError
-from lora_space.settings import FLUX_DEV
-from lora_space.train.config import TrainConfig, default_preset, guidance, load_presets, merged, preset_values
+from lora_space.core.errors import LoraSpaceError, TrainConfigError
+from lora_space.core.settings import FLUX_DEV
+from lora_space.train.config import (
+    TrainConfig,
+    default_preset,
+    guidance,
+    load_presets,
+    merged,
+    preset_values,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COURSE = json.loads((REPO / "examples" / "config.json").read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lora_space.errors import DatasetError
+from lora_space.core.errors import DatasetError
 from lora_space.train.archive import ZipLimits
 from lora_space.train.dataset import add_trigger_word, bucket_size, ingest, split_names
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_space.errors import DatasetError, JobError, TrainConfigError
+from lora_space.core.errors import DatasetError, JobError, TrainConfigError
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.lora.safefile import load_lora_file
 from lora_space.owners import Visitor
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
 from tests.train_factory import ALICE, RUN, TINY, colour_zip, job_folder, red_zip, space  # noqa: F401 (fixtures)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file, read_local_header
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import read_json
 from lora_space.train.trainer import overfitting_warning, run_chunk
 from tests.train_factory import colour_zip, job_folder, mean_colour

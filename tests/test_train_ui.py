@@ -4,7 +4,15 @@ escapes names taken from the zip, and the progress bar says where the job stands
 from __future__ import annotations
 
 from lora_space.train.config import TrainConfig, load_presets, merged, preset_values
-from lora_space.ui.train import SETTING_KEYS, loss_figure, progress_html, report_markdown, sample_caption, settings_from_widgets, widget_values
+from lora_space.ui.train import (
+    SETTING_KEYS,
+    loss_figure,
+    progress_html,
+    report_markdown,
+    sample_caption,
+    settings_from_widgets,
+    widget_values,
+)
 
 
 def test_every_preset_goes_through_the_widgets_and_back_unchanged():

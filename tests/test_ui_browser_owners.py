@@ -10,7 +10,6 @@ from tests.lora_factory import write_lora
 from tests.test_app import write_library
 
 
-
 @pytest.fixture(scope="module")
 def space_app(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")

@@ -1,4 +1,4 @@
-"""ZeroGPU, played by the stand-in of `lora_space.gpu` (a forked worker per call, or one reused while idle,
+"""ZeroGPU, played by the stand-in of `lora_space.core.gpu` (a forked worker per call, or one reused while idle,
 pickled arguments and results, as `spaces` runs them): the same images and weights as in-process,
 nothing a worker changed assumed by the main process, and every training GPU call scheduled inside
 a request of the visitor who owns the job, so that their quota pays."""
@@ -18,7 +18,7 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from lora_space.gpu import STANDIN, STANDIN_LOG, token_digest
+from lora_space.core.gpu import STANDIN, STANDIN_LOG, token_digest
 from tests.app_process import running_app
 from tests.test_ui_browser_owners import SPACE_ENV
 from tests.train_factory import RUN, red_zip, space  # noqa: F401 (fixtures)
@@ -107,9 +107,9 @@ def test_a_chunk_refused_a_gpu_pauses_the_job_and_resume_ends_as_an_uninterrupte
     """ZeroGPU refuses a call when the owner's quota is spent: the job pauses (not fails) with spaces' words."""
     import torch
 
-    from lora_space.errors import GpuUnavailableError
+    from lora_space.core.errors import GpuUnavailableError
+    from lora_space.core.tiny import build_tiny_pipeline
     from lora_space.lora.safefile import load_lora_file
-    from lora_space.tiny import build_tiny_pipeline
     from lora_space.train import chunk
     from lora_space.train.trainer import run_chunk
     from tests.train_factory import ALICE, job_folder, wait_for_job

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, Options
 from lora_space.owners import Visitor
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import JobFiles
 from lora_space.train.jobs import JobManager
 from lora_space.train.prepare import prepare_job

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from lora_space import gpu
+from lora_space.core import gpu
+from lora_space.core.errors import LoraFileError
+from lora_space.core.settings import Settings
+from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
-from lora_space.errors import LoraFileError
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
-from lora_space.settings import Settings
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
 from tests.lora_factory import write_lora

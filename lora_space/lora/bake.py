@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.formats import LoraModule, LoraSet
 from lora_space.lora.optimize import ModuleResult, optimize
 from lora_space.lora.shapes import BaseShapes, coverage, no_module_matched

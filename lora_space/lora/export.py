@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.formats import (
     ADAPTER_METADATA,
     SPLIT_METADATA,

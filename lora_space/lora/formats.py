@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.keymap import (
     Target,
     detect_format,

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from lora_space import hub, sources
-from lora_space.errors import HubError, LoraFileError
+from lora_space.core.errors import HubError, LoraFileError
+from lora_space.core.settings import Settings
 from lora_space.lora.formats import SPLIT_METADATA, LoraSet, read_lora
 from lora_space.lora.keymap import (
     block_of,
@@ -42,7 +43,6 @@ from lora_space.lora.safefile import (
 )
 from lora_space.lora.shapes import BaseShapes, coverage, current_base, guess_base
 from lora_space.owners import LOCAL, Visitor
-from lora_space.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from lora_space.errors import LoraFileError
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.formats import LoraModule, LoraSet
 from lora_space.lora.safefile import SafetensorsHeader
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lora_space.errors import LoraFileError, UnsafeFileError
+from lora_space.core.errors import LoraFileError, UnsafeFileError
 from lora_space.lora.keymap import split_key
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 A base model's module shapes come from its configs alone: the transformer (and CLIP text
 encoder) are built on PyTorch's meta device, which allocates nothing. Known bases are in
-`base_models.json`; `tiny` uses the configs in `lora_space.tiny`.
+`base_models.json`; `tiny` uses the configs in `lora_space.core.tiny`.
 
 Coverage is the share of a LoRA's modules that land on a base module of the same shape:
 the LoRA's update for a Linear(in, out) is B @ A with A (rank, in) and B (out, rank).
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from lora_space.errors import HubError, LoraFileError, LoraSpaceError
+from lora_space.core.errors import HubError, LoraFileError, LoraSpaceError
+from lora_space.core.settings import Settings
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.keymap import module_kind
-from lora_space.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def shapes_from_configs(name: str, transformer: dict, text_encoder: dict | None 
 
 def tiny_shapes() -> BaseShapes:
     """The offline tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
-    from lora_space.tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
+    from lora_space.core.tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
 
     return shapes_from_configs("tiny (LoRA Space's test model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
 

@@ -22,7 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lora_space.errors import PublishError
+from lora_space.core.errors import PublishError
+from lora_space.core.settings import TINY, Settings
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import (
     BaseShapes,
@@ -32,7 +33,6 @@ from lora_space.lora.shapes import (
     misfits,
     tiny_shapes,
 )
-from lora_space.settings import TINY, Settings
 
 
 @dataclass(frozen=True)

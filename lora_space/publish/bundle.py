@@ -25,11 +25,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lora_space import library
-from lora_space.errors import LoraSpaceError, PublishError
+from lora_space.core.errors import LoraSpaceError, PublishError
+from lora_space.core.settings import Settings
 from lora_space.owners import Visitor, visitor_area, visitor_lora_dir
 from lora_space.publish.card import TrainingFacts
 from lora_space.recipe import Recipe, read_png_recipe, save_png
-from lora_space.settings import Settings
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, read_json
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from lora_space.errors import PublishError
-from lora_space.markdown_text import md_code, md_text
+from lora_space.core.errors import PublishError
+from lora_space.core.markdown_text import md_code, md_text
 
 HERE = Path(__file__).parent
 TEMPLATE_FILE = HERE / "card_template.md"

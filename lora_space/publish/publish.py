@@ -34,7 +34,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from lora_space import hub
-from lora_space.errors import HubError, LoraFileError, PublishError
+from lora_space.core.errors import HubError, LoraFileError, PublishError
 from lora_space.hashes import LORA_SHORT, lora_file_hash
 from lora_space.lora.export import TARGETS, save_lora
 from lora_space.lora.tools import read_lora_file

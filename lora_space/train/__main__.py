@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from lora_space.errors import LoraSpaceError, TrainConfigError
+from lora_space.core.errors import LoraSpaceError, TrainConfigError
 
 
 def base_quantization(quantize: str):
@@ -46,8 +46,8 @@ def load_pipeline(base_model: str, quantize: str, device):
     import torch
 
     from lora_space.base_model import load_base_pipeline
-    from lora_space.settings import Settings
-    from lora_space.tiny import build_tiny_pipeline
+    from lora_space.core.settings import Settings
+    from lora_space.core.tiny import build_tiny_pipeline
 
     if quantize != "none" and device.type != "cuda":
         raise TrainConfigError(f"quantize_base {quantize} needs a CUDA GPU; set it to none on this machine.")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
     from accelerate.utils import gather_object
 
-    from lora_space.settings import Settings
+    from lora_space.core.settings import Settings
     from lora_space.train.checkpoint import JobFiles, read_json
     from lora_space.train.config import TrainConfig
     from lora_space.train.prepare import prepare_job
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from lora_space.gpu import hide_cuda_only_packages
+    from lora_space.core.gpu import hide_cuda_only_packages
 
     hide_cuda_only_packages()  # on a CPU: bitsandbytes and torchao unused, and slow to import
     raise SystemExit(main())

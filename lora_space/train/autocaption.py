@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from lora_space import hub
-from lora_space.errors import DatasetError, HubError
+from lora_space.core.errors import DatasetError, HubError
 from lora_space.train.config import load_presets
 from lora_space.train.dataset import add_trigger_word
 

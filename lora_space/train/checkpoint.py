@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lora_space.atomic import write_atomically
+from lora_space.core.atomic import write_atomically
 from lora_space.lora.export import save_tensors
 from lora_space.lora.safefile import load_lora_file
 

@@ -21,8 +21,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from lora_space.errors import TrainConfigError
-from lora_space.settings import FLUX_DEV, TINY, Training
+from lora_space.core.errors import TrainConfigError
+from lora_space.core.settings import FLUX_DEV, TINY, Training
 
 PRESETS_FILE = Path(__file__).with_name("presets.json")
 

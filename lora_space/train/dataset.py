@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-from lora_space.errors import DatasetError, LimitError
+from lora_space.core.errors import DatasetError, LimitError
 from lora_space.train.archive import (
     Member,
     Skipped,

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from lora_space.cleanup import preview_root, quota_left
+from lora_space.core.errors import DatasetError
+from lora_space.core.settings import Settings
 from lora_space.disk import check_write, free_bytes, record_write, tree_bytes
-from lora_space.errors import DatasetError
 from lora_space.owners import Visitor
-from lora_space.settings import Settings
 from lora_space.train.dataset import IngestedDataset, ZipRead, finish, read_zip
 from lora_space.train.preview import (
     PREVIEW_FILE,

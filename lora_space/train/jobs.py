@@ -34,8 +34,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_space.errors import GpuUnavailableError, JobError, LimitError, LoraSpaceError
-from lora_space.gpu import on_zerogpu
+from lora_space.core.errors import (
+    GpuUnavailableError,
+    JobError,
+    LimitError,
+    LoraSpaceError,
+)
+from lora_space.core.gpu import on_zerogpu
 from lora_space.owners import Visitor
 from lora_space.train import chunk
 from lora_space.train.checkpoint import JobFiles, log_line, read_json, write_json

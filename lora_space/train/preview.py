@@ -14,7 +14,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from lora_space.errors import DatasetError
+from lora_space.core.errors import DatasetError
 from lora_space.train.checkpoint import read_json, write_json
 from lora_space.train.dataset import DatasetReport, ZipRead
 

@@ -26,7 +26,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from lora_space.errors import TrainConfigError
+from lora_space.core.errors import TrainConfigError
 from lora_space.train.cache import CacheBuilder, LiveEncoder
 from lora_space.train.checkpoint import (
     JobFiles,

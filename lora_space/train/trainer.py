@@ -34,7 +34,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from lora_space.errors import JobError, TrainConfigError
+from lora_space.core.errors import JobError, TrainConfigError
 from lora_space.recipe import save_png
 from lora_space.train.cache import Cache
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, JobFiles, write_json

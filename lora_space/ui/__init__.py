@@ -8,9 +8,9 @@ import sys
 import gradio as gr
 
 from lora_space.cleanup import gradio_delete_cache, preview_root, start_cleaner
-from lora_space.errors import LoraSpaceError
+from lora_space.core.errors import LoraSpaceError
+from lora_space.core.settings import Settings
 from lora_space.service import LoraSpace
-from lora_space.settings import Settings
 from lora_space.ui import (
     api,
     bake_api,

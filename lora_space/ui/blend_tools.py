@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lora_space.errors import PromptError
+from lora_space.core.errors import PromptError
+from lora_space.core.markdown_text import md_text
 from lora_space.generation import parse_strengths
 from lora_space.lora.export import TARGETS
-from lora_space.markdown_text import md_text
 from lora_space.recipe import read_recipe_file
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import user_errors

@@ -15,9 +15,9 @@ from typing import Any
 
 import gradio as gr
 
+from lora_space.core.markdown_text import md_text
 from lora_space.discover import Evaluation, LoraSummary, starter_list
 from lora_space.hub_search import SORTS
-from lora_space.markdown_text import md_text
 from lora_space.service import LoraSpace
 from lora_space.sources import resolve_source
 from lora_space.ui.errors import api_errors
@@ -189,7 +189,7 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
         The new slot values and a line saying where it went and its trigger words.
     """
     if not chosen:
-        from lora_space.errors import LoraFileError
+        from lora_space.core.errors import LoraFileError
 
         raise LoraFileError("Open a LoRA with a usable .safetensors file first, then press Use in Generate.")
     if progress is not None:

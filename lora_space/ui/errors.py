@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import gradio as gr
 
-from lora_space.errors import LoraSpaceError
+from lora_space.core.errors import LoraSpaceError
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable)

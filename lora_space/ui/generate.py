@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from lora_space.markdown_text import md_text
+from lora_space.core.markdown_text import md_text
 from lora_space.service import LoraSpace, Options
 from lora_space.ui.visitors import BrowserId, with_caller
 
@@ -85,7 +85,7 @@ def fill_next_slot(slot_values: list, source: str, strength: float = 0.8) -> lis
     Raises:
         LimitError: every slot holds another LoRA.
     """
-    from lora_space.errors import LimitError
+    from lora_space.core.errors import LimitError
 
     values = list(slot_values)
     sources = [str(values[index] or "").strip() for index in range(0, len(values), 3)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lora_space.errors import PublishError
+from lora_space.core.errors import PublishError
 from lora_space.library import scan_library
 from lora_space.owners import visitor_lora_dir
 from lora_space.publish.card import FRONT_MATTER

@@ -20,8 +20,8 @@ from pathlib import Path
 import gradio as gr
 from matplotlib.figure import Figure
 
-from lora_space.errors import DatasetError, LoraSpaceError
-from lora_space.markdown_text import md_code, md_text
+from lora_space.core.errors import DatasetError, LoraSpaceError
+from lora_space.core.markdown_text import md_code, md_text
 from lora_space.service import LoraSpace
 from lora_space.train import intake
 from lora_space.train.config import (

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lora_space.errors import DatasetError
+from lora_space.core.errors import DatasetError
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import api_errors
 from lora_space.ui.visitors import visitor_of

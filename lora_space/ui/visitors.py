@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import gradio as gr
 
+from lora_space.core.settings import Settings
 from lora_space.owners import (
     LOCAL,
     Visitor,
@@ -28,7 +29,6 @@ from lora_space.owners import (
     is_browser_id,
     new_browser_id,
 )
-from lora_space.settings import Settings
 from lora_space.ui.errors import user_errors
 
 STORAGE_KEY = "lora_space_visitor"

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_space.errors import SettingsError
+from lora_space.core.errors import SettingsError
 
 TINY = "tiny"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
@@ -31,7 +31,7 @@ def _default_base_model() -> str:
 
 def _compile(env: Mapping[str, str]) -> bool:
     """`LORA_SPACE_COMPILE`: `auto` (on where CUDA is, except on ZeroGPU), `on` or `off`."""
-    from lora_space.gpu import on_zerogpu
+    from lora_space.core.gpu import on_zerogpu
 
     raw = env.get("LORA_SPACE_COMPILE", "").strip().lower() or "auto"
     if raw not in ("auto", "on", "off"):

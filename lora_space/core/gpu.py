@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from lora_space.errors import GpuUnavailableError, LoraSpaceError
+from lora_space.core.errors import GpuUnavailableError, LoraSpaceError
 
 try:
     import spaces

@@ -8,7 +8,7 @@ built to carry colour (`_colour_vae`): its latents are a fixed linear map of the
 colours at half size, and decoding inverts it, so tiny images show colour, and a LoRA
 trained on red images makes them red.
 
-    python -m lora_space.tiny DIR   # writes it with save_pretrained
+    python -m lora_space.core.tiny DIR   # writes it with save_pretrained
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_space import errors
+from lora_space.core import errors
 
 logger = logging.getLogger(__name__)
 
-ROOT = str(Path(__file__).resolve().parents[1])
-_CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from lora_space.timebox import serve; serve(sys.argv[2])"
+ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds lora_space/
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from lora_space.core.timebox import serve; serve(sys.argv[2])"
 
 
 def run(target: str, text: str, *, seconds: float, what: str) -> Any:
