@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from huggingface_hub import constants  # noqa: E402
 
-from lora_space import hub  # noqa: E402
-from lora_space.card_render import render_card  # noqa: E402
+from lora_space.hub.client import HubClient  # noqa: E402
+from lora_space.hub.cards import render_card  # noqa: E402
 from lora_space.core.settings import FLUX_DEV, Settings  # noqa: E402
 from lora_space.discover import Discover, choose_weight_file  # noqa: E402
-from lora_space.hub_search import MAX_CARD_BYTES  # noqa: E402
+from lora_space.hub.search import MAX_CARD_BYTES  # noqa: E402
 from tests.hub_standin import HubStandIn, safetensors_bytes  # noqa: E402
 
 REPOS = 300
@@ -76,7 +76,7 @@ def main() -> None:
             evaluate_bytes = stand_in.bytes_served("/resolve/")
             ranged = all(request.range for request in stand_in.requests if "/resolve/" in request.path)
             stand_in.reset_log()
-            _, download_seconds = timed(lambda: hub.download_file("bench/big-lora", "big-lora.safetensors", endpoint=stand_in.endpoint))
+            _, download_seconds = timed(lambda: HubClient(stand_in.endpoint).download("bench/big-lora", "big-lora.safetensors"))
             download_bytes = stand_in.bytes_served("/resolve/")
             print(f"2. Open a {len(big) / 1e6:.0f} MB LoRA (card + header) against downloading it")
             print(f"   evaluate : {evaluate_bytes:>12,} bytes in {evaluate_seconds:6.3f} s (ranged reads only: {ranged}; "

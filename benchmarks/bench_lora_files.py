@@ -28,7 +28,7 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save
 
-from lora_space import hub
+from lora_space.hub.client import HubClient
 from lora_space.core.settings import FLUX_DEV, Settings
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.inspect import inspect_source
@@ -65,7 +65,7 @@ def bench_inspect(folder: Path) -> None:
         header_bytes = stand_in.bytes_served("/resolve/")
         stand_in.reset_log()
         started = time.perf_counter()
-        hub.download_file(REPO, "style.safetensors", endpoint=stand_in.endpoint, cache_dir=folder / "cache")
+        HubClient(stand_in.endpoint).download(REPO, "style.safetensors", cache_dir=folder / "cache")
         download_seconds = time.perf_counter() - started
         download_bytes = stand_in.bytes_served("/resolve/")
     print(f"2. Inspect a {len(data) / 1e6:.1f} MB kohya LoRA (FLUX.1-dev, rank {rank}, {len(tensors)} tensors) on the Hub stand-in")

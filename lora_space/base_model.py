@@ -16,6 +16,7 @@ from diffusers import FluxPipeline
 
 from lora_space.core.errors import BaseModelError
 from lora_space.core.settings import TINY, Settings
+from lora_space.hub.client import HubClient
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ def _check_flux_folder(folder: Path) -> None:
 
 
 def _download(repo_id: str, settings: Settings, token: str | None) -> Path:
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -68,13 +68,7 @@ def _download(repo_id: str, settings: Settings, token: str | None) -> Path:
     )
 
     try:
-        folder = snapshot_download(
-            repo_id,
-            allow_patterns=DIFFUSERS_PATTERNS,
-            token=token,
-            endpoint=settings.hf_endpoint,
-            local_files_only=settings.hf_offline,
-        )
+        folder = HubClient.for_machine(settings, token).snapshot(repo_id, allow_patterns=DIFFUSERS_PATTERNS)
     except GatedRepoError:
         raise BaseModelError(
             f"{repo_id} is gated: accept its licence on its Hub page, then set HF_TOKEN to a token of that account."

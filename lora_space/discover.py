@@ -18,23 +18,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-
-from lora_space import hub, hub_search, library
-from lora_space.card_render import (
-    RenderedCard,
-    hub_image_url,
-    render_card,
-    widget_examples,
-)
+from lora_space import library
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
-from lora_space.hub_search import HubModel
+from lora_space.hub import search as hub_search
+from lora_space.hub.cards import (
+    RenderedCard,
+    clean_trigger_words,
+    hub_image_url,
+    render_card,
+    trigger_words_from_card,
+    widget_examples,
+)
+from lora_space.hub.client import PICKLE_SUFFIXES as HUB_PICKLE_SUFFIXES
+from lora_space.hub.client import HubClient, pick_weight_file
+from lora_space.hub.ids import is_repo_id
+from lora_space.hub.search import HubModel
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 from lora_space.lora.shapes import current_base
-from lora_space.prompts import clean_trigger_words
 
 DATA = Path(__file__).parent / "data"
 CACHE_SECONDS = 300.0
@@ -42,7 +44,7 @@ CACHE_ENTRIES = 64
 MAX_LIMIT = 100
 POPULAR_DOWNLOADS = 1000
 POPULAR_LIKES = 50
-PICKLE_SUFFIXES = tuple(hub.PICKLE_SUFFIXES)
+PICKLE_SUFFIXES = tuple(HUB_PICKLE_SUFFIXES)
 _WEIGHT_NAME = re.compile(r"""weight_name\s*=\s*["']([^"'\n]{1,200})["']""")
 _PATH_LIKE = re.compile(r"[\w./-]{1,300}")  # bounded runs: linear on any card, however hostile
 
@@ -57,7 +59,7 @@ class LoraSummary:
             evaluated), else the words every widget prompt of the card shares; `trigger_words_from`
             says which ("card", "metadata", "widget" or "").
         preview_url: a Hub URL of the card's first widget image (or the repo's first image), or "".
-        weight_file: the `.safetensors` file to use (the one the card names, else `hub.pick_weight_file`'s
+        weight_file: the `.safetensors` file to use (the one the card names, else `hub.client.pick_weight_file`'s
             choice); None when the repo has none.
         gated: downloads need an accepted licence and a login.
         problem: why it cannot be used as it is (pickle-only, no weights), or None.
@@ -144,21 +146,17 @@ def _hub_id(value: str, what: str) -> str:
         LoraFileError: not text, not one '/', or characters a Hub id cannot hold (the message says the form).
     """
     text = value.strip() if isinstance(value, str) else ""
-    try:
-        if text.count("/") != 1:
-            raise HFValidationError("not user/repo")
-        validate_repo_id(text)
-    except HFValidationError:
+    if not is_repo_id(text):
         shown = str(value)[:100]
         raise LoraFileError(
             f"{what} {shown!r} is not a Hub repo id; write it as 'user/repo' (letters, digits, '-', '_' and '.'), "
             "e.g. 'black-forest-labs/FLUX.1-dev'."
-        ) from None
+        )
     return text
 
 
 def choose_weight_file(repo_id: str, files: list[str] | tuple[str, ...], card_text: str = "") -> str | None:
-    """The `.safetensors` file to use: the first the card names that the repo holds, else `hub.pick_weight_file`'s."""
+    """The `.safetensors` file to use: the first the card names that the repo holds, else `hub.client.pick_weight_file`'s."""
     weights = [name for name in files if name.lower().endswith(".safetensors")]
     if not weights:
         return None
@@ -168,7 +166,7 @@ def choose_weight_file(repo_id: str, files: list[str] | tuple[str, ...], card_te
         name = name.split("/resolve/main/")[-1].split("/blob/main/")[-1].removeprefix("./")
         if name in weights:
             return name
-    return hub.pick_weight_file(repo_id, [(name, 0) for name in weights])
+    return pick_weight_file(repo_id, [(name, 0) for name in weights])
 
 
 def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str = "") -> LoraSummary:
@@ -183,7 +181,7 @@ def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str
          and (url := hub_image_url(name, repo_id=model.repo_id, endpoint=endpoint))),
         "",
     )  # every preview passes the one check of card images (`hub_image_url`): the browser loads it, never the server
-    words, origin = hub.trigger_words_from_card(card), "card"
+    words, origin = trigger_words_from_card(card), "card"
     if not words:
         words, origin = shared_widget_words([text for text, _ in examples if text]), "widget"
     weight = choose_weight_file(model.repo_id, model.files, card_text + "\n" + json.dumps(card, default=str))
@@ -314,10 +312,7 @@ class Discover:
         # 2. The cache, else ONE request for everything up to this page.
         models = self._cached(base, query.casefold(), sort, need)
         if models is None:
-            models = hub_search.search_loras(
-                base, endpoint=self.settings.hf_endpoint, query=query, sort=sort, limit=need,
-                token=token or False, offline=self.settings.hf_offline,
-            )
+            models = HubClient.for_caller(self.settings, token).search_loras(base, query=query, sort=sort, limit=need)
             self._store(base, query.casefold(), sort, models, complete=len(models) < need)
         # 3. This page's summaries.
         endpoint = self.settings.hf_endpoint
@@ -333,26 +328,26 @@ class Discover:
                 cannot be read (a gated repo without access) is a note in the evaluation instead.
         """
         repo_id = _hub_id(repo_id, "repo_id")
-        options = {"endpoint": self.settings.hf_endpoint, "token": token or False, "offline": self.settings.hf_offline}
+        hub = HubClient.for_caller(self.settings, token)
         base = self.settings.hub_base_model
         # 1. The repo's facts (one request) and its card (one ranged read).
-        model = hub_search.model_details(repo_id, **options)
+        model = hub.model_details(repo_id)
         notes: list[str] = []
         text, truncated = "", False
         if "README.md" in model.files:
             try:
-                text, truncated = hub_search.read_text_file(repo_id, "README.md", **options)
+                text, truncated = hub.read_text(repo_id, "README.md")
             except HubError as error:
                 notes.append(f"The card could not be read: {error}")
-        summary = summarise(model, endpoint=options["endpoint"], base_model=base, card_text=text)
+        summary = summarise(model, endpoint=hub.endpoint, base_model=base, card_text=text)
         if weight_file and weight_file in model.files and weight_file.lower().endswith(".safetensors"):
             summary = replace(summary, weight_file=weight_file)
-        card = render_card(text, repo_id=repo_id, endpoint=options["endpoint"], truncated=truncated, card_data=model.card_data)
+        card = render_card(text, repo_id=repo_id, endpoint=hub.endpoint, truncated=truncated, card_data=model.card_data)
         # 2. The weight file's header (ranged reads) and what it says on the current base.
         report = None
         if summary.weight_file:
             try:
-                raw, size = hub.read_safetensors_header(repo_id, summary.weight_file, max_header_bytes=MAX_HEADER_BYTES, **options)
+                raw, size = hub.read_header(repo_id, summary.weight_file, max_header_bytes=MAX_HEADER_BYTES)
                 header = parse_header(raw, size, name=f"{repo_id}/{summary.weight_file}")
                 if not summary.trigger_words or summary.trigger_words_from == "widget":
                     words = library.metadata_trigger_words(header.metadata)

@@ -28,9 +28,9 @@ from typing import Any
 
 from lora_space.core.atomic import write_atomically
 from lora_space.core.errors import LoraFileError
+from lora_space.hub.cards import clean_trigger_words
 from lora_space.lora.keymap import detect_format
 from lora_space.lora.safefile import read_local_header
-from lora_space.prompts import clean_trigger_words
 
 SUFFIX = ".safetensors"
 MAX_SIDECAR_BYTES = 1024 * 1024

@@ -19,7 +19,7 @@ hide a typo.
 Trigger words are put in front of the prompt, comma-separated ("wtrclr, portrait of ..."),
 the usual place for FLUX LoRAs, and only when the prompt does not already hold them. They come
 from files and model cards anyone can write, so every reader keeps them as `clean_trigger_words`
-does: at most `MAX_TRIGGER_WORDS` words of at most `MAX_WORD_CHARS` characters each.
+does (`hub.cards`): at most `MAX_TRIGGER_WORDS` words of at most `MAX_WORD_CHARS` characters each.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from lora_space.core.errors import PromptError
+from lora_space.hub.cards import MAX_TRIGGER_WORDS, clean_trigger_words
 
 MIN_STRENGTH = -2.0
 MAX_STRENGTH = 3.0
@@ -41,10 +42,6 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _BAD_NAME_CHARS = re.compile(r'[<>:\\"|?*\x00-\x1f\x7f]')
 _HUB_PART = re.compile(r"[\w][\w.-]*")
 _QUOTE_LIMIT = 80
-MAX_TRIGGER_WORDS = 32
-"""Trigger words kept per LoRA (a card or file listing thousands would bury the prompt)."""
-MAX_WORD_CHARS = 200
-"""A longer "trigger word" would fill the prompt; it is left out."""
 MAX_INSERTED_WORDS = 6 * MAX_TRIGGER_WORDS
 _EXAMPLE = "<lora:watercolor_style:0.8>"
 
@@ -199,32 +196,6 @@ def parse_prompt(text: str, *, max_chars: int = DEFAULT_MAX_CHARS) -> ParsedProm
 def _holds(text: str, phrase: str) -> bool:
     pattern = r"\s+".join(re.escape(word) for word in phrase.split())
     return re.search(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE) is not None
-
-
-def clean_trigger_words(words: Iterable[object], *, limit: int = MAX_TRIGGER_WORDS) -> list[str]:
-    """Trigger words as the app keeps them, in time linear in their number.
-
-    Args:
-        words: candidate words (anything that is not a string is skipped).
-        limit: the most words kept.
-
-    Returns:
-        The words stripped, without empty ones or ones longer than `MAX_WORD_CHARS`, each once
-        (case ignored), in order, at most `limit` of them.
-    """
-    kept: list[str] = []
-    seen: set[str] = set()
-    for word in words:
-        if len(kept) >= limit:
-            break
-        if not isinstance(word, str):
-            continue
-        word = word.strip()
-        key = word.casefold()
-        if word and len(word) <= MAX_WORD_CHARS and key not in seen:
-            seen.add(key)
-            kept.append(word)
-    return kept
 
 
 def insert_trigger_words(text: str, trigger_words: Iterable[str]) -> str:

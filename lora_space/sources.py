@@ -10,10 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-
-from lora_space import hub, library
+from lora_space import library
 from lora_space.core.errors import LoraFileError, PromptError, UnsafeFileError
 from lora_space.core.settings import Settings
 from lora_space.disk import (
@@ -22,6 +19,9 @@ from lora_space.disk import (
     note_hub_download,
     record_write,
 )
+from lora_space.hub.cards import trigger_words_from_card
+from lora_space.hub.client import HubClient, is_cached
+from lora_space.hub.ids import is_repo_id
 from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
 from lora_space.owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 
@@ -121,10 +121,8 @@ def split_hub_source(source: str) -> tuple[str, str]:
     if len(parts) < 2 or looks_like_path(source):
         raise not_found(source)
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise not_found(source) from None
+    if not is_repo_id(repo_id):
+        raise not_found(source)
     if parts[2:] and (
         any(part in ("", ".", "..") for part in parts[2:]) or _BAD_FILE_CHARS.search(filename) or len(filename) > 500
     ):
@@ -132,15 +130,13 @@ def split_hub_source(source: str) -> tuple[str, str]:
     return repo_id, filename
 
 
-def hub_file(source: str, *, settings: Settings, token: str | None = None, revision: str | None = None) -> tuple[str, str]:
+def hub_file(source: str, *, hub: HubClient, revision: str | None = None) -> tuple[str, str]:
     """`user/repo` (its main weight file is picked) or `user/repo/file.safetensors` -> (repo, file).
 
     The repo's files are listed with the caller's token only (never the Space's own).
     """
     repo_id, filename = split_hub_source(source)
-    filename = filename or hub.pick_weight_file(
-        repo_id, endpoint=settings.hf_endpoint, token=token or False, offline=settings.hf_offline, revision=revision
-    )
+    filename = filename or hub.weight_file(repo_id, revision=revision)
     _check_suffix(filename)
     if not filename.endswith(".safetensors"):
         raise LoraFileError(f"{source!r} does not name a .safetensors file; LoRA Space loads only .safetensors files.")
@@ -193,11 +189,11 @@ def resolve_source(
     # 3. The Hub: `user/repo` or `user/repo/file.safetensors`, pinned to one commit: the size
     #    check, the file list, the download and the card all see the same revision.
     repo_id, _ = split_hub_source(source)
-    hub_options = {"endpoint": settings.hf_endpoint, "token": token or False, "offline": settings.hf_offline}
-    revision, card = (None, None) if settings.hf_offline else hub.repo_commit(repo_id, **hub_options)
-    repo_id, filename = hub_file(source, settings=settings, token=token, revision=revision)
+    hub = HubClient.for_caller(settings, token)
+    revision, card = (None, None) if settings.hf_offline else hub.repo_commit(repo_id)
+    repo_id, filename = hub_file(source, hub=hub, revision=revision)
     if not settings.hf_offline:  # look at the size first (one small range request) before downloading
-        raw, size = hub.read_safetensors_header(repo_id, filename, revision=revision, **hub_options)
+        raw, size = hub.read_header(repo_id, filename, revision=revision)
         limit = settings.limits.max_lora_bytes
         if size > limit:
             raise LoraFileError(
@@ -205,20 +201,20 @@ def resolve_source(
                 "pick a smaller file (resize it in LoRA tools on your own machine)."
             )
         parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
-    fresh = not settings.hf_offline and not hub.is_cached(repo_id, filename, revision=revision)
+    fresh = not settings.hf_offline and not is_cached(repo_id, filename, revision=revision)
     if fresh:  # a download: the disk bounds first (a Space's Hub cache is not any visitor's quota)
         check_write(settings, size, where=hub_cache_dir())
-    file = hub.download_file(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes, **hub_options)
+    file = hub.download(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes)
     if fresh:
         record_write(settings, Path(file).stat().st_size)
         note_hub_download(settings, repo_id)
         evict_hub_cache(settings, keep={repo_id})  # the cache's least recently used LoRAs go past its bound
-    card = card if card is not None else hub.model_card_data(repo_id, **hub_options)
+    card = card if card is not None else hub.card_data(repo_id)
     return ResolvedSource(
         source=source,
         name=repo_id.split("/")[1] if source.count("/") == 1 else Path(filename).stem,
         file=Path(file),
-        trigger_words=hub.trigger_words_from_card(card),
+        trigger_words=trigger_words_from_card(card),
         repo_id=repo_id,
         revision=revision or (Path(file).parent.name if "snapshots" in Path(file).parts else None),
     )

@@ -255,7 +255,7 @@ def test_the_starter_list_is_data_with_the_courses_categories():
 
 
 def test_links_survive_and_a_stray_bracket_stays_text():
-    from lora_space.card_render import render_card
+    from lora_space.hub.cards import render_card
 
     card = render_card("See [the docs](https://example.com/docs) [and a stray [bracket", repo_id="u/r", endpoint="http://hub.test")
     assert '<a href="https://example.com/docs" target="_blank" rel="nofollow noopener noreferrer">the docs</a>' in card.html
@@ -273,7 +273,7 @@ def test_widget_words_of_a_huge_card_are_found_in_linear_time():
 
 
 def test_card_trigger_words_are_bounded_as_every_trigger_word_is():
-    from lora_space.hub import trigger_words_from_card
+    from lora_space.hub.cards import trigger_words_from_card
 
     card = {"instance_prompt": ",".join(f"w{index}" for index in range(100_000)) + ", " + "x" * 300}
     assert trigger_words_from_card(card) == [f"w{index}" for index in range(32)]

@@ -15,7 +15,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import save_file
 
-from lora_space import hub_http
+from lora_space.hub import http as hub_http
 from lora_space.core.errors import HubError, UnsafeFileError
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options

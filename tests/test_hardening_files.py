@@ -155,10 +155,10 @@ def test_the_library_lists_as_invalid_what_the_engine_refuses(settings):
 
 
 def test_library_and_hub_use_the_safefile_bounds():
-    from lora_space import hub
+    from lora_space.hub import client
 
     assert not hasattr(library, "MAX_HEADER_BYTES") and not hasattr(library, "read_header")
-    assert hub.MAX_HEADER_BYTES == safefile.MAX_HEADER_BYTES
+    assert client.MAX_HEADER_BYTES == safefile.MAX_HEADER_BYTES
 
 
 # -- the model-file suite ----------------------------------------------------------------------------

@@ -96,12 +96,12 @@ def test_a_hub_lora_is_read_at_one_commit_and_the_download_has_its_own_cap(setti
     reads = [request for request in hub.requests if "/resolve/" in request.path or "/tree/" in request.path or "/revision/" in request.path]
     assert reads and all(commit in request.path for request in reads), [request.path for request in reads]
     # a download measured above the cap is refused even when the header read let it through
-    from lora_space import hub as hub_calls
+    from lora_space.hub.client import HubClient
 
     big = write_lora(tmp_path / "big.safetensors", 2, rank=64)
     hub.add_model("bob/big", files={"big.safetensors": big})
     with pytest.raises(LoraFileError, match="above the"):
-        hub_calls.download_file("bob/big", "big.safetensors", endpoint=hub.endpoint, token=False, max_bytes=big.stat().st_size - 1)
+        HubClient(hub.endpoint).download("bob/big", "big.safetensors", max_bytes=big.stat().st_size - 1)
     assert hub.bytes_served("big.safetensors") == 0
 
 

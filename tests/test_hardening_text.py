@@ -26,9 +26,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import save_file
 
-from lora_space import hub as hub_calls
-from lora_space import hub_search
-from lora_space.card_render import hub_image_url
+from lora_space.hub.client import HubClient
+from lora_space.hub.cards import hub_image_url
 from lora_space.core.settings import Settings
 from lora_space.discover import Discover
 from lora_space.lora.inspect import inspect_source
@@ -210,15 +209,15 @@ def test_the_spaces_hf_token_is_never_sent_for_a_visitors_read(tmp_path, monkeyp
         report = inspect_source("alice/style", settings=settings, token=None)
         assert report.trigger_words == ["stl"] and not [warning for warning in report.warnings if "could not be read" in warning]
         # Every read of the Hub layer, called with no token.
-        hub_calls.read_safetensors_header("alice/style", "style.safetensors", endpoint=endpoint, token=None)
-        hub_calls.download_file("alice/style", "style.safetensors", endpoint=endpoint, token=None, max_bytes=2**20)
-        hub_calls.repo_commit("alice/style", endpoint=endpoint, token=None)
-        hub_calls.model_card_data("alice/style", endpoint=endpoint, token=None)
-        hub_calls.pick_weight_file("alice/style", endpoint=endpoint, token=None)
-        assert hub_calls.repo_exists("alice/style", endpoint=endpoint, token=None)
-        hub_search.search_loras(FLUX, endpoint=endpoint, token=None)
-        hub_search.model_details("alice/style", endpoint=endpoint, token=None)
-        hub_search.read_text_file("alice/style", "README.md", endpoint=endpoint, token=None)
+        HubClient(endpoint).read_header("alice/style", "style.safetensors")
+        HubClient(endpoint).download("alice/style", "style.safetensors", max_bytes=2**20)
+        HubClient(endpoint).repo_commit("alice/style")
+        HubClient(endpoint).card_data("alice/style")
+        HubClient(endpoint).weight_file("alice/style")
+        assert HubClient(endpoint).repo_exists("alice/style")
+        HubClient(endpoint).search_loras(FLUX)
+        HubClient(endpoint).model_details("alice/style")
+        HubClient(endpoint).read_text("alice/style", "README.md")
         requests = hub.requests
     assert len(requests) >= 12 and {request.path for request in requests} >= {
         "/acme/flux-variant/resolve/main/transformer/config.json", "/api/models/alice/style", "/api/models",

@@ -12,7 +12,8 @@ from pathlib import Path
 import huggingface_hub.utils._http
 import pytest
 
-from lora_space import hub as hub_calls
+from lora_space.hub.cards import trigger_words_from_card
+from lora_space.hub.client import HubClient, pick_weight_file
 from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
 from tests.hub_standin import HubStandIn, isolated_hub, safetensors_bytes
 
@@ -46,7 +47,7 @@ def test_header_of_a_20_mb_file_costs_one_small_ranged_read(hub: HubStandIn) -> 
     data = safetensors_bytes(4, tensor_bytes=5 * 1024 * 1024, metadata={"ss_network_dim": "16"})
     hub.add_model("alice/big-lora", files={"big.safetensors": data})
     hub.reset_log()
-    header, size = hub_calls.read_safetensors_header("alice/big-lora", "big.safetensors", endpoint=hub.endpoint)
+    header, size = HubClient(hub.endpoint).read_header("alice/big-lora", "big.safetensors")
     assert header == header_of(data) and size == len(data) > 20_000_000
     assert json.loads(header)["__metadata__"] == {"ss_network_dim": "16"}
     assert [(r.method, r.status, r.range) for r in hub.requests] == [("GET", 206, "bytes=0-100000")]
@@ -58,7 +59,7 @@ def test_a_header_over_100_kb_takes_a_second_ranged_read(hub: HubStandIn) -> Non
     assert len(header_of(data)) > 100_000
     hub.add_model("alice/many-lora", files={"many.safetensors": data})
     hub.reset_log()
-    header, size = hub_calls.read_safetensors_header("alice/many-lora", "many.safetensors", endpoint=hub.endpoint)
+    header, size = HubClient(hub.endpoint).read_header("alice/many-lora", "many.safetensors")
     assert header == header_of(data) and size == len(data)
     assert len(json.loads(header)) == 1000
     assert [r.range for r in hub.requests] == ["bytes=0-100000", f"bytes=100001-{len(header) + 7}"]
@@ -70,7 +71,7 @@ def test_a_server_ignoring_range_is_read_only_as_far_as_needed(hub: HubStandIn) 
     hub.add_model("alice/huge-lora", files={"huge.safetensors": data})
     hub.honour_ranges = False
     hub.reset_log()
-    header, size = hub_calls.read_safetensors_header("alice/huge-lora", "huge.safetensors", endpoint=hub.endpoint)
+    header, size = HubClient(hub.endpoint).read_header("alice/huge-lora", "huge.safetensors")
     assert header == header_of(data) and size == len(data)
     assert [r.status for r in hub.requests] == [200]
     assert hub.bytes_served() < len(data) // 2  # the client hung up; only socket buffers were filled
@@ -82,10 +83,9 @@ def test_an_oversized_header_is_refused_before_it_is_fetched(hub: HubStandIn) ->
     hub.add_model("alice/odd-lora", files={"odd.safetensors": claims_200_mb, "many.safetensors": many})
     hub.reset_log()
     with pytest.raises(UnsafeFileError, match="claims 209715200 bytes, more than the 4 MiB"):
-        hub_calls.read_safetensors_header("alice/odd-lora", "odd.safetensors", endpoint=hub.endpoint)
+        HubClient(hub.endpoint).read_header("alice/odd-lora", "odd.safetensors")
     with pytest.raises(UnsafeFileError, match="above the 50000-byte limit"):
-        hub_calls.read_safetensors_header("alice/odd-lora", "many.safetensors", endpoint=hub.endpoint,
-                                          max_header_bytes=50_000)
+        HubClient(hub.endpoint).read_header("alice/odd-lora", "many.safetensors", max_header_bytes=50_000)
     assert len(hub.requests) == 2
 
 
@@ -100,7 +100,7 @@ def test_an_oversized_header_is_refused_before_it_is_fetched(hub: HubStandIn) ->
 def test_files_that_are_not_safetensors_are_refused(hub: HubStandIn, content: bytes, message: str) -> None:
     hub.add_model("alice/broken", files={"bad.safetensors": content})
     with pytest.raises(LoraFileError, match=message):
-        hub_calls.read_safetensors_header("alice/broken", "bad.safetensors", endpoint=hub.endpoint)
+        HubClient(hub.endpoint).read_header("alice/broken", "bad.safetensors")
 
 
 @pytest.mark.parametrize(
@@ -120,8 +120,8 @@ def test_hub_errors_become_hub_errors_without_tokens(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     for call in (
-        lambda: hub_calls.read_safetensors_header(repo_id, filename, endpoint=hub.endpoint, token=token),
-        lambda: hub_calls.download_file(repo_id, filename, endpoint=hub.endpoint, token=token, cache_dir=tmp_path),
+        lambda: HubClient(hub.endpoint, token=token).read_header(repo_id, filename),
+        lambda: HubClient(hub.endpoint, token=token).download(repo_id, filename, cache_dir=tmp_path),
     ):
         with pytest.raises(HubError, match=message) as caught:
             call()
@@ -135,14 +135,14 @@ def test_an_unreachable_hub_is_named_in_the_error(tmp_path: Path, monkeypatch: p
         endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
     expected = f"Cannot reach the Hub at {endpoint}"
     with pytest.raises(HubError, match=expected):
-        hub_calls.read_safetensors_header("alice/x", "x.safetensors", endpoint=endpoint)
+        HubClient(endpoint).read_header("alice/x", "x.safetensors")
     with pytest.raises(HubError, match=expected):
-        hub_calls.model_card_data("alice/x", endpoint=endpoint)
+        HubClient(endpoint).card_data("alice/x")
     # With nothing cached, hf_hub_download retries the HEAD 5 times (1+2+4+8+8 s of sleep) first.
     sleeps: list[float] = []
     monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", sleeps.append)
     with pytest.raises(HubError, match=expected):
-        hub_calls.download_file("alice/x", "x.safetensors", endpoint=endpoint, cache_dir=tmp_path)
+        HubClient(endpoint).download("alice/x", "x.safetensors", cache_dir=tmp_path)
     assert sleeps == [1, 2, 4, 8, 8]
 
 
@@ -152,38 +152,35 @@ def test_hub_outages_are_reported_with_their_status(
     monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)
     hub.outage = 503
     with pytest.raises(HubError, match=f"The Hub at {hub.endpoint} answered HTTP 503"):
-        hub_calls.read_safetensors_header("alice/watercolor-lora", "x.safetensors", endpoint=hub.endpoint)
+        HubClient(hub.endpoint).read_header("alice/watercolor-lora", "x.safetensors")
     # hf_hub_download hides the HTTP error behind "cannot find the file in the cache": it is unwrapped.
     with pytest.raises(HubError, match="answered HTTP 503 for alice/watercolor-lora/README.md"):
-        hub_calls.download_file("alice/watercolor-lora", "README.md", endpoint=hub.endpoint, cache_dir=tmp_path)
+        HubClient(hub.endpoint).download("alice/watercolor-lora", "README.md", cache_dir=tmp_path)
 
 
 def test_offline_calls_refuse_before_any_request(hub: HubStandIn, tmp_path: Path) -> None:
     endpoint = hub.endpoint
     hub.reset_log()
     calls = [
-        lambda: hub_calls.read_safetensors_header("alice/watercolor-lora", "x.safetensors", endpoint=endpoint,
-                                                  offline=True),
-        lambda: hub_calls.list_lora_weight_files("alice/watercolor-lora", endpoint=endpoint, offline=True),
-        lambda: hub_calls.model_card_data("alice/watercolor-lora", endpoint=endpoint, offline=True),
-        lambda: hub_calls.whoami(ALICE, endpoint=endpoint, offline=True),
+        lambda: HubClient(endpoint, offline=True).read_header("alice/watercolor-lora", "x.safetensors"),
+        lambda: HubClient(endpoint, offline=True).weight_files("alice/watercolor-lora"),
+        lambda: HubClient(endpoint, offline=True).card_data("alice/watercolor-lora"),
+        lambda: HubClient(endpoint, offline=True, token=ALICE).whoami(),
     ]
     for call in calls:
         with pytest.raises(HubError, match=f"Cannot reach the Hub at {endpoint} .*offline"):
             call()
     with pytest.raises(HubError, match="not in the local cache and the app is offline"):
-        hub_calls.download_file("alice/watercolor-lora", "README.md", endpoint=endpoint, offline=True,
-                                cache_dir=tmp_path)
+        HubClient(endpoint, offline=True).download("alice/watercolor-lora", "README.md", cache_dir=tmp_path)
     assert hub.requests == []
 
 
 def test_download_file_fetches_then_serves_offline_from_the_cache(hub: HubStandIn, tmp_path: Path) -> None:
     name = "watercolor-lora.safetensors"
-    path = hub_calls.download_file("alice/watercolor-lora", name, endpoint=hub.endpoint, cache_dir=tmp_path)
+    path = HubClient(hub.endpoint).download("alice/watercolor-lora", name, cache_dir=tmp_path)
     assert path.read_bytes() == hub.file_bytes("alice/watercolor-lora", name)
     hub.reset_log()
-    again = hub_calls.download_file("alice/watercolor-lora", name, endpoint=hub.endpoint, cache_dir=tmp_path,
-                                    offline=True)
+    again = HubClient(hub.endpoint, offline=True).download("alice/watercolor-lora", name, cache_dir=tmp_path)
     assert again == path and hub.requests == []
 
 
@@ -196,18 +193,18 @@ def test_download_file_refuses_other_files_without_asking(
 ) -> None:
     hub.reset_log()
     with pytest.raises(error, match=filename):
-        hub_calls.download_file("alice/watercolor-lora", filename, endpoint=hub.endpoint, cache_dir=tmp_path)
+        HubClient(hub.endpoint).download("alice/watercolor-lora", filename, cache_dir=tmp_path)
     assert hub.requests == []
 
 
 def test_list_and_pick_weight_files(hub: HubStandIn) -> None:
-    files = hub_calls.list_lora_weight_files("alice/watercolor-lora", endpoint=hub.endpoint)
+    files = HubClient(hub.endpoint).weight_files("alice/watercolor-lora")
     assert dict(files) == {
         "watercolor-lora.safetensors": len(safetensors_bytes(3, tensor_bytes=1024)),
         "samples/big.safetensors": len(safetensors_bytes(1, tensor_bytes=1 << 20)),
     }
-    assert hub_calls.pick_weight_file("alice/watercolor-lora", files) == "watercolor-lora.safetensors"
-    listed = hub_calls.pick_weight_file("alice/watercolor-lora", endpoint=hub.endpoint)
+    assert pick_weight_file("alice/watercolor-lora", files) == "watercolor-lora.safetensors"
+    listed = HubClient(hub.endpoint).weight_file("alice/watercolor-lora")
     assert listed == "watercolor-lora.safetensors"
 
 
@@ -222,19 +219,19 @@ def test_list_and_pick_weight_files(hub: HubStandIn) -> None:
     ],
 )
 def test_pick_weight_file_rule(files: list[tuple[str, int]], expected: str) -> None:
-    assert hub_calls.pick_weight_file("alice/watercolor-lora", files) == expected
+    assert pick_weight_file("alice/watercolor-lora", files) == expected
 
 
 def test_pick_weight_file_needs_a_safetensors_file() -> None:
     with pytest.raises(LoraFileError, match="alice/old has no .safetensors file"):
-        hub_calls.pick_weight_file("alice/old", [("model.bin", 10)])
+        pick_weight_file("alice/old", [("model.bin", 10)])
 
 
 def test_model_card_data_and_trigger_words(hub: HubStandIn) -> None:
-    card = hub_calls.model_card_data("alice/watercolor-lora", endpoint=hub.endpoint)
+    card = HubClient(hub.endpoint).card_data("alice/watercolor-lora")
     assert card["base_model"] == FLUX and card["instance_prompt"] == "wtrclr"
-    assert hub_calls.trigger_words_from_card(card) == ["wtrclr"]
-    assert hub_calls.model_card_data("dana/gated-lora", endpoint=hub.endpoint) == {}
+    assert trigger_words_from_card(card) == ["wtrclr"]
+    assert HubClient(hub.endpoint).card_data("dana/gated-lora") == {}
 
 
 @pytest.mark.parametrize(
@@ -248,15 +245,15 @@ def test_model_card_data_and_trigger_words(hub: HubStandIn) -> None:
     ],
 )
 def test_trigger_words_from_card(card: dict[str, object], expected: list[str]) -> None:
-    assert hub_calls.trigger_words_from_card(card) == expected
+    assert trigger_words_from_card(card) == expected
 
 
 def test_whoami(hub: HubStandIn) -> None:
-    assert hub_calls.whoami(ALICE, endpoint=hub.endpoint)["name"] == "alice"
+    assert HubClient(hub.endpoint, token=ALICE).whoami()["name"] == "alice"
     with pytest.raises(HubError, match="refused the token") as caught:
-        hub_calls.whoami("hf_wrong_secret", endpoint=hub.endpoint)
+        HubClient(hub.endpoint, token="hf_wrong_secret").whoami()
     assert "hf_wrong_secret" not in str(caught.value)
     hub.reset_log()
     with pytest.raises(HubError, match="Log in"):
-        hub_calls.whoami(None, endpoint=hub.endpoint)
+        HubClient(hub.endpoint, token=None).whoami()
     assert hub.requests == []

@@ -1,10 +1,10 @@
-"""hub.py's write calls (create_repo, create_commit, delete_repo, repo_exists) against the stand-in."""
+"""HubClient's write calls (create_repo, create_commit, delete_repo, repo_exists) against the stand-in."""
 
 from __future__ import annotations
 
 import pytest
 
-from lora_space import hub
+from lora_space.hub.client import Commit, CreatedRepo, HubClient
 from lora_space.core.errors import HubError
 from tests.hub_standin import isolated_hub
 
@@ -20,31 +20,31 @@ def stand_in(tmp_path, monkeypatch):
 
 
 def test_create_commit_and_delete(stand_in):
-    where = {"endpoint": stand_in.endpoint, "token": TOKEN}
-    assert not hub.repo_exists("alice/new", **where)
-    created = hub.create_repo("alice/new", private=True, **where)
-    assert created == hub.CreatedRepo("alice/new", f"{stand_in.endpoint}/alice/new")
-    assert hub.repo_exists("alice/new", **where) and not hub.repo_exists("alice/new", endpoint=stand_in.endpoint, token=None)
+    hub = HubClient(stand_in.endpoint, token=TOKEN)
+    assert not hub.repo_exists("alice/new")
+    created = hub.create_repo("alice/new", private=True)
+    assert created == CreatedRepo("alice/new", f"{stand_in.endpoint}/alice/new")
+    assert hub.repo_exists("alice/new") and not HubClient(stand_in.endpoint).repo_exists("alice/new")
     with pytest.raises(HubError, match="already exists"):
-        hub.create_repo("alice/new", **where)
-    commit = hub.create_commit("alice/new", {"README.md": b"---\nlicense: mit\n---\nhi\n", "a/b.txt": b"x"}, message="two files", **where)
+        hub.create_repo("alice/new")
+    commit = hub.create_commit("alice/new", {"README.md": b"---\nlicense: mit\n---\nhi\n", "a/b.txt": b"x"}, message="two files")
     (received,) = stand_in.commits["alice/new"]
-    assert commit == hub.Commit("alice/new", received.oid, f"{stand_in.endpoint}/alice/new/commit/{received.oid}")
+    assert commit == Commit("alice/new", received.oid, f"{stand_in.endpoint}/alice/new/commit/{received.oid}")
     assert received.summary == "two files" and set(received.files) == {"README.md", "a/b.txt"}
-    hub.delete_repo("alice/new", **where)
-    hub.delete_repo("alice/new", **where)  # already gone: fine
-    assert stand_in.deleted == ["alice/new"] and not hub.repo_exists("alice/new", **where)
+    hub.delete_repo("alice/new")
+    hub.delete_repo("alice/new")  # already gone: fine
+    assert stand_in.deleted == ["alice/new"] and not hub.repo_exists("alice/new")
 
 
 def test_write_calls_say_what_went_wrong(stand_in):
-    where = {"endpoint": stand_in.endpoint}
+    endpoint = stand_in.endpoint
     with pytest.raises(HubError, match="Log in"):
-        hub.create_repo("alice/x", token=None, **where)
+        HubClient(endpoint, token=None).create_repo("alice/x")
     with pytest.raises(HubError, match="403"):
-        hub.create_repo("alice/x", token="hf_reader", **where)
+        HubClient(endpoint, token="hf_reader").create_repo("alice/x")
     with pytest.raises(HubError, match="offline"):
-        hub.create_commit("alice/x", {"a.txt": b"a"}, token=TOKEN, message="m", offline=True, **where)
-    hub.create_repo("alice/x", token=TOKEN, **where)
+        HubClient(endpoint, offline=True, token=TOKEN).create_commit("alice/x", {"a.txt": b"a"}, message="m")
+    HubClient(endpoint, token=TOKEN).create_repo("alice/x")
     with pytest.raises(HubError, match="refused the model card"):
-        hub.create_commit("alice/x", {"README.md": b"---\ntags: [a\n---\n"}, token=TOKEN, message="m", **where)
+        HubClient(endpoint, token=TOKEN).create_commit("alice/x", {"README.md": b"---\ntags: [a\n---\n"}, message="m")
     assert not stand_in.commits

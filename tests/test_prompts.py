@@ -148,7 +148,7 @@ def test_thousands_of_trigger_words_from_a_card_cost_milliseconds():
 
 
 def test_trigger_words_are_kept_stripped_short_once_and_at_most_thirty_two():
-    from lora_space.prompts import MAX_TRIGGER_WORDS, clean_trigger_words
+    from lora_space.hub.cards import MAX_TRIGGER_WORDS, clean_trigger_words
 
     words = [" ink ", "INK", "", "x" * 201, 7, "sumi-e"] + [f"w{index}" for index in range(100)]
     kept = clean_trigger_words(words)

@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 
-from lora_space import hub, sources
+from lora_space import sources
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
+from lora_space.hub.cards import trigger_words_from_card
+from lora_space.hub.client import HubClient
 from lora_space.lora.formats import SPLIT_METADATA, LoraSet, read_lora
 from lora_space.lora.keymap import (
     block_of,
@@ -329,18 +331,15 @@ def inspect_source(
         return inspect_file(resolved.file, base=base, source=source, trigger_words=list(resolved.trigger_words))
     # 3. The Hub: the header by range requests, the card for trigger words and training facts,
     #    with the caller's token only (never the Space's own).
-    token = token or False
-    repo_id, filename = sources.hub_file(source, settings=settings, token=token)
-    raw, size = hub.read_safetensors_header(
-        repo_id, filename, endpoint=settings.hf_endpoint, token=token, offline=settings.hf_offline,
-        max_header_bytes=MAX_HEADER_BYTES,
-    )
+    hub = HubClient.for_caller(settings, token)
+    repo_id, filename = sources.hub_file(source, hub=hub)
+    raw, size = hub.read_header(repo_id, filename, max_header_bytes=MAX_HEADER_BYTES)
     header = parse_header(raw, size, name=f"{repo_id}/{filename}")
     try:
-        card = hub.model_card_data(repo_id, endpoint=settings.hf_endpoint, token=token, offline=settings.hf_offline)
+        card = hub.card_data(repo_id)
     except HubError as error:
         logger.info("no model card for %s: %s", repo_id, error)
         card = {}
-    report = inspect_header(header, source=source, base=base, trigger_words=hub.trigger_words_from_card(card), card=card)
+    report = inspect_header(header, source=source, base=base, trigger_words=trigger_words_from_card(card), card=card)
     logger.info("inspected %s/%s: %s, coverage %.2f", repo_id, filename, report.format, report.coverage)
     return report

@@ -127,15 +127,15 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
         if folder.is_dir():
             transformer, text_encoder = _folder_configs(folder)
         else:
-            from lora_space import hub
+            from lora_space.hub.client import HubClient
 
+            hub = HubClient.for_caller(settings, token)
             files = {}
             for part in ("transformer", "text_encoder"):
-                where = {"endpoint": settings.hf_endpoint, "token": token or False}
                 try:
-                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=True, **where)
+                    path = hub.download(settings.base_model, f"{part}/config.json", cached_only=True)
                 except HubError:  # not cached: from the Hub, as the caller
-                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=settings.hf_offline, **where)
+                    path = hub.download(settings.base_model, f"{part}/config.json")
                 files[part] = json.loads(Path(path).read_text())
             transformer, text_encoder = files["transformer"], files["text_encoder"]
         return shapes_from_configs(settings.base_model, transformer, text_encoder)

@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-
-from lora_space import hub
 from lora_space.core.errors import HubError, LoraFileError, PublishError
 from lora_space.hashes import LORA_SHORT, lora_file_hash
+from lora_space.hub.client import CANONICAL_WEIGHT_NAME, HubClient
+from lora_space.hub.ids import REPO_ID_RULE, is_repo_id
 from lora_space.lora.export import TARGETS, save_lora
 from lora_space.lora.tools import read_lora_file
 from lora_space.owners import Visitor
@@ -52,7 +50,7 @@ from lora_space.publish.card import CardFacts, CardImage, parse_card, render_car
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_FILE = hub.CANONICAL_WEIGHT_NAME
+WEIGHT_FILE = CANONICAL_WEIGHT_NAME
 REPRO_FILE = "reproducibility.json"
 WRITE_ROLES = {"write", "admin"}
 ORG_WRITE_ROLES = {"admin", "write", "contributor"}
@@ -132,13 +130,8 @@ def check_repo_id(repo_id: str) -> None:
     """Refuse a repo id that is not `namespace/name` with a valid Hub name."""
     if repo_id.count("/") != 1:
         raise PublishError(f"Repo id {repo_id!r} must be 'your-name/repo-name' (or 'your-org/repo-name').")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise PublishError(
-            f"{repo_id!r} is not a valid Hub repo name: use letters, digits, '-', '_' and '.', at most 96 "
-            "characters, not starting or ending with '-' or '.', without '--' or '..', e.g. 'alice/watercolor-flux'."
-        ) from None
+    if not is_repo_id(repo_id):
+        raise PublishError(f"{repo_id!r} is not a valid Hub repo name: {REPO_ID_RULE}, e.g. 'alice/watercolor-flux'.")
 
 
 def user_token(oauth_token: str | None, typed: str | None = None, *, on_space: bool, environment_token: str | None = None) -> str:
@@ -339,13 +332,13 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
         HubError: the Hub cannot be reached or refuses; the message says why.
     """
     settings = space.settings
-    where = {"endpoint": settings.hf_endpoint, "token": token, "offline": settings.hf_offline}
+    hub = HubClient.for_caller(settings, token)
     # 1-2. Who is publishing, and may they write there?
     _progress(progress, 0.05, "checking your login")
-    identity = hub.whoami(token, endpoint=settings.hf_endpoint, offline=settings.hf_offline)
+    identity = hub.whoami()
     check_write_access(request.repo_id, identity, oauth_scope=oauth_scope)
     # 3. An existing repo is kept unless the user said to overwrite it.
-    exists = hub.repo_exists(request.repo_id, **where)
+    exists = hub.repo_exists(request.repo_id)
     if exists and not request.overwrite:
         raise PublishError(
             f"{request.repo_id} already exists on the Hub; choose another name, or set overwrite=True to commit "
@@ -363,17 +356,16 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
                 "remove it before publishing."
             )
         _progress(progress, 0.5, f"uploading {len(prepared.files)} files")
-        created = None if exists else hub.create_repo(request.repo_id, private=request.private, **where)
+        created = None if exists else hub.create_repo(request.repo_id, private=request.private)
         # 5. One commit; undo a repo this call created if it fails.
         try:
             commit = hub.create_commit(
                 request.repo_id,
                 prepared.files,
                 message=f"Publish the LoRA {prepared.name} with LoRA Space",
-                **where,
             )
         except HubError as error:
-            left = "" if created is None or _undo(request.repo_id, where) else (
+            left = "" if created is None or _undo(request.repo_id, hub) else (
                 f" The empty repo {request.repo_id} could not be removed; delete it on the Hub.")
             raise HubError(f"Publishing to {request.repo_id} failed and nothing was published: {error}{left}") from None
     finally:
@@ -383,10 +375,10 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
     return PublishResult(url=url, commit=commit.oid, files=sorted(prepared.files), notes=prepared.notes)
 
 
-def _undo(repo_id: str, where: dict[str, Any]) -> bool:
+def _undo(repo_id: str, hub: HubClient) -> bool:
     """Delete the repo this publish created; whether that worked."""
     try:
-        hub.delete_repo(repo_id, **where)
+        hub.delete_repo(repo_id)
     except HubError as error:
         logger.warning("could not delete the empty repo %s after a failed commit: %s", repo_id, error)
         return False

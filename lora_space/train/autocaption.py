@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from lora_space import hub
 from lora_space.core.errors import DatasetError, HubError
+from lora_space.hub.client import HubClient
 from lora_space.train.config import load_presets
 from lora_space.train.dataset import add_trigger_word
 
@@ -55,7 +55,7 @@ def autocaption(
     if offline:
         raise DatasetError(f"Auto-captioning needs the model {model} from the Hub, and the app runs offline (HF_HUB_OFFLINE). " + OFFLINE_FIX.format(model=model))
     try:
-        if not hub.repo_exists(model, endpoint=endpoint, token=None):
+        if not HubClient(endpoint).repo_exists(model):
             raise DatasetError(f"Auto-captioning: the model {model} is not on the Hub at {endpoint}. " + OFFLINE_FIX.format(model=model))
     except HubError as error:
         raise DatasetError(f"Auto-captioning needs the model {model} from the Hub, which cannot be reached ({error}). " + OFFLINE_FIX.format(model=model)) from None

@@ -17,7 +17,7 @@ import gradio as gr
 
 from lora_space.core.markdown_text import md_text
 from lora_space.discover import Evaluation, LoraSummary, starter_list
-from lora_space.hub_search import SORTS
+from lora_space.hub.search import SORTS
 from lora_space.service import LoraSpace
 from lora_space.sources import resolve_source
 from lora_space.ui.errors import api_errors

@@ -1,4 +1,7 @@
-"""Render a Hub model card safely: its text is untrusted.
+"""Model cards: the one trigger-word reader, and safe rendering (a card's text is untrusted).
+
+`trigger_words_from_card` reads a card's metadata; `clean_trigger_words` is how every reader
+(cards, sidecar files, widget prompts) keeps trigger words.
 
 A card is Markdown that may hold raw HTML, `<script>`, tracking images and `javascript:` links.
 `render_card` parses it with markdown-it and rebuilds every piece that could carry code or
@@ -24,7 +27,7 @@ from __future__ import annotations
 import html
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -43,7 +46,56 @@ _COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.DOTALL)
 _IMG = re.compile(r"<img\b[^>]{0,4000}>", re.IGNORECASE)  # bounded: linear on any card, however hostile
 _TAG = re.compile(r"</?[A-Za-z][^>]{0,4000}>|<![^>]{0,4000}>|<\?[^>]{0,4000}>")
 _HOST = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+TRIGGER_KEYS = ("instance_prompt", "trigger_words", "trigger_word", "trigger")
+MAX_TRIGGER_WORDS = 32
+"""Trigger words kept per LoRA (a card or file listing thousands would bury the prompt)."""
+MAX_WORD_CHARS = 200
+"""A longer "trigger word" would fill the prompt; it is left out."""
 _ATTRIBUTE = r"""\b%s\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))"""
+
+
+def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
+    """The trigger words a model card declares, in order, without duplicates.
+
+    Read from `instance_prompt` (diffusers' training scripts), then `trigger_words`,
+    `trigger_word` and `trigger`; each may be a string or a list of strings, and a string holding
+    commas gives one word per part, kept as `clean_trigger_words` keeps them. Widget
+    prompts are examples, not trigger words.
+    """
+    words: list[str] = []
+    for key in TRIGGER_KEYS:
+        value = card_data.get(key)
+        items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        for item in items:
+            if isinstance(item, str):
+                words += item.split(",")
+    return clean_trigger_words(words)
+
+
+def clean_trigger_words(words: Iterable[object], *, limit: int = MAX_TRIGGER_WORDS) -> list[str]:
+    """Trigger words as the app keeps them, in time linear in their number.
+
+    Args:
+        words: candidate words (anything that is not a string is skipped).
+        limit: the most words kept.
+
+    Returns:
+        The words stripped, without empty ones or ones longer than `MAX_WORD_CHARS`, each once
+        (case ignored), in order, at most `limit` of them.
+    """
+    kept: list[str] = []
+    seen: set[str] = set()
+    for word in words:
+        if len(kept) >= limit:
+            break
+        if not isinstance(word, str):
+            continue
+        word = word.strip()
+        key = word.casefold()
+        if word and len(word) <= MAX_WORD_CHARS and key not in seen:
+            seen.add(key)
+            kept.append(word)
+    return kept
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
-"""Hub calls for Discover: search LoRAs, read a repo's facts and card, list the Hub LoRAs cached here.
+"""What Discover's Hub answers hold: `HubModel`, the fields a search asks for, and the Hub LoRAs cached here.
 
-Part of the Hub layer (with `hub.py`; `hub_http.py` holds their error translation and ranged reads): every
-`HfApi` call of Discover is here, and each returns dataclasses. A search is ONE `list_models`
-request with `expand=[...]`: everything a result shows (counts, licence, card metadata, files)
-comes in that one answer, with no request per result.
+`HubClient.search_loras` is ONE `list_models` request with `expand=EXPAND`: everything a result
+shows (counts, licence, card metadata, files) comes in that one answer, with no request per result.
+`cached_lora_files` reads the local Hub cache and makes no request.
 """
 
 from __future__ import annotations
@@ -15,17 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, scan_cache_dir
+from huggingface_hub import constants, scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
-
-from lora_space import hub_http
-from lora_space.hub_http import (
-    base_url,
-    caller_token,
-    hub_errors,
-    ranged_reader,
-    require_online,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +73,8 @@ class CachedHubFile:
     revision: str
 
 
-def _model(info: Any) -> HubModel:
+def hub_model(info: Any) -> HubModel:
+    """A search or `model_info` answer as a `HubModel`."""
     card = info.card_data.to_dict() if info.card_data is not None else {}
     return HubModel(
         repo_id=info.id,
@@ -99,88 +90,6 @@ def _model(info: Any) -> HubModel:
         private=bool(info.private),
         sha=info.sha,
     )
-
-
-def search_loras(
-    base_model: str,
-    *,
-    endpoint: str,
-    query: str = "",
-    sort: str = "downloads",
-    limit: int = 24,
-    token: str | bool | None = None,
-    offline: bool = False,
-) -> list[HubModel]:
-    """The first `limit` LoRAs for `base_model` on the Hub, best first: ONE request.
-
-    A LoRA for a base model carries the tags `lora` and `base_model:adapter:<base_model>`
-    (the Hub derives the second from the card's `base_model`).
-
-    Args:
-        base_model: the Hub id the LoRAs must be made for.
-        endpoint: the Hub.
-        query: free text matched against repo ids ("" for all).
-        sort: `downloads`, `likes`, `trending` or `recent` (last modified).
-        limit: how many results, 1 to `MAX_RESULTS`.
-        token: the caller's token (`False`: none).
-        offline: refuse before sending anything.
-
-    Raises:
-        HubError: offline, unreachable, rate-limited (429), or the Hub refuses.
-        ValueError: an unknown sort or a limit out of range (checked by the caller's layer first).
-    """
-    if sort not in SORTS:
-        raise ValueError(f"unknown sort {sort!r}")
-    if not 1 <= limit <= MAX_RESULTS:
-        raise ValueError(f"limit {limit} is outside 1..{MAX_RESULTS}")
-    require_online(offline, endpoint, "search for LoRAs")
-    api = HfApi(endpoint=base_url(endpoint), token=caller_token(token))
-    with hub_errors(endpoint):
-        found = api.list_models(
-            filter=["lora", f"base_model:adapter:{base_model}"],
-            search=query.strip() or None,
-            sort=SORTS[sort],  # type: ignore[arg-type]
-            limit=limit,  # one page of `limit` results: list_models stops there
-            expand=EXPAND,  # type: ignore[arg-type]
-        )
-        return [_model(info) for info in found]
-
-
-def model_details(
-    repo_id: str, *, endpoint: str, token: str | bool | None = None, offline: bool = False
-) -> HubModel:
-    """One repo's facts (the same fields as a search result), in one `model_info` request.
-
-    Raises:
-        HubError: not found, private, offline, unreachable.
-    """
-    require_online(offline, endpoint, f"read {repo_id}")
-    with hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=base_url(endpoint), token=caller_token(token)).model_info(repo_id, expand=EXPAND, timeout=hub_http.TIMEOUT_S)  # type: ignore[arg-type]
-    return _model(info)
-
-
-def read_text_file(
-    repo_id: str,
-    filename: str,
-    *,
-    endpoint: str,
-    token: str | bool | None = None,
-    revision: str | None = None,
-    offline: bool = False,
-    max_bytes: int = MAX_CARD_BYTES,
-) -> tuple[str, bool]:
-    """A text file of a repo (a model card) by ONE ranged read of its first `max_bytes` bytes.
-
-    Returns:
-        The text (undecodable bytes replaced) and whether it was cut at `max_bytes`.
-
-    Raises:
-        HubError: not found, gated, offline, unreachable.
-    """
-    require_online(offline, endpoint, f"read {repo_id}/{filename}")
-    body, total = ranged_reader(repo_id, filename, endpoint=endpoint, token=token, revision=revision)(0, max_bytes - 1)
-    return body.decode("utf-8", errors="replace"), total > max_bytes
 
 
 def cached_lora_files(*, exclude: Sequence[str] = (), max_bytes: int | None = None) -> list[CachedHubFile]:
