@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from safetensors.torch import save_file
 
-from lora_space.hashes import HashCache
+from lora_space.library.hashes import HashCache
 from lora_space.lora.bake import BakePart, bake
 from lora_space.lora.shapes import known_bases
 from lora_space.lora.synthetic import random_lora

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lora_space import library
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
 from lora_space.hub import search as hub_search
@@ -34,6 +33,7 @@ from lora_space.hub.client import PICKLE_SUFFIXES as HUB_PICKLE_SUFFIXES
 from lora_space.hub.client import HubClient, pick_weight_file
 from lora_space.hub.ids import is_repo_id
 from lora_space.hub.search import HubModel
+from lora_space.library import store as library
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 from lora_space.lora.shapes import current_base

@@ -13,7 +13,7 @@
   `,` `:` `"` or a line break, or with spaces at its ends, is written as a JSON string
   (`Model: "C:\\\\models\\\\flux"`), as A1111 does.
 - `Model hash` (a single-file base model only) and `Lora hashes: "name: 0123456789ab, ..."`, as
-  A1111 writes them (`lora_space.hashes`): Civitai links the LoRAs by these, and a recipe whose
+  A1111 writes them (`lora_space.library.hashes`): Civitai links the LoRAs by these, and a recipe whose
   names differ from the library's finds its LoRAs by them. The same hashes follow as the Civitai
   extension writes them, `Hashes: {"model": "...", "lora:name": "..."}` (raw JSON, last), the
   only form some readers (sd-parsers) take; braces in a name are written as `\u007b`/`\u007d`,

@@ -63,7 +63,7 @@ class LoraRef:
         source: where it was loaded from (`user/repo/file.safetensors`, a library name).
         revision: the Hub commit it was loaded at, for an exact replay.
         trigger_words: the trigger words inserted for it.
-        hash: A1111's short hash of the file (`lora_space.hashes`, 12 hex digits), or "".
+        hash: A1111's short hash of the file (`lora_space.library.hashes`, 12 hex digits), or "".
     """
 
     name: str

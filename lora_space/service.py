@@ -16,14 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_space import blends, library
-from lora_space.cleanup import check_quota
+from lora_space import blends
 from lora_space.core.errors import DatasetError, LimitError, LoraFileError, PromptError
 from lora_space.core.settings import Settings
 from lora_space.discover import Discover
-from lora_space.disk import check_write, output_folder, record_write
 from lora_space.engine import MAX_SEED, Engine, Options, check_work
-from lora_space.fairness import VisitorGate, one_turn_per_call
 from lora_space.generation import (
     MAX_BATCH_PROMPTS,
     MAX_SWEEP_CELLS,
@@ -39,23 +36,27 @@ from lora_space.generation import (
     render,
 )
 from lora_space.grid import labelled_grid
-from lora_space.hashes import HashCache
-from lora_space.lora.conflicts import ConflictReport
-from lora_space.lora.optimize import OptimizeReport
-from lora_space.lora.tools import (
+from lora_space.library import store as library
+from lora_space.library.hashes import HashCache
+from lora_space.library.sources import ResolvedSource, check_distinct, resolve_source
+from lora_space.library.tools import (
     ConvertResult,
     compare_sources,
     convert_source,
     optimize_source,
 )
-from lora_space.owners import LOCAL, Visitor, visitor_lora_dir
+from lora_space.lora.conflicts import ConflictReport
+from lora_space.lora.optimize import OptimizeReport
 from lora_space.prompts import ParsedPrompt, parse_prompt
 from lora_space.recipe import Recipe, recipe_to_json
-from lora_space.sources import ResolvedSource, check_distinct, resolve_source
 from lora_space.train import intake
 from lora_space.train.autocaption import autocaption
 from lora_space.train.config import merged
 from lora_space.train.dataset import IngestedDataset
+from lora_space.visitors.cleanup import check_quota
+from lora_space.visitors.disk import check_write, output_folder, record_write
+from lora_space.visitors.fairness import VisitorGate, one_turn_per_call
+from lora_space.visitors.owners import LOCAL, Visitor, visitor_lora_dir
 
 if TYPE_CHECKING:
     from lora_space.train.jobs import JobStatus

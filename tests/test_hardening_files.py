@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_space import library
+from lora_space.library import store as library
 from lora_space.core.errors import LoraFileError, UnsafeFileError
 from lora_space.lora import safefile
 from lora_space.lora.inspect import inspect_source
-from lora_space.lora.tools import compare_files, convert_source
-from lora_space.sources import resolve_source
+from lora_space.library.tools import compare_files, convert_source
+from lora_space.library.sources import resolve_source
 from tests.lora_factory import write_lora
 
 SENTINEL_NAME = "unpickled.flag"
@@ -250,7 +250,7 @@ def test_an_exact_bake_never_writes_a_rank_the_reader_refuses(settings):
     result = space.bake([{"source": "a", "strength": 0.5}, {"source": "b", "strength": 0.7}])
     baked = compare_files({"baked": result.file, "a": settings.lora_dir / "a.safetensors"})  # read back by the one reader
     assert baked.loras == ["baked", "a"]
-    from lora_space.lora.tools import read_lora_file
+    from lora_space.library.tools import read_lora_file
 
     lora, a, b = (read_lora_file(path) for path in (result.file, settings.lora_dir / "a.safetensors", settings.lora_dir / "b.safetensors"))
     for name, module in lora.modules.items():

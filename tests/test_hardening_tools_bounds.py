@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from lora_space.core.errors import LimitError, PromptError
 from lora_space.lora.optimize import svd_work
 from lora_space.lora.safefile import read_local_header
-from lora_space.owners import Visitor
+from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from tests.lora_factory import write_lora
 from tests.train_factory import colour_zip

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lora_space import cleanup
+from lora_space.visitors import cleanup
 from lora_space.core.errors import LoraFileError, TrainConfigError
 from lora_space.core.settings import Settings, Storage
 from lora_space.core.tiny import build_tiny_pipeline

@@ -16,7 +16,7 @@ import pytest
 from lora_space.core.errors import DatasetError
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.owners import Visitor
+from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train import dataset
 from lora_space.train.archive import CHUNK, ReadStats, ZipLimits, read_members

@@ -1,4 +1,4 @@
-"""The local LoRA library: scan, formats, trigger words, uploads (lora_space.library)."""
+"""The local LoRA library: scan, formats, trigger words, uploads (lora_space.library.store)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lora_space.core.errors import LoraFileError, UnsafeFileError
-from lora_space.library import (
+from lora_space.library.store import (
     add_to_library,
     find_entry,
     guess_format,

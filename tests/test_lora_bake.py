@@ -22,8 +22,8 @@ from lora_space.lora.export import lora_tensors
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import known_bases, tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.lora.tools import read_lora_file
-from lora_space.owners import LOCAL, Visitor
+from lora_space.library.tools import read_lora_file
+from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace, Options
 from tests.app_process import running_app
 from tests.lora_factory import write_lora

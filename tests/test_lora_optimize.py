@@ -14,7 +14,7 @@ from lora_space.lora.optimize import optimize
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.lora.tools import optimize_source
+from lora_space.library.tools import optimize_source
 
 RANK, ALPHA = 4, 8.0
 NAME = "transformer.transformer_blocks.0.attn.to_q"

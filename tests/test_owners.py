@@ -10,7 +10,7 @@ import pytest
 
 from lora_space.core.errors import LoraFileError
 from lora_space.lora.inspect import inspect_source
-from lora_space.owners import (
+from lora_space.visitors.owners import (
     LOCAL,
     Visitor,
     browser_secret,
@@ -18,7 +18,7 @@ from lora_space.owners import (
     visitor_area,
 )
 from lora_space.service import LoraSpace
-from lora_space.sources import resolve_source
+from lora_space.library.sources import resolve_source
 from lora_space.ui.visitors import caller_of, fill_browser_id, visitor_of
 from tests.lora_factory import write_lora
 

@@ -18,7 +18,7 @@ from PIL import Image
 from lora_space.core.errors import HubError, PublishError
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.owners import LOCAL, Visitor
+from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.publish.card import parse_card
 from lora_space.publish.publish import (
     PublishRequest,
@@ -222,7 +222,7 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     assert not hub.commits.get("alice/ink") and not hub.commits.get("alice/x")
     # A file the visitor uploads in the Publish tab is theirs (kohya layout here: published as diffusers).
     from lora_space.lora.export import save_lora
-    from lora_space.lora.tools import read_lora_file
+    from lora_space.library.tools import read_lora_file
 
     uploaded = tmp_path / "gradio-upload" / "my_kohya.safetensors"
     uploaded.parent.mkdir()

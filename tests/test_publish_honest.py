@@ -19,7 +19,7 @@ from lora_space.lora.export import lora_tensors
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import known_base, tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.owners import LOCAL
+from lora_space.visitors.owners import LOCAL
 from lora_space.publish.publish import PublishRequest, preview_card, publish
 from tests.test_publish import TOKEN, hub, space  # noqa: F401  (the stand-in with alice; `ink`, a tiny-mode LoRA)
 

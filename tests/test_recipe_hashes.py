@@ -16,8 +16,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine
-from lora_space.hashes import HashCache, lora_file_hash
-from lora_space.owners import Visitor
+from lora_space.library.hashes import HashCache, lora_file_hash
+from lora_space.visitors.owners import Visitor
 from lora_space.recipe import (
     LoraRef,
     Recipe,

@@ -15,7 +15,7 @@ from PIL import Image
 from lora_space.core.errors import DatasetError, JobError, TrainConfigError
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.lora.safefile import load_lora_file
-from lora_space.owners import Visitor
+from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk

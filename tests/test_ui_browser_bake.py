@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lora_space.lora.tools import read_lora_file
+from lora_space.library.tools import read_lora_file
 from tests.app_process import running_app
 from tests.browser import app_page
 from tests.lora_factory import write_lora

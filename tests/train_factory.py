@@ -16,7 +16,7 @@ from PIL import Image
 
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.engine import Engine, Options
-from lora_space.owners import Visitor
+from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import JobFiles
 from lora_space.train.jobs import JobManager

@@ -112,7 +112,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Storage:
-    """Disk bounds and the cleaning schedule (API.md "Who owns what"; `lora_space.cleanup`).
+    """Disk bounds and the cleaning schedule (API.md "Who owns what"; `lora_space.visitors.cleanup`).
 
     Args:
         max_upload_bytes: the largest file a visitor may upload (Gradio refuses larger ones).
@@ -182,7 +182,7 @@ class Settings:
         fuse_memory_mb: CPU memory for the original weights of fused layers, so that unfusing
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
-        storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.cleanup`).
+        storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.visitors.cleanup`).
         training: bounds on training jobs (`Training`).
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.

@@ -29,11 +29,11 @@ import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
+if TYPE_CHECKING:  # markdown-it loads when a card is rendered: the trigger-word readers run in bare interpreters too
+    from markdown_it.token import Token
 
 MAX_LINK_SPAN = 1000
 """A `[` whose `]` is further than this (or missing) cannot open a link here and is escaped first."""
@@ -278,6 +278,8 @@ def _plain(fragment: str) -> str:
 
 
 def _html(fragment: str) -> Token:
+    from markdown_it.token import Token
+
     token = Token("html_inline", "", 0)
     token.content = fragment
     return token
@@ -304,6 +306,8 @@ def render_card(
     for _, url in widget_examples(card_data or {}):
         if url:
             renderer.image(url, "")
+    from markdown_it import MarkdownIt
+
     markdown = MarkdownIt("js-default", {"html": True, "linkify": False})
     tokens = markdown.parse(_defuse_brackets(card_body(text)))
     for token in tokens:

@@ -49,7 +49,7 @@ class BakePart:
         name: how the report and the file's metadata name it (its library name or Hub id).
         lora: the LoRA as read (`formats.read_lora`).
         strength: its strength in the blend (0 leaves it out).
-        hash: A1111's short hash of its file (`lora_space.hashes`), recorded in the metadata.
+        hash: A1111's short hash of its file (`lora_space.library.hashes`), recorded in the metadata.
         trigger_words: its trigger words; the baked LoRA carries all of them.
     """
 

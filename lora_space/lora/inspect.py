@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from lora_space import sources
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
 from lora_space.hub.cards import trigger_words_from_card
 from lora_space.hub.client import HubClient
+from lora_space.library import sources
 from lora_space.lora.formats import SPLIT_METADATA, LoraSet, read_lora
 from lora_space.lora.keymap import (
     block_of,
@@ -44,7 +44,7 @@ from lora_space.lora.safefile import (
     read_scalars,
 )
 from lora_space.lora.shapes import BaseShapes, coverage, current_base, guess_base
-from lora_space.owners import LOCAL, Visitor
+from lora_space.visitors.owners import LOCAL, Visitor
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from lora_space import library
 from lora_space.core.errors import LoraSpaceError, PublishError
 from lora_space.core.settings import Settings
-from lora_space.owners import Visitor, visitor_area, visitor_lora_dir
+from lora_space.library import store as library
 from lora_space.publish.card import TrainingFacts
 from lora_space.recipe import Recipe, read_png_recipe, save_png
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, read_json
+from lora_space.visitors.owners import Visitor, visitor_area, visitor_lora_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 MAX_IMAGES = 24

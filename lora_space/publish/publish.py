@@ -31,12 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from lora_space.core.errors import HubError, LoraFileError, PublishError
-from lora_space.hashes import LORA_SHORT, lora_file_hash
 from lora_space.hub.client import CANONICAL_WEIGHT_NAME, HubClient
 from lora_space.hub.ids import REPO_ID_RULE, is_repo_id
+from lora_space.library.hashes import LORA_SHORT, lora_file_hash
+from lora_space.library.tools import read_lora_file
 from lora_space.lora.export import TARGETS, save_lora
-from lora_space.lora.tools import read_lora_file
-from lora_space.owners import Visitor
 from lora_space.publish.base import check_card_base, made_for
 from lora_space.publish.bundle import (
     Bundle,
@@ -47,6 +46,7 @@ from lora_space.publish.bundle import (
     read_samples,
 )
 from lora_space.publish.card import CardFacts, CardImage, parse_card, render_card
+from lora_space.visitors.owners import Visitor
 
 logger = logging.getLogger(__name__)
 

@@ -14,11 +14,8 @@ import secrets
 import shutil
 from pathlib import Path
 
-from lora_space.cleanup import preview_root, quota_left
 from lora_space.core.errors import DatasetError
 from lora_space.core.settings import Settings
-from lora_space.disk import check_write, free_bytes, record_write, tree_bytes
-from lora_space.owners import Visitor
 from lora_space.train.dataset import IngestedDataset, ZipRead, finish, read_zip
 from lora_space.train.preview import (
     PREVIEW_FILE,
@@ -27,6 +24,9 @@ from lora_space.train.preview import (
     save_captions,
     save_preview,
 )
+from lora_space.visitors.cleanup import preview_root, quota_left
+from lora_space.visitors.disk import check_write, free_bytes, record_write, tree_bytes
+from lora_space.visitors.owners import Visitor
 
 _PREVIEW_ID = re.compile(r"[0-9a-f]{32}")
 

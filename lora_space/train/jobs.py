@@ -41,7 +41,6 @@ from lora_space.core.errors import (
     LoraSpaceError,
 )
 from lora_space.core.gpu import on_zerogpu
-from lora_space.owners import Visitor
 from lora_space.train import chunk
 from lora_space.train.checkpoint import JobFiles, log_line, read_json, write_json
 from lora_space.train.config import check_job_bounds, merged
@@ -49,6 +48,7 @@ from lora_space.train.prepare import prepare_job
 from lora_space.train.samples import lora_name_for
 from lora_space.train.status import JobStatus
 from lora_space.train.trainer import ChunkResult, check_rank
+from lora_space.visitors.owners import Visitor
 
 if TYPE_CHECKING:
     from lora_space.service import LoraSpace

@@ -7,7 +7,6 @@ import sys
 
 import gradio as gr
 
-from lora_space.cleanup import gradio_delete_cache, preview_root, start_cleaner
 from lora_space.core.errors import LoraSpaceError
 from lora_space.core.settings import Settings
 from lora_space.service import LoraSpace
@@ -23,6 +22,7 @@ from lora_space.ui import (
     train_api,
 )
 from lora_space.ui.visitors import build_browser_id, fill_browser_id
+from lora_space.visitors.cleanup import gradio_delete_cache, preview_root, start_cleaner
 
 TITLE = "LoRA Space"
 TINY_NOTE = (
@@ -96,7 +96,7 @@ def launch() -> None:
         print(f"LoRA Space cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     demo = build_demo(space)
-    start_cleaner(settings)  # aged outputs and visitor files (lora_space/cleanup.py)
+    start_cleaner(settings)  # aged outputs and visitor files (lora_space/visitors/cleanup.py)
     demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(
         max_file_size=settings.storage.max_upload_bytes,
         state_session_capacity=settings.limits.max_sessions,  # each session's state costs memory until evicted

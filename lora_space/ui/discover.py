@@ -18,8 +18,8 @@ import gradio as gr
 from lora_space.core.markdown_text import md_text
 from lora_space.discover import Evaluation, LoraSummary, starter_list
 from lora_space.hub.search import SORTS
+from lora_space.library.sources import resolve_source
 from lora_space.service import LoraSpace
-from lora_space.sources import resolve_source
 from lora_space.ui.errors import api_errors
 from lora_space.ui.generate import GenerateControls, fill_next_slot
 from lora_space.ui.visitors import BrowserId, token_of, with_caller

@@ -18,11 +18,11 @@ from lora_space.core.errors import LoraFileError
 from lora_space.core.markdown_text import md_code, md_text
 from lora_space.core.settings import Settings
 from lora_space.lora.inspect import inspect_source
-from lora_space.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import user_errors
 from lora_space.ui.generate import warnings_markdown
 from lora_space.ui.visitors import BrowserId, with_caller
+from lora_space.visitors.owners import LOCAL, Visitor
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block

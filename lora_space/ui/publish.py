@@ -13,13 +13,13 @@ from pathlib import Path
 import gradio as gr
 
 from lora_space.core.errors import PublishError
-from lora_space.library import scan_library
-from lora_space.owners import visitor_lora_dir
+from lora_space.library.store import scan_library
 from lora_space.publish.card import FRONT_MATTER
 from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import api_errors
 from lora_space.ui.visitors import BrowserId, token_of, visitor_of, with_caller
+from lora_space.visitors.owners import visitor_lora_dir
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "

@@ -22,14 +22,14 @@ from dataclasses import dataclass, replace
 import gradio as gr
 
 from lora_space.core.settings import Settings
-from lora_space.owners import (
+from lora_space.ui.errors import user_errors
+from lora_space.visitors.owners import (
     LOCAL,
     Visitor,
     browser_secret,
     is_browser_id,
     new_browser_id,
 )
-from lora_space.ui.errors import user_errors
 
 STORAGE_KEY = "lora_space_visitor"
 

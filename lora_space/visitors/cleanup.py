@@ -36,8 +36,8 @@ from pathlib import Path
 
 from lora_space.core.errors import LimitError
 from lora_space.core.settings import Settings
-from lora_space.disk import evict_hub_cache, evict_outputs, tree_bytes
-from lora_space.owners import Visitor, visitor_area
+from lora_space.visitors.disk import evict_hub_cache, evict_outputs, tree_bytes
+from lora_space.visitors.owners import Visitor, visitor_area
 
 logger = logging.getLogger(__name__)
 

@@ -10,20 +10,20 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_space import library
 from lora_space.core.errors import LoraFileError, PromptError, UnsafeFileError
 from lora_space.core.settings import Settings
-from lora_space.disk import (
+from lora_space.hub.cards import trigger_words_from_card
+from lora_space.hub.client import HubClient, is_cached
+from lora_space.hub.ids import is_repo_id
+from lora_space.library import store as library
+from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
+from lora_space.visitors.disk import (
     check_write,
     evict_hub_cache,
     note_hub_download,
     record_write,
 )
-from lora_space.hub.cards import trigger_words_from_card
-from lora_space.hub.client import HubClient, is_cached
-from lora_space.hub.ids import is_repo_id
-from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
-from lora_space.owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
+from lora_space.visitors.owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 
 
 @dataclass(frozen=True)

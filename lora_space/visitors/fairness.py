@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from lora_space.core.errors import LimitError
-from lora_space.owners import LOCAL, Visitor
+from lora_space.visitors.owners import LOCAL, Visitor
 
 F = TypeVar("F", bound=Callable)
 

@@ -16,16 +16,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_space import sources
 from lora_space.core.errors import LimitError, LoraFileError
 from lora_space.core.settings import Limits, Settings
-from lora_space.disk import output_folder
+from lora_space.library import sources
 from lora_space.lora.conflicts import ConflictReport, compare_loras
 from lora_space.lora.export import TARGETS, save_lora
 from lora_space.lora.formats import LoraSet, read_lora
 from lora_space.lora.optimize import OptimizeReport, optimize, svd_work
 from lora_space.lora.safefile import load_lora_file, read_local_header
-from lora_space.owners import LOCAL, Visitor
+from lora_space.visitors.disk import output_folder
+from lora_space.visitors.owners import LOCAL, Visitor
 
 logger = logging.getLogger(__name__)
 
