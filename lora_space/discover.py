@@ -34,9 +34,9 @@ from lora_space.hub.client import HubClient, pick_weight_file
 from lora_space.hub.ids import is_repo_id
 from lora_space.hub.search import HubModel
 from lora_space.library import store as library
+from lora_space.library.inspect import current_base
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
-from lora_space.lora.shapes import current_base
 
 DATA = Path(__file__).parent / "data"
 CACHE_SECONDS = 300.0

@@ -30,8 +30,8 @@ from lora_space.hub.client import HubClient
 from lora_space.hub.cards import hub_image_url
 from lora_space.core.settings import Settings
 from lora_space.discover import Discover
-from lora_space.lora.inspect import inspect_source
-from lora_space.lora.shapes import current_base
+from lora_space.library.inspect import inspect_source
+from lora_space.library.inspect import current_base
 from tests.app_process import running_app
 from tests.browser import app_page
 from tests.hub_standin import isolated_hub, safetensors_bytes

@@ -9,7 +9,7 @@ import gradio as gr
 import pytest
 
 from lora_space.core.errors import LoraFileError
-from lora_space.lora.inspect import inspect_source
+from lora_space.library.inspect import inspect_source
 from lora_space.visitors.owners import (
     LOCAL,
     Visitor,

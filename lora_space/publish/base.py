@@ -24,10 +24,10 @@ from typing import Any
 
 from lora_space.core.errors import PublishError
 from lora_space.core.settings import TINY, Settings
+from lora_space.library.inspect import current_base
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import (
     BaseShapes,
-    current_base,
     known_base,
     lora_hidden_size,
     misfits,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lora_space.lora.inspect import inspect_source
+from lora_space.library.inspect import inspect_source
 from lora_space.service import LoraSpace, Options
 from lora_space.ui.errors import api_errors
 from lora_space.ui.visitors import token_of, visitor_of

@@ -17,7 +17,7 @@ import pandas as pd
 from lora_space.core.errors import LoraFileError
 from lora_space.core.markdown_text import md_code, md_text
 from lora_space.core.settings import Settings
-from lora_space.lora.inspect import inspect_source
+from lora_space.library.inspect import inspect_source
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import user_errors
 from lora_space.ui.generate import warnings_markdown
