@@ -1,7 +1,7 @@
 """Hostile recipe text, measured side by side in one run on this CPU. Prints:
 
 1. A1111's `parameters` key/value pattern (the one `infotext_utils.re_param` uses, which LoRA
-   Space used until issue 14) against `lora_space.parameters`' bounded one, on lines without the
+   Space used until issue 14) against `lora_space.generate.parameters`' bounded one, on lines without the
    `:` they look for, at 4,000 to 16,000 characters: the first grows with the square of the
    length, the second linearly.
 2. Reading the recipe of a 1 KB PNG whose `parameters` chunk inflates to 1,048,000 characters
@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_space import parameters
+from lora_space.generate import parameters
 from lora_space.core.errors import PromptError
-from lora_space.recipe import Recipe, read_png_recipe
+from lora_space.generate.recipe import Recipe, read_png_recipe
 
 A1111 = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 LINES = {

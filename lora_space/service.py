@@ -16,12 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_space import blends
 from lora_space.core.errors import DatasetError, LimitError, LoraFileError, PromptError
 from lora_space.core.settings import Settings
-from lora_space.discover import Discover
-from lora_space.engine import MAX_SEED, Engine, Options, check_work
-from lora_space.generation import (
+from lora_space.discover.finder import Discover
+from lora_space.generate import blends
+from lora_space.generate.engine import MAX_SEED, Engine, Options, check_work
+from lora_space.generate.grid import labelled_grid
+from lora_space.generate.prompts import ParsedPrompt, parse_prompt
+from lora_space.generate.recipe import Recipe, recipe_to_json
+from lora_space.generate.render import (
     MAX_BATCH_PROMPTS,
     MAX_SWEEP_CELLS,
     BatchOutput,
@@ -35,7 +38,6 @@ from lora_space.generation import (
     recipe_from_metadata,
     render,
 )
-from lora_space.grid import labelled_grid
 from lora_space.library import store as library
 from lora_space.library.hashes import HashCache
 from lora_space.library.sources import ResolvedSource, check_distinct, resolve_source
@@ -47,8 +49,6 @@ from lora_space.library.tools import (
 )
 from lora_space.lora.conflicts import ConflictReport
 from lora_space.lora.optimize import OptimizeReport
-from lora_space.prompts import ParsedPrompt, parse_prompt
-from lora_space.recipe import Recipe, recipe_to_json
 from lora_space.train import intake
 from lora_space.train.autocaption import autocaption
 from lora_space.train.config import merged

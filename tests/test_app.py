@@ -10,7 +10,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from lora_space.recipe import parse_parameters
+from lora_space.generate.recipe import parse_parameters
 from tests.app_process import running_app
 from tests.lora_factory import write_lora
 

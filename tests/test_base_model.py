@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_space.base_model import load_base_pipeline
+from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
 from lora_space.core.tiny import save_tiny
 

@@ -17,9 +17,9 @@ import torch
 import torch._dynamo
 from safetensors.torch import save_file
 
-from lora_space.compiled import CompileOptions
+from lora_space.generate.compiled import CompileOptions
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.train.trainer import run_chunk
 from tests.lora_factory import lora_tensors, write_lora
 from tests.train_factory import job_folder, red_zip  # noqa: F401  (red_zip: a fixture)

@@ -8,7 +8,7 @@ import pytest
 
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
-from lora_space.discover import (
+from lora_space.discover.finder import (
     Discover,
     choose_weight_file,
     shared_widget_words,

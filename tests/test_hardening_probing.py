@@ -16,9 +16,9 @@ from PIL import Image
 from lora_space.library import store as library
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine, Options
+from lora_space.generate.engine import Engine, Options
 from lora_space.library.inspect import inspect_source
-from lora_space.recipe import read_png_recipe
+from lora_space.generate.recipe import read_png_recipe
 from lora_space.service import LoraSpace
 from lora_space.library.sources import resolve_source
 from tests.lora_factory import write_lora

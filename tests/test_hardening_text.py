@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from lora_space.hub.client import HubClient
 from lora_space.hub.cards import hub_image_url
 from lora_space.core.settings import Settings
-from lora_space.discover import Discover
+from lora_space.discover.finder import Discover
 from lora_space.library.inspect import inspect_source
 from lora_space.library.inspect import current_base
 from tests.app_process import running_app

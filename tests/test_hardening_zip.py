@@ -15,7 +15,7 @@ import pytest
 
 from lora_space.core.errors import DatasetError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine
+from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train import dataset

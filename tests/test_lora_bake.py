@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from lora_space.core.errors import LoraFileError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine
+from lora_space.generate.engine import Engine
 from lora_space.lora.bake import BAKE_METADATA, BakePart, bake
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.safefile import load_lora_file

@@ -1,4 +1,4 @@
-"""`<lora:...>` tags, prompt tidying and trigger words (lora_space.prompts)."""
+"""`<lora:...>` tags, prompt tidying and trigger words (lora_space.generate.prompts)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lora_space.core.errors import PromptError
-from lora_space.prompts import (
+from lora_space.generate.prompts import (
     build_model_prompt,
     find_tags,
     insert_trigger_words,

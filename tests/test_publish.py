@@ -17,7 +17,7 @@ from PIL import Image
 
 from lora_space.core.errors import HubError, PublishError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine
+from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.publish.card import parse_card
 from lora_space.publish.publish import (
@@ -27,7 +27,7 @@ from lora_space.publish.publish import (
     user_token,
     writable_namespaces,
 )
-from lora_space.recipe import read_png_recipe
+from lora_space.generate.recipe import read_png_recipe
 from lora_space.service import LoraSpace, Options
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora

@@ -1,4 +1,4 @@
-"""Recipes as A1111/Forge parameters text, JSON and PNG chunks (lora_space.recipe)."""
+"""Recipes as A1111/Forge parameters text, JSON and PNG chunks (lora_space.generate.recipe)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lora_space.core.errors import PromptError
-from lora_space.recipe import (
+from lora_space.generate.recipe import (
     LoraRef,
     Recipe,
     parse_parameters,
@@ -258,14 +258,14 @@ def test_a_parse_past_its_deadline_is_stopped_with_a_clear_message():
     from lora_space.core import timebox
 
     with pytest.raises(PromptError, match="The parameters text of 'x.png' took longer than 0.001 s to read and was given up"):
-        timebox.run("lora_space.parameters:parse_parameters", "a cat", seconds=0.001, what="The parameters text of 'x.png'")
+        timebox.run("lora_space.generate.parameters:parse_parameters", "a cat", seconds=0.001, what="The parameters text of 'x.png'")
     with pytest.raises(PromptError, match="is not closed"):  # the worker's own errors come back as they were
-        timebox.run("lora_space.parameters:parse_parameters", "a <lora:x", seconds=30, what="it")
-    assert timebox.run("lora_space.parameters:parse_parameters", "a cat, ünï", seconds=30, what="it")["prompt"] == "a cat, ünï"
+        timebox.run("lora_space.generate.parameters:parse_parameters", "a <lora:x", seconds=30, what="it")
+    assert timebox.run("lora_space.generate.parameters:parse_parameters", "a cat, ünï", seconds=30, what="it")["prompt"] == "a cat, ünï"
 
 
 def test_recipe_files_are_bounded(tmp_path: Path):
-    from lora_space.recipe import read_recipe_file
+    from lora_space.generate.recipe import read_recipe_file
 
     path = tmp_path / "recipe.json"
     path.write_text(recipe_to_json(full_recipe()))

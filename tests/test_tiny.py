@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 
-from lora_space.base_model import load_base_pipeline
+from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
 from lora_space.core.settings import Settings
 from lora_space.core.tiny import build_tiny_pipeline

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file, read_local_header
 from lora_space.train.checkpoint import read_json
 from lora_space.train.trainer import overfitting_warning, run_chunk

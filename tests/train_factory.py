@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine, Options
+from lora_space.generate.engine import Engine, Options
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import JobFiles

@@ -31,7 +31,7 @@ from lora_space.core import gpu
 from lora_space.core.errors import LoraFileError
 from lora_space.core.settings import Settings
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
 from lora_space.train.jobs import JobManager

@@ -187,7 +187,7 @@ class Settings:
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.
         compile: run the transformer under torch.compile with LoRAs hot-swapped into fixed slots
-            (`lora_space.compiled`); by default on where CUDA is, except on ZeroGPU.
+            (`lora_space.generate.compiled`); by default on where CUDA is, except on ZeroGPU.
         compile_slots: LoRAs one request may have on the compiled path (more run eager).
         compile_rank: the largest LoRA rank the compiled slots hold (higher ranks run eager).
         proxy_hops: reverse proxies in front of the app that append the address they saw to

@@ -2,12 +2,12 @@
 
 A parser written in Python, or a regular expression, holds the GIL while it runs, so running it
 in a thread bounds nothing: every other request of the app waits with it. The parsers of text
-that visitors send are written to run in linear time (see `lora_space.parameters`); this is
+that visitors send are written to run in linear time (see `lora_space.generate.parameters`); this is
 the second line: the parse runs in its own process, `python -I -S` (no site-packages, no
 environment), which is killed after `seconds`. The target must need only the standard library
 and `lora_space` modules that do (its input and result are JSON).
 
-    values = run("lora_space.parameters:parse_parameters", text, seconds=5, what="The parameters text")
+    values = run("lora_space.generate.parameters:parse_parameters", text, seconds=5, what="The parameters text")
 
 Starting the interpreter costs about 50 ms.
 """

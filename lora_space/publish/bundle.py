@@ -26,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 
 from lora_space.core.errors import LoraSpaceError, PublishError
 from lora_space.core.settings import Settings
+from lora_space.generate.recipe import Recipe, read_png_recipe, save_png
 from lora_space.library import store as library
 from lora_space.publish.card import TrainingFacts
-from lora_space.recipe import Recipe, read_png_recipe, save_png
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, read_json
 from lora_space.visitors.owners import Visitor, visitor_area, visitor_lora_dir
 

@@ -45,9 +45,9 @@ def load_pipeline(base_model: str, quantize: str, device):
     """The base pipeline for training; the transformer quantised (nf4 / fp8) when asked, on CUDA."""
     import torch
 
-    from lora_space.base_model import load_base_pipeline
     from lora_space.core.settings import Settings
     from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.generate.base_model import load_base_pipeline
 
     if quantize != "none" and device.type != "cuda":
         raise TrainConfigError(f"quantize_base {quantize} needs a CUDA GPU; set it to none on this machine.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_space.core.gpu import gpu
-from lora_space.engine import engine_by_id
+from lora_space.generate.engine import engine_by_id
 from lora_space.train.checkpoint import JobFiles
 from lora_space.train.trainer import ChunkResult, run_chunk
 

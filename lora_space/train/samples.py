@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from lora_space.recipe import LoraRef, Recipe
+from lora_space.generate.recipe import LoraRef, Recipe
 from lora_space.train.config import TrainConfig
 
 

@@ -35,7 +35,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from lora_space.core.errors import JobError, TrainConfigError
-from lora_space.recipe import save_png
+from lora_space.generate.recipe import save_png
 from lora_space.train.cache import Cache
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
 from lora_space.train.config import TrainConfig

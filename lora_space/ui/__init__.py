@@ -74,9 +74,9 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
 
 def create_space(settings: Settings) -> LoraSpace:
     """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
-    from lora_space.base_model import load_base_pipeline
-    from lora_space.compiled import CompileOptions
-    from lora_space.engine import Engine
+    from lora_space.generate.base_model import load_base_pipeline
+    from lora_space.generate.compiled import CompileOptions
+    from lora_space.generate.engine import Engine
 
     pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
     compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None

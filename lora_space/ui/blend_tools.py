@@ -6,9 +6,9 @@ import gradio as gr
 
 from lora_space.core.errors import PromptError
 from lora_space.core.markdown_text import md_text
-from lora_space.generation import parse_strengths
+from lora_space.generate.recipe import read_recipe_file
+from lora_space.generate.render import parse_strengths
 from lora_space.lora.export import TARGETS
-from lora_space.recipe import read_recipe_file
 from lora_space.service import LoraSpace
 from lora_space.ui.errors import user_errors
 from lora_space.ui.generate import (

@@ -3,7 +3,7 @@
 `build_discover_tab` lays the tab out and returns its handles; `wire_discover_to_generate`
 connects "Use in Generate" to the Generate tab's slots once both tabs exist (build_demo calls
 it); `register_discover_endpoints` adds `/search_loras`. Handlers only format what
-`lora_space.discover` returns; each one that reaches the Hub gets the visitor's own token per
+`lora_space.discover.finder` returns; each one that reaches the Hub gets the visitor's own token per
 request (`with_caller`), never a stored one.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from lora_space.core.markdown_text import md_text
-from lora_space.discover import Evaluation, LoraSummary, starter_list
+from lora_space.discover.finder import Evaluation, LoraSummary, starter_list
 from lora_space.hub.search import SORTS
 from lora_space.library.sources import resolve_source
 from lora_space.service import LoraSpace

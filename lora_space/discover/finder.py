@@ -38,7 +38,7 @@ from lora_space.library.inspect import current_base
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent  # starter_loras.json, licenses.json
 CACHE_SECONDS = 300.0
 CACHE_ENTRIES = 64
 MAX_LIMIT = 100
@@ -105,13 +105,13 @@ def _load(name: str) -> dict[str, Any]:
 
 
 def starter_list() -> list[dict[str, str]]:
-    """The curated starter LoRAs (`data/starter_loras.json`), each with its category's description."""
+    """The curated starter LoRAs (`starter_loras.json`), each with its category's description."""
     data = _load("starter_loras.json")
     return [entry | {"category_info": data["categories"][entry["category"]]} for entry in data["loras"]]
 
 
 def licence_facts(licence: str) -> dict[str, Any] | None:
-    """What `data/licenses.json` says about a licence id, or None when it is not listed."""
+    """What `licenses.json` says about a licence id, or None when it is not listed."""
     return _load("licenses.json")["licenses"].get(licence.lower().strip()) if licence else None
 
 

@@ -13,18 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_space.core.errors import PromptError
-from lora_space.engine import GenerationRequest, LoraSpec, Options
-from lora_space.library.hashes import LORA_SHORT, MODEL_SHORT
-from lora_space.library.sources import ResolvedSource
-from lora_space.library.tools import compare_files
-from lora_space.lora.conflicts import PairSummary, mix_warnings
-from lora_space.prompts import (
+from lora_space.generate.engine import GenerationRequest, LoraSpec, Options
+from lora_space.generate.prompts import (
     MAX_STRENGTH,
     MIN_STRENGTH,
     ParsedPrompt,
     build_model_prompt,
 )
-from lora_space.recipe import LoraRef, Recipe, save_png
+from lora_space.generate.recipe import LoraRef, Recipe, save_png
+from lora_space.library.hashes import LORA_SHORT, MODEL_SHORT
+from lora_space.library.sources import ResolvedSource
+from lora_space.library.tools import compare_files
+from lora_space.lora.conflicts import PairSummary, mix_warnings
 
 if TYPE_CHECKING:
     from lora_space.service import LoraSpace

@@ -1,7 +1,7 @@
 """Image recipes: what made an image, as A1111/Forge "parameters" text and as JSON.
 
 A PNG made here carries its recipe twice: as A1111/Forge `parameters` text
-(`lora_space.parameters`: the prompt with `<lora:NAME:STRENGTH>` tags, the negative prompt and
+(`lora_space.generate.parameters`: the prompt with `<lora:NAME:STRENGTH>` tags, the negative prompt and
 one line of `Key: value` settings, which A1111, Forge and Civitai read), and as JSON
 (`recipe_to_json`) in a second PNG text chunk, `lora_space_recipe`, that `read_png_recipe`
 prefers: sources, revisions and trigger words do not fit the A1111 format.
@@ -29,14 +29,14 @@ from PIL.PngImagePlugin import PngInfo
 from lora_space.core import timebox
 from lora_space.core.errors import PromptError
 from lora_space.core.settings import FLUX_DEV
-from lora_space.parameters import (
+from lora_space.generate.parameters import (
     HASH,
     TYPE_NAMES,
     check_length,
     parse_parameters,
     to_parameters,
 )
-from lora_space.prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
+from lora_space.generate.prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "lora_space_recipe"
@@ -339,7 +339,7 @@ def read_png_recipe(path: Path | str) -> dict[str, Any]:
 
     Raises:
         PromptError: not a PNG, a PNG without generation parameters, or parameters too long
-            (`lora_space.parameters.MAX_PARAMETERS_CHARS`) or too slow to read.
+            (`lora_space.generate.parameters.MAX_PARAMETERS_CHARS`) or too slow to read.
     """
     name = Path(path).name
     chunks = read_png_text(path, (RECIPE_CHUNK, PARAMETERS_CHUNK))
@@ -348,7 +348,7 @@ def read_png_recipe(path: Path | str) -> dict[str, Any]:
     if PARAMETERS_CHUNK in chunks:
         text = chunks[PARAMETERS_CHUNK]
         check_length(text, f"The parameters text of '{name}'")
-        values = timebox.run("lora_space.parameters:parse_parameters", text, seconds=PARSE_SECONDS, what=f"The parameters text of '{name}'")
+        values = timebox.run("lora_space.generate.parameters:parse_parameters", text, seconds=PARSE_SECONDS, what=f"The parameters text of '{name}'")
         return _recipe_from_values(values).to_dict()
     raise PromptError(f"'{name}' holds no generation parameters; use a PNG saved by LoRA Space, A1111 or Forge.")
 

@@ -25,7 +25,7 @@ send, so reading it is bounded: at most `MAX_PARAMETERS_CHARS` characters (A1111
 are a few hundred to a few thousand), and every repeat of the key/value grammar has a bound,
 so that a line without the `:` it looks for costs linear time, not quadratic (A1111's own
 pattern, `\\s*(\\w[\\w \\-/]+):...`, takes seconds on 16,000 characters and hours on a
-million). This module needs only the standard library and `lora_space.prompts`, so that
+million). This module needs only the standard library and `lora_space.generate.prompts`, so that
 `lora_space.core.timebox` can run `parse_parameters` in a bare interpreter with a deadline.
 """
 
@@ -36,10 +36,10 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from lora_space.core.errors import PromptError
-from lora_space.prompts import find_tags
+from lora_space.generate.prompts import find_tags
 
 if TYPE_CHECKING:
-    from lora_space.recipe import Recipe
+    from lora_space.generate.recipe import Recipe
 
 MAX_PARAMETERS_CHARS = 16_000
 """The longest `parameters` text read; A1111 and Forge write far less."""

@@ -33,11 +33,11 @@ from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
-from lora_space.compiled import CompiledTransformer, CompileOptions
 from lora_space.core.errors import LimitError, LoraFileError
 from lora_space.core.gpu import gpu, on_zerogpu
 from lora_space.core.settings import Limits
 from lora_space.core.turns import Turns
+from lora_space.generate.compiled import CompiledTransformer, CompileOptions
 from lora_space.lora.formats import to_diffusers
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import no_module_matched
@@ -152,7 +152,7 @@ class Engine:
         cache_size: how many adapters stay attached (LRU).
         fuse_after: fuse a mix once it has been asked for this many times in a row.
         fuse_memory_bytes: CPU memory for the original weights of fused layers (see `_fuse`).
-        compile: run the transformer compiled, LoRAs hot-swapped into fixed slots (`lora_space.compiled`);
+        compile: run the transformer compiled, LoRAs hot-swapped into fixed slots (`lora_space.generate.compiled`);
             None: eager, with adapters attached and fused as above.
     """
 

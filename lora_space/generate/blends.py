@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_space.core.errors import LoraFileError
+from lora_space.generate.recipe import Recipe
 from lora_space.library import store as library
 from lora_space.library.hashes import LORA_SHORT, is_hash_prefix
 from lora_space.library.inspect import current_base
@@ -21,7 +22,6 @@ from lora_space.library.sources import find_library_entry
 from lora_space.library.tools import check_tool_work, files_work, read_lora_file
 from lora_space.lora.bake import BakePart, BakeReport, bake
 from lora_space.lora.export import TARGETS, save_lora
-from lora_space.recipe import Recipe
 from lora_space.visitors.cleanup import check_quota
 from lora_space.visitors.disk import check_write
 from lora_space.visitors.owners import LOCAL, Visitor, visitor_lora_dir
