@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from huggingface_hub import constants  # noqa: E402
 
-from lora_space.hub.client import HubClient  # noqa: E402
-from lora_space.hub.cards import render_card  # noqa: E402
 from lora_space.core.settings import FLUX_DEV, Settings  # noqa: E402
 from lora_space.discover.finder import Discover, choose_weight_file  # noqa: E402
+from lora_space.hub.cards import render_card  # noqa: E402
+from lora_space.hub.client import HubClient  # noqa: E402
 from lora_space.hub.search import MAX_CARD_BYTES  # noqa: E402
 from tests.hub_standin import HubStandIn, safetensors_bytes  # noqa: E402
 

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_space.generate import parameters
 from lora_space.core.errors import PromptError
+from lora_space.generate import parameters
 from lora_space.generate.recipe import Recipe, read_png_recipe
 
 A1111 = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

@@ -28,10 +28,10 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save
 
-from lora_space.hub.client import HubClient
 from lora_space.core.settings import FLUX_DEV, Settings
-from lora_space.lora.export import lora_tensors
+from lora_space.hub.client import HubClient
 from lora_space.library.inspect import inspect_source
+from lora_space.lora.export import lora_tensors
 from lora_space.lora.optimize import optimize
 from lora_space.lora.shapes import known_bases
 from lora_space.lora.synthetic import random_lora

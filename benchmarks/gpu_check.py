@@ -43,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpu_train  # noqa: E402  (benchmarks/ is this script's folder)
 from bench_generate import different_mixes, write_lora  # noqa: E402
 
-from lora_space.generate.compiled import CompileOptions  # noqa: E402
 from lora_space.core.atomic import write_atomically  # noqa: E402
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options  # noqa: E402
+from lora_space.generate.compiled import CompileOptions  # noqa: E402
+from lora_space.generate.engine import Engine  # noqa: E402
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "examples" / "flat_shapes.zip"  # 12 drawn images with captions

@@ -128,7 +128,7 @@ def run(preset: str, steps: int, peak_tflops: float, *, scale: Scale = FULL, dev
 
     from benchmarks.preemption import encoder_moves, preemption_parts
     from lora_space.train.config import TrainConfig
-    from lora_space.train.trainer import (
+    from lora_space.train.steps import (
         attach_adapter,
         flow_matching_loss,
         make_optimizer,

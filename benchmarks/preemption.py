@@ -22,7 +22,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lora_space.train.checkpoint import JobFiles, load_state, save_state
 from lora_space.train.config import TrainConfig
-from lora_space.train.trainer import (
+from lora_space.train.steps import (
     attach_adapter,
     make_optimizer,
     reactivate_adapter,
@@ -72,7 +72,7 @@ def preemption_parts(
     return {"save": save, "warm": warm, "cold": cold}
 
 
-# FLUX.1-dev's T5-XXL encoder, CLIP-L text encoder and VAE, in parameters: what `trainer.Devices` moves off
+# FLUX.1-dev's T5-XXL encoder, CLIP-L text encoder and VAE, in parameters: what `steps.Devices` moves off
 # the GPU for the training loop (cached latents) and back for a generation.
 ENCODER_PARAMETERS = 4_762_310_656 + 123_060_480 + 83_653_863
 

@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lora_space.core.errors import DatasetError, LimitError, LoraFileError, PromptError
 from lora_space.core.settings import Settings
 from lora_space.discover.finder import Discover
-from lora_space.generate import blends
-from lora_space.generate.engine import MAX_SEED, Engine, Options, check_work
+from lora_space.generate.base_model import load_base_pipeline
+from lora_space.generate.blends import BakeResult, Blends
+from lora_space.generate.compiled import CompileOptions
+from lora_space.generate.engine import Engine
 from lora_space.generate.grid import labelled_grid
 from lora_space.generate.prompts import ParsedPrompt, parse_prompt
 from lora_space.generate.recipe import Recipe, recipe_to_json
@@ -30,14 +31,15 @@ from lora_space.generate.render import (
     BatchOutput,
     Blend,
     GenerateOutput,
+    Renderer,
     SweepOutput,
     check_strength,
     loras_from_dicts,
     open_image,
     pair_at_unit_strength,
     recipe_from_metadata,
-    render,
 )
+from lora_space.generate.request import MAX_SEED, Options, check_work
 from lora_space.library import store as library
 from lora_space.library.hashes import HashCache
 from lora_space.library.sources import ResolvedSource, check_distinct, resolve_source
@@ -53,19 +55,25 @@ from lora_space.train import intake
 from lora_space.train.autocaption import autocaption
 from lora_space.train.config import merged
 from lora_space.train.dataset import IngestedDataset
+from lora_space.train.jobs import JobManager
+from lora_space.train.status import JobStatus
 from lora_space.visitors.cleanup import check_quota
 from lora_space.visitors.disk import check_write, output_folder, record_write
 from lora_space.visitors.fairness import VisitorGate, one_turn_per_call
 from lora_space.visitors.owners import LOCAL, Visitor, visitor_lora_dir
 
-if TYPE_CHECKING:
-    from lora_space.train.jobs import JobStatus
-
 
 class LoraSpace:
     """The app's operations on one base model."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, **job_options) -> None:
+        """Wire the rooms for one base model.
+
+        Args:
+            settings: the app's settings.
+            engine: the pipeline's engine (generation and training share it).
+            job_options: `JobManager`'s `chunk_steps`, `chunk_seconds`, `in_requests`.
+        """
         self.settings = settings
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
@@ -73,11 +81,13 @@ class LoraSpace:
         # Calls running per visitor, bounded by `settings.limits.max_requests_per_visitor`.
         self.gate = VisitorGate()
         # Training jobs (lora_space/train/jobs.py): queued, trained chunk by chunk on this engine.
-        from lora_space.train.jobs import JobManager
-
-        self.jobs = JobManager(self)
+        self.jobs = JobManager(settings, engine, add_lora=self.add_lora, **job_options)
         # A1111's file hashes (`Lora hashes`, `Model hash`), computed once per file, kept on disk.
         self.hashes = HashCache(settings.data_dir / "cache" / "file_hashes.json")
+        # Baking blends and linking recipes by hash.
+        self.blends = Blends(settings, self.hashes, self.add_lora)
+        # Images for resolved blends, saved with their recipes.
+        self.renderer = Renderer(settings, engine, self.hashes, self._pair_summary)
         # Hub search and evaluation for the Discover tab, with its short-lived search cache.
         self.discover = Discover(settings)
 
@@ -198,8 +208,8 @@ class LoraSpace:
             return self.run(parsed, blend, options, folder, progress=progress)
 
     def run(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
-        """Generate for a resolved blend and save each PNG with its recipe in `folder` (`generation.render`)."""
-        return render(self, parsed, blend, options, folder, progress=progress, stem=stem)
+        """Generate for a resolved blend and save each PNG with its recipe in `folder` (`Renderer.render`)."""
+        return self.renderer.render(parsed, blend, options, folder, progress=progress, stem=stem)
 
     # -- strength sweep -------------------------------------------------------------------
 
@@ -316,7 +326,7 @@ class LoraSpace:
         Returns:
             the recipe, its LoRAs pointing at library names where a hash matched, and a note for each.
         """
-        return blends.link_recipe(self, recipe, visitor=visitor)
+        return self.blends.link_recipe(recipe, visitor=visitor)
 
     # -- LoRA tools: one turn per call, their work bounded from the headers (`lora.tools`) ------
 
@@ -399,7 +409,7 @@ class LoraSpace:
         visitor: Visitor = LOCAL,
         token: str | None = None,
         progress=None,
-    ) -> blends.BakeResult:
+    ) -> BakeResult:
         """Bake a blend (`[{"source", "strength"}]`, as `/generate` takes) into one LoRA.
 
         Args:
@@ -420,15 +430,19 @@ class LoraSpace:
             LoraFileError: a LoRA that fits no module of the base, a bad name or rank.
             PromptError, LimitError: malformed `loras`, or more than the limit.
         """
-        return blends.bake_blend(
-            self,
-            loras_from_dicts(loras),
-            prompt=prompt,
-            rank=rank,
-            name=name,
-            target=target,
-            visitor=visitor,
-            token=token,
-            progress=progress,
+        taken = {item["name"].casefold() for item in self.list_loras(visitor)}
+        name = Blends.check_request(target, name, taken)  # before any file is read
+        _, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, visitor=visitor)  # slots and the prompt's tags
+        return self.blends.bake(
+            blend, taken=taken, rank=rank, name=name, target=target, visitor=visitor, token=token, progress=progress
         )
 
+
+def create_space(settings: Settings) -> LoraSpace:
+    """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
+    pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
+    compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None
+    engine = Engine(
+        pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20, compile=compile
+    )
+    return LoraSpace(settings, engine)

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from lora_space.generate.compiled import CompileOptions
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.train.trainer import run_chunk
 from tests.lora_factory import lora_tensors, write_lora
 from tests.train_factory import job_folder, red_zip  # noqa: F401  (red_zip: a fixture)
@@ -133,7 +134,7 @@ def test_a_training_chunk_borrows_the_compiled_pipeline_eager_and_gives_it_back(
 def test_the_training_rank_check_sees_the_layers_inside_the_slots():
     from lora_space.core.errors import TrainConfigError
     from lora_space.train.config import TrainConfig
-    from lora_space.train.trainer import check_rank, rank_bound
+    from lora_space.train.steps import check_rank, rank_bound
 
     engine = Engine(build_tiny_pipeline(), compile=CompileOptions(slots=1, rank=8, backend="aot_eager"))
     transformer = engine.pipe.transformer  # every Linear is a LoRA layer now (its `base_layer` inside)

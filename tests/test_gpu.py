@@ -83,7 +83,8 @@ import lora_space.core.gpu
 hidden = lora_space.core.gpu.hide_cuda_only_packages() if sys.argv[1] == "hide" else False
 from pathlib import Path
 import tempfile
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.train.config import TrainConfig
 from tests.lora_factory import write_lora

@@ -13,7 +13,7 @@ from lora_space.core.errors import TrainConfigError
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.train.__main__ import base_quantization, load_pipeline
 from lora_space.train.config import TrainConfig
-from lora_space.train.trainer import attach_adapter, flow_matching_loss, make_optimizer
+from lora_space.train.steps import attach_adapter, flow_matching_loss, make_optimizer
 
 
 def test_requirements_install_the_gpu_packages_everywhere_cuda_can_run():

@@ -21,7 +21,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import Options
 from lora_space.service import LoraSpace
 from tests.app_process import running_app
 from tests.hub_standin import HubStandIn, isolated_hub

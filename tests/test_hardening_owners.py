@@ -8,7 +8,8 @@ import pytest
 
 from lora_space.core.errors import LoraFileError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from tests.lora_factory import write_lora

@@ -13,7 +13,8 @@ import pytest
 
 from lora_space.core.errors import HubError, LimitError, LoraFileError, PromptError
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import Options
 from lora_space.library.inspect import inspect_source
 from lora_space.library.tools import compare_sources, convert_source, optimize_source
 from lora_space.visitors.owners import LOCAL, Visitor

@@ -18,8 +18,8 @@ from lora_space.discover.finder import Discover
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import write_json
-from lora_space.train.jobs import JobManager
-from lora_space.train.trainer import rank_bound, run_chunk
+from lora_space.train.trainer import run_chunk
+from lora_space.train.steps import rank_bound
 from lora_space.ui.train_api import status_dict
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import isolated_hub
@@ -30,8 +30,7 @@ DAY = 24 * 3600
 
 @pytest.fixture
 def space(settings) -> LoraSpace:  # as train_factory's, with chunks of 4 steps
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
-    space.jobs = JobManager(space, chunk_steps=4)
+    space = LoraSpace(settings, Engine(build_tiny_pipeline()), chunk_steps=4)
     yield space
     space.jobs.close()
 

@@ -16,7 +16,8 @@ import pytest
 
 from lora_space.core.errors import TrainConfigError
 from lora_space.core.settings import Training
-from lora_space.generate.engine import Engine, GenerationRequest
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest
 from tests.train_factory import (  # noqa: F401 (fixtures)
     ALICE,
     RUN,

@@ -286,7 +286,7 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     from lora_space.train.jobs import JobManager
     from tests.train_factory import TINY_RUN, colour_zip
 
-    space.jobs = JobManager(space, chunk_steps=3)
+    space.jobs = JobManager(space.settings, space.engine, add_lora=space.add_lora, chunk_steps=3)
     try:
         config = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
             "trigger_word": "redstyle", "max_train_steps": 6, "sample_every": 2}  # no validation prompts: a held-out caption

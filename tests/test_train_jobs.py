@@ -96,7 +96,7 @@ def test_after_a_restart_a_job_is_interrupted_and_resumes_to_the_same_weights(sp
     status = space.jobs.start(red_zip, config, visitor=ALICE)
     wait(space, status.job_id, lambda job: job.step >= 4)
     space.jobs.close()  # the app stops: the worker ends within a step, the state stays "running"
-    restarted = JobManager(space, chunk_steps=5)
+    restarted = JobManager(space.settings, space.engine, add_lora=space.add_lora, chunk_steps=5)
     space.jobs = restarted
     assert restarted.status(status.job_id).state == "interrupted"
     assert [job.state for job in restarted.list_jobs(ALICE)] == ["interrupted"]

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file
 from lora_space.train.checkpoint import read_json
 from lora_space.train.trainer import run_chunk

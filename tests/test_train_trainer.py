@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file, read_local_header
 from lora_space.train.checkpoint import read_json
-from lora_space.train.trainer import overfitting_warning, run_chunk
+from lora_space.train.trainer import run_chunk
+from lora_space.train.steps import overfitting_warning
 from tests.train_factory import colour_zip, job_folder, mean_colour
 
 OPTIONS = Options(seed=5, steps=4, width=64, height=64)

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import JobFiles
-from lora_space.train.jobs import JobManager
 from lora_space.train.prepare import prepare_job
 
 RED = (230, 30, 30)
@@ -95,8 +95,7 @@ RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
 @pytest.fixture
 def space(settings) -> LoraSpace:
     """A LoraSpace on the tiny engine whose jobs run in chunks of 3 steps."""
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
-    space.jobs = JobManager(space, chunk_steps=3)
+    space = LoraSpace(settings, Engine(build_tiny_pipeline()), chunk_steps=3)
     yield space
     space.jobs.close()
 

@@ -31,7 +31,8 @@ from lora_space.core import gpu
 from lora_space.core.errors import LoraFileError
 from lora_space.core.settings import Settings
 from lora_space.core.tiny import build_tiny_pipeline
-from lora_space.generate.engine import Engine, GenerationRequest, LoraSpec, Options
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
 from lora_space.train.jobs import JobManager
@@ -72,7 +73,7 @@ def main(root: Path) -> dict:
     idle = statistics.median(_timed(engine) for _ in range(3))
 
     # 2. Training in workers, preempted by generations: the weights of an uninterrupted run.
-    space.jobs = JobManager(space, chunk_seconds=120, in_requests=True)
+    space.jobs = JobManager(space.settings, space.engine, add_lora=space.add_lora, chunk_seconds=120, in_requests=True)
     zip_path = colour_zip(root / "red.zip")
     job = space.jobs.start(zip_path, CONFIG, visitor=ALICE)
     statuses = []

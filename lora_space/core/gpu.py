@@ -111,10 +111,9 @@ def _raising(gpu_function: Callable) -> Callable:
         try:
             result = gpu_function(*args, **kwargs)
         except Exception as error:
-            import gradio as gr  # only on ZeroGPU: spaces' scheduling errors are gr.Error
-
-            if isinstance(error, gr.Error):  # quota spent, no GPU free, the worker aborted: its own words
-                raise GpuUnavailableError(f"{error.title}: {error.message}" if getattr(error, "title", "") else str(error.message)) from error
+            if _is_ui_error(error):  # spaces' refusals: quota spent, no GPU free, the worker aborted: its own words
+                message = str(getattr(error, "message", error))
+                raise GpuUnavailableError(f"{error.title}: {message}" if getattr(error, "title", "") else message) from error
             raise
         if isinstance(result, _Raised):
             raise result.error
@@ -123,7 +122,28 @@ def _raising(gpu_function: Callable) -> Callable:
     return outside
 
 
+def _is_ui_error(error: BaseException) -> bool:
+    """Whether `error` is one of spaces' refusals: gradio's `Error` (spaces raises it) or the stand-in's.
+
+    Told by class, without importing gradio: nothing below the UI imports it.
+    """
+    return isinstance(error, WorkerError) or any(
+        cls.__name__ == "Error" and cls.__module__.startswith("gradio") for cls in type(error).__mro__
+    )
+
+
 # -- the ZeroGPU stand-in (tests) ------------------------------------------------------------
+
+
+class WorkerError(Exception):
+    """The stand-in's "ZeroGPU worker error" (spaces raises a gradio `Error` with these words)."""
+
+    title = "ZeroGPU worker error"
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
 
 
 class _Worker:
@@ -146,10 +166,8 @@ class _Worker:
         self.fresh = False
         if ok:
             return payload
-        import gradio as gr
-
         error_class, text = payload
-        raise gr.Error(f"ZeroGPU worker error: {error_class}", title="ZeroGPU worker error", print_exception=False) from RuntimeError(text)
+        raise WorkerError(f"ZeroGPU worker error: {error_class}") from RuntimeError(text)
 
     def stop(self) -> None:
         self.connection.close()
@@ -219,9 +237,8 @@ class _StandIn:
 
     def __call__(self, *args, **kwargs):
         # 1. What spaces' handler reads before scheduling: the current request and the duration.
-        from gradio.context import LocalContext
-
-        request = LocalContext.request.get(None)
+        context = sys.modules.get("gradio.context")  # the app's current request, as spaces reads it
+        request = context.LocalContext.request.get(None) if context is not None else None
         seconds = self.duration(*args, **kwargs) if callable(self.duration) else self.duration
         # 2. A worker: the idle one (reuse) or a fresh fork of this process.
         with self._lock:

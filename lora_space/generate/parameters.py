@@ -33,13 +33,37 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from lora_space.core.errors import PromptError
 from lora_space.generate.prompts import find_tags
 
-if TYPE_CHECKING:
-    from lora_space.generate.recipe import Recipe
+
+class _LoraFields(Protocol):
+    name: str
+    strength: float
+    hash: str
+
+
+class RecipeFields(Protocol):
+    """What `to_parameters` reads of a recipe (`recipe.Recipe` has these fields)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    schedule: str
+    true_cfg: float
+    guidance: float
+    seed: int
+    width: int
+    height: int
+    model_hash: str
+    model: str
+
+    @property
+    def loras(self) -> Sequence[_LoraFields]: ...
 
 MAX_PARAMETERS_CHARS = 16_000
 """The longest `parameters` text read; A1111 and Forge write far less."""
@@ -109,7 +133,7 @@ def _unquote(value: str) -> str:
     return value.strip()
 
 
-def to_parameters(recipe: Recipe) -> str:
+def to_parameters(recipe: RecipeFields) -> str:
     """The A1111/Forge `parameters` text of a recipe (see the module docstring)."""
     tags = [f"<lora:{lora.name}:{_number(lora.strength)}>" for lora in recipe.loras]
     lines = [" ".join(part for part in [recipe.prompt, *tags] if part)]

@@ -1,7 +1,7 @@
 """Images for a resolved blend: the checks and warnings before GPU time, and the PNGs with their recipes.
 
-`LoraSpace.generate`, `.sweep` and `.batch` resolve the blend and call `render` for each image
-set. The metadata `render` returns is the `/generate` result (API.md); `recipe_from_metadata`
+`LoraSpace.generate`, `.sweep` and `.batch` resolve the blend and call `Renderer.render` for each
+image set. The metadata it returns is the `/generate` result (API.md); `recipe_from_metadata`
 reads it back into a `Recipe` (Save recipe), next to the one function that writes it.
 """
 
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lora_space.core.errors import PromptError
-from lora_space.generate.engine import GenerationRequest, LoraSpec, Options
 from lora_space.generate.prompts import (
     MAX_STRENGTH,
     MIN_STRENGTH,
@@ -21,13 +20,16 @@ from lora_space.generate.prompts import (
     build_model_prompt,
 )
 from lora_space.generate.recipe import LoraRef, Recipe, save_png
+from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.library.hashes import LORA_SHORT, MODEL_SHORT
 from lora_space.library.sources import ResolvedSource
 from lora_space.library.tools import compare_files
 from lora_space.lora.conflicts import PairSummary, mix_warnings
 
 if TYPE_CHECKING:
-    from lora_space.service import LoraSpace
+    from lora_space.core.settings import Settings
+    from lora_space.generate.engine import Engine
+    from lora_space.library.hashes import HashCache
 
 # The course, per LoRA: "Optimal Range: Usually 0.6-1.0 for balanced results"; "Over-application:
 # Values too high can cause artifacts or instability". A LoRA past this strength (either sign) is
@@ -131,59 +133,73 @@ def strength_warnings(strengths: list[tuple[str, float]]) -> list[str]:
     return warnings
 
 
-def render(
-    space: LoraSpace, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image"
-) -> GenerateOutput:
-    """Generate for a resolved blend on `space`'s engine and save each PNG with its recipe in `folder`."""
-    # 1. The prompt as sent: tags removed, trigger words of every LoRA not at 0 inserted.
-    model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in blend])
-    request = GenerationRequest(
-        prompt=model_prompt,
-        options=options,
-        loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
-    )
-    request.check(space.settings.limits)
-    warnings = strength_warnings([(item.name, strength) for item, strength in blend]) + conflict_warnings(blend, space._pair_summary)
-    # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
-    refs = tuple(
-        LoraRef(
-            item.name,
-            strength,
-            source=item.source,
-            revision=item.revision or "",
-            trigger_words=tuple(item.trigger_words),
-            hash=space.hashes.lora_hash(item.file)[:LORA_SHORT],
+@dataclass(frozen=True)
+class Renderer:
+    """What rendering needs: the engine, the settings, the file hashes and the pair analysis.
+
+    Attributes:
+        settings: limits and the base model's name.
+        engine: the shared pipeline.
+        hashes: A1111's file hashes for the recipes.
+        pair_summary: how two LoRA files relate (cached by the caller).
+    """
+
+    settings: Settings
+    engine: Engine
+    hashes: HashCache
+    pair_summary: Callable[..., PairSummary]
+
+    def render(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
+        """Generate for a resolved blend on the engine and save each PNG with its recipe in `folder`."""
+        # 1. The prompt as sent: tags removed, trigger words of every LoRA not at 0 inserted.
+        model_prompt = build_model_prompt(parsed, [(item.trigger_words, strength) for item, strength in blend])
+        request = GenerationRequest(
+            prompt=model_prompt,
+            options=options,
+            loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
         )
-        for item, strength in blend
-    )
-    # 3. Run it on the shared engine, then save each image (seed + index) with its recipe.
-    result = space.engine.generate(request, progress=progress)
-    warnings += result.warnings
-    base_file = Path(space.settings.base_model)
-    recipe = Recipe(
-        prompt=model_prompt,
-        negative_prompt=options.negative_prompt,
-        steps=options.steps,
-        guidance=options.guidance,
-        true_cfg=options.true_cfg,
-        seed=result.seed,
-        width=options.width,
-        height=options.height,
-        model=space.settings.base_model_label,
-        loras=refs,
-        model_hash=space.hashes.model_hash(base_file)[:MODEL_SHORT] if base_file.is_file() else "",  # a folder has none
-    )
-    files = [
-        Path(save_png(image, folder / f"{stem}_{index:02d}_seed{result.seed + index}.png", replace(recipe, seed=result.seed + index)))
-        for index, image in enumerate(result.images)
-    ]
-    metadata = recipe_metadata(recipe, parsed.raw, options.num_images) | {
-        "fused": result.fused,
-        "compiled": result.compiled,
-        "warnings": warnings,
-        "timings": {key: round(value, 4) for key, value in result.timings.items()},
-    }
-    return GenerateOutput(files=files, metadata=metadata, warnings=warnings)
+        request.check(self.settings.limits)
+        warnings = strength_warnings([(item.name, strength) for item, strength in blend]) + conflict_warnings(blend, self.pair_summary)
+        # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
+        refs = tuple(
+            LoraRef(
+                item.name,
+                strength,
+                source=item.source,
+                revision=item.revision or "",
+                trigger_words=tuple(item.trigger_words),
+                hash=self.hashes.lora_hash(item.file)[:LORA_SHORT],
+            )
+            for item, strength in blend
+        )
+        # 3. Run it on the shared engine, then save each image (seed + index) with its recipe.
+        result = self.engine.generate(request, progress=progress)
+        warnings += result.warnings
+        base_file = Path(self.settings.base_model)
+        recipe = Recipe(
+            prompt=model_prompt,
+            negative_prompt=options.negative_prompt,
+            steps=options.steps,
+            guidance=options.guidance,
+            true_cfg=options.true_cfg,
+            seed=result.seed,
+            width=options.width,
+            height=options.height,
+            model=self.settings.base_model_label,
+            loras=refs,
+            model_hash=self.hashes.model_hash(base_file)[:MODEL_SHORT] if base_file.is_file() else "",  # a folder has none
+        )
+        files = [
+            Path(save_png(image, folder / f"{stem}_{index:02d}_seed{result.seed + index}.png", replace(recipe, seed=result.seed + index)))
+            for index, image in enumerate(result.images)
+        ]
+        metadata = recipe_metadata(recipe, parsed.raw, options.num_images) | {
+            "fused": result.fused,
+            "compiled": result.compiled,
+            "warnings": warnings,
+            "timings": {key: round(value, 4) for key, value in result.timings.items()},
+        }
+        return GenerateOutput(files=files, metadata=metadata, warnings=warnings)
 
 
 def recipe_metadata(recipe: Recipe, prompt_raw: str, num_images: int) -> dict:

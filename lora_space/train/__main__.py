@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from lora_space.train.checkpoint import JobFiles, read_json
     from lora_space.train.config import TrainConfig
     from lora_space.train.prepare import prepare_job
-    from lora_space.train.trainer import Parallel, run_chunk
+    from lora_space.train.steps import Parallel
+    from lora_space.train.trainer import run_chunk
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: torchrun's processes form a CPU group
     files = JobFiles(Path(args.output))

@@ -1,6 +1,6 @@
 """Training jobs: on disk, one at a time, chunk by chunk, restart-safe (API.md `/start_training`).
 
-`JobManager` (reachable as `space.jobs`) takes a dataset zip and a config, checks both at the
+`JobManager` (a `LoraSpace`'s `jobs`) takes a dataset zip and a config, checks both at the
 call (bad input, and a job whose work as a whole passes the Space's bounds, are refused there;
 so is a job past the Space's number of jobs waiting and running), and queues the job. Jobs
 train one at a time, chunk after chunk; each chunk takes a turn on the engine's pipeline
@@ -24,13 +24,12 @@ one can follow and cancel the job; `list_jobs` shows a visitor only their own (t
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import shutil
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,31 +40,34 @@ from lora_space.core.errors import (
     LoraSpaceError,
 )
 from lora_space.core.gpu import on_zerogpu
+from lora_space.core.settings import Settings
 from lora_space.train import chunk
-from lora_space.train.checkpoint import JobFiles, log_line, read_json, write_json
+from lora_space.train.checkpoint import JobFiles, log_line, read_json
 from lora_space.train.config import check_job_bounds, merged
 from lora_space.train.prepare import prepare_job
+from lora_space.train.record import load_record, mark_interrupted, records, write_record
 from lora_space.train.samples import lora_name_for
-from lora_space.train.status import JobStatus
-from lora_space.train.trainer import ChunkResult, check_rank
+from lora_space.train.status import ACTIVE, RESUMABLE, JobState, JobStatus, job_status
+from lora_space.train.steps import check_rank
+from lora_space.train.trainer import ChunkResult
 from lora_space.visitors.owners import Visitor
 
 if TYPE_CHECKING:
-    from lora_space.service import LoraSpace
+    from lora_space.generate.engine import Engine
+    from lora_space.library.store import LibraryEntry
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "running")
-RESUMABLE = ("interrupted", "cancelled", "failed")
 QUEUE_POLL_SECONDS = 2.0  # a job waiting for its turn inside its owner's request reports its place this often
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class JobManager:
-    """Training jobs of one `LoraSpace`.
+    """Training jobs of one Space: queued, trained chunk by chunk on its engine.
 
     Args:
-        space: the app (settings, engine, `add_lora`).
+        settings: the app's settings (the data folder, training bounds, the base model).
+        engine: the engine whose pipeline the jobs borrow between generations (`Engine.lend`).
+        add_lora: puts a finished LoRA into its owner's library (`LoraSpace.add_lora`'s keywords).
         chunk_steps: at most this many steps per chunk (None: bounded by time only).
         chunk_seconds: training seconds per chunk (default: 90 on ZeroGPU, else 60).
         in_requests: jobs train inside their owners' requests (`follow`), as ZeroGPU needs; else
@@ -73,10 +75,19 @@ class JobManager:
     """
 
     def __init__(
-        self, space: LoraSpace, *, chunk_steps: int | None = None, chunk_seconds: float | None = None, in_requests: bool | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        add_lora: Callable[..., LibraryEntry],
+        chunk_steps: int | None = None,
+        chunk_seconds: float | None = None,
+        in_requests: bool | None = None,
     ) -> None:
-        self.space = space
-        self.root = space.settings.data_dir / "jobs"
+        self.settings = settings
+        self.engine = engine
+        self.add_lora = add_lora
+        self.root = settings.data_dir / "jobs"
         self.chunk_steps = chunk_steps
         self.chunk_seconds = chunk_seconds or (chunk.ZEROGPU_CHUNK_SECONDS if on_zerogpu() else chunk.CHUNK_SECONDS)
         self.in_requests = on_zerogpu() if in_requests is None else in_requests
@@ -89,7 +100,7 @@ class JobManager:
         self._closing = False
         self._worker: threading.Thread | None = None
         self._chunks = 0
-        self._mark_interrupted()
+        mark_interrupted(self.root)
 
     # -- public -------------------------------------------------------------------------
 
@@ -112,7 +123,7 @@ class JobManager:
             JobError: the visitor already has a job queued or running, or the Space has its most jobs.
         """
         self.check_room(visitor)  # at once, before any file work
-        settings = self.space.settings
+        settings = self.settings
         merged(None, config, is_tiny=settings.is_tiny)  # the call's own values, before any file work
         job_id = secrets.token_hex(16)
         files = JobFiles(self.root / job_id)
@@ -120,7 +131,7 @@ class JobManager:
         try:
             prepared = prepare_job(files, zip_path, config, is_tiny=settings.is_tiny, captions=captions)
             final, rows = prepared.config, prepared.rows
-            check_rank(self.space.engine.pipe.transformer, final)  # the bound of the base this Space runs
+            check_rank(self.engine.pipe.transformer, final)  # the bound of the base this Space runs
             held_out = sum(row["split"] == "validation" for row in rows)
             check_job_bounds(final, images=len(rows), validation_images=held_out, bounds=settings.training)
             notes = list(final.notes)
@@ -132,7 +143,7 @@ class JobManager:
             if not settings.is_tiny and final.model_name != settings.base_model:
                 notes.append(f"model_name {final.model_name!r}: this Space trains the base model it runs, {settings.base_model}.")
             state = {
-                "job_id": job_id, "owner": visitor.id, "state": "queued", "created": time.time(), "error": "",
+                "job_id": job_id, "owner": visitor.id, "state": JobState.QUEUED, "created": time.time(), "error": "",
                 "total_steps": final.max_train_steps, "notes": notes, "trigger_word": final.trigger_word,
                 "lora_name": "", "lora_file": "",
             }  # fmt: skip
@@ -163,30 +174,10 @@ class JobManager:
             JobError: no such job.
         """
         files, state = self._load(job_id)
-        progress = read_json(files.progress, {}) or {}
         with self._lock:
             position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
             ahead = list(self._queue)[: max(position - 1, 0)] + ([self._running] if self._running and position else [])
-        step = progress.get("step", 0)
-        if state["state"] == "interrupted":  # killed between saving its state and its progress: the state is the truth
-            step = max([step] + [int(path.name[5:]) for path in files.states.glob("step_*") if path.name[5:].isdigit()])
-        per_step = progress.get("seconds_per_step")
-        eta = None
-        if per_step and state["state"] in ACTIVE:
-            eta = per_step * (state["total_steps"] - step)
-            eta += sum(per_step * self._steps_left(other) for other in ahead if other)
-        lora_file = Path(state["lora_file"]) if state.get("lora_file") else None
-        return JobStatus(
-            job_id=job_id, state=state["state"], step=step, total_steps=state["total_steps"],
-            loss=progress.get("loss", []), val_loss=progress.get("val_loss", []),
-            samples=[files.samples / name for name in progress.get("samples", [])],
-            checkpoints=[files.checkpoints / name for name in progress.get("checkpoints", [])],
-            lora_file=lora_file, lora_name=state.get("lora_name", ""),
-            dataset_report=read_json(files.root / "report.json", {}), error=state.get("error", ""),
-            queue_position=position, eta_seconds=round(eta, 1) if eta is not None else None,
-            warnings=list(state.get("notes", [])) + progress.get("warnings", []),
-            config=read_json(files.config, {}),
-        )  # fmt: skip
+        return job_status(files, state, position=position, steps_ahead=sum(self._steps_left(other) for other in ahead if other))
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stop the job within one step (a queued one at once); its last state is kept for `resume`.
@@ -198,13 +189,13 @@ class JobManager:
         with self._lock:
             if job_id in self._queue:
                 self._queue.remove(job_id)
-                state["state"] = "cancelled"
+                state["state"] = JobState.CANCELLED
                 self._write_state(files, state)
-            elif state["state"] == "running":
+            elif state["state"] == JobState.RUNNING:
                 files.stop_flag.write_text("cancel")
-        if state["state"] == "running":
+        if state["state"] == JobState.RUNNING:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and self._load(job_id)[1]["state"] == "running":
+            while time.monotonic() < deadline and self._load(job_id)[1]["state"] == JobState.RUNNING:
                 time.sleep(0.05)
         return self.status(job_id)
 
@@ -225,7 +216,7 @@ class JobManager:
         files.stop_flag.unlink(missing_ok=True)
         with self._lock:
             self._refuse_when_full()
-            state.update(state="queued", error="")
+            state.update(state=JobState.QUEUED, error="")
             self._write_state(files, state)
             self._enqueue(job_id, visitor)
         log_line(files, "job resumed")
@@ -278,8 +269,7 @@ class JobManager:
     def list_jobs(self, visitor: Visitor) -> list[JobStatus]:
         """The visitor's own jobs, newest first."""
         found = []
-        for path in self.root.glob("*/job.json") if self.root.exists() else []:
-            state = read_json(path, {})
+        for _, state in records(self.root):
             if state.get("owner") == visitor.id:
                 found.append((state.get("created", 0), state["job_id"]))
         return [self.status(job_id) for _, job_id in sorted(found, reverse=True)]
@@ -329,11 +319,11 @@ class JobManager:
         between chunks, outside the turn. The running slot is given back when it ends or is closed."""
         try:
             files, state = self._load(job_id)
-            state["state"] = "running"
+            state["state"] = JobState.RUNNING
             self._write_state(files, state)
             log_line(files, "running")
             adapter_name = f"train_{job_id[:12]}"
-            engine = self.space.engine
+            engine = self.engine
             try:
                 while True:
                     # One chunk: at most chunk_seconds (or chunk_steps); it ends sooner when a generation waits.
@@ -344,7 +334,7 @@ class JobManager:
                         break
                     yield result
             except GpuUnavailableError as error:  # ZeroGPU gave no GPU (the owner's quota is spent): pause, not fail
-                state.update(state="interrupted", error=f"{error} The job is paused with its state saved; resume it later.")
+                state.update(state=JobState.INTERRUPTED, error=f"{error} The job is paused with its state saved; resume it later.")
                 self._write_state(files, state)
                 log_line(files, f"paused: {error}")
                 return
@@ -352,7 +342,7 @@ class JobManager:
                 message = str(error) if isinstance(error, (LoraSpaceError, FloatingPointError)) else f"internal error ({type(error).__name__})"
                 if not isinstance(error, (LoraSpaceError, FloatingPointError)):
                     logger.exception("training job %s failed", job_id)
-                state.update(state="failed", error=message)
+                state.update(state=JobState.FAILED, error=message)
                 self._write_state(files, state)
                 log_line(files, f"failed: {message}")
                 return
@@ -361,7 +351,7 @@ class JobManager:
                 files.stop_flag.unlink(missing_ok=True)
                 if reason == "shutdown":
                     return  # left as running on disk: the next start marks it interrupted
-                state["state"] = "cancelled"
+                state["state"] = JobState.CANCELLED
                 self._write_state(files, state)
                 log_line(files, f"cancelled at step {result.step}")
                 return
@@ -387,7 +377,7 @@ class JobManager:
             self._wake.notify_all()
         state = read_json(files.root / "job.json", {})
         if (trained_here or unfollowed) and state.get("state") in ACTIVE:
-            state["state"] = "interrupted"
+            state["state"] = JobState.INTERRUPTED
             self._write_state(files, state)
             log_line(files, "paused: the request that trained it went away; resume it to go on")
 
@@ -399,14 +389,14 @@ class JobManager:
             if visitor is None:
                 raise JobError("The job's owner is unknown after a restart; resume it to add the LoRA to your library.")
             trigger = [state["trigger_word"]] if state.get("trigger_word") else []
-            entry = self.space.add_lora(files.final, visitor=visitor, name=name, trigger_words=trigger, overwrite=True)
+            entry = self.add_lora(files.final, visitor=visitor, name=name, trigger_words=trigger, overwrite=True)
         except LimitError as error:
             # The LoRA is trained and kept with the job; only the library was full: say so and how to add it.
             note = (
                 f"Training finished, but the LoRA could not join your library: {error} The LoRA is kept with this job: "
                 "download it as lora_file, make room in your library, then upload it there (Library tab)."
             )
-            state.update(state="done", lora_name="", lora_file=str(files.final), finished=time.time())
+            state.update(state=JobState.DONE, lora_name="", lora_file=str(files.final), finished=time.time())
             state["notes"] = list(state.get("notes", [])) + [note]
             self._write_state(files, state)
             shutil.rmtree(files.states, ignore_errors=True)
@@ -414,11 +404,11 @@ class JobManager:
             log_line(files, "done: kept in the job folder (library quota)")
             return
         except LoraSpaceError as error:
-            state.update(state="failed", error=f"Training finished, but the LoRA could not join your library: {error}")
+            state.update(state=JobState.FAILED, error=f"Training finished, but the LoRA could not join your library: {error}")
             state["lora_file"] = str(files.final)
             self._write_state(files, state)
             return
-        state.update(state="done", lora_name=entry.name, lora_file=str(entry.path), finished=time.time())
+        state.update(state=JobState.DONE, lora_name=entry.name, lora_file=str(entry.path), finished=time.time())
         self._write_state(files, state)
         # A finished job cannot resume: its training state and encodings only took disk space.
         shutil.rmtree(files.states, ignore_errors=True)
@@ -437,7 +427,7 @@ class JobManager:
     def _refuse_when_full(self) -> None:
         """Refuse one more job past the Space's jobs waiting and running (call under the lock)."""
         active = len(self._queue) + (self._running is not None)
-        limit = self.space.settings.training.max_jobs
+        limit = self.settings.training.max_jobs
         if active >= limit:
             raise JobError(
                 f"This Space already has {active} training jobs waiting or running, the most it takes at once; "
@@ -445,8 +435,7 @@ class JobManager:
             )
 
     def _refuse_second_job(self, visitor: Visitor) -> None:
-        for path in self.root.glob("*/job.json") if self.root.exists() else []:
-            state = read_json(path, {})
+        for _, state in records(self.root):
             if state.get("owner") == visitor.id and state.get("state") in ACTIVE:
                 raise JobError(
                     f"You already have a training job {state['state']} ({state['job_id']}); wait for it to finish "
@@ -454,21 +443,7 @@ class JobManager:
                 )
 
     def _load(self, job_id: str) -> tuple[JobFiles, dict]:
-        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id.strip()):
-            raise JobError(f"There is no such job: {str(job_id)[:40]!r}. Use the job_id that /start_training returned.")
-        files = JobFiles(self.root / job_id.strip())
-        state = read_json(files.root / "job.json")
-        if state is None:
-            raise JobError(f"There is no such job: {job_id!r}. Use the job_id that /start_training returned.")
-        return files, state
+        return load_record(self.root, job_id)
 
     def _write_state(self, files: JobFiles, state: dict) -> None:
-        write_json(files.root / "job.json", state)
-
-    def _mark_interrupted(self) -> None:
-        """At start: jobs that were queued or running when the app stopped are interrupted."""
-        for path in self.root.glob("*/job.json") if self.root.exists() else []:
-            state = read_json(path, {})
-            if state.get("state") in ACTIVE:
-                state["state"] = "interrupted"
-                write_json(path, state)
+        write_record(files, state)

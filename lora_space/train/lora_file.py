@@ -64,7 +64,7 @@ def training_metadata(config: TrainConfig, rows: list[dict], *, step: int) -> di
 
 def save_trained_lora(path: Path, parameters: dict[str, torch.Tensor], config: TrainConfig, rows: list[dict], *, step: int) -> Path:
     """Write the adapter's weights (in the run's precision) with its metadata, atomically."""
-    from lora_space.train.trainer import TARGET_MODULES
+    from lora_space.train.steps import TARGET_MODULES
 
     dtype = DTYPES[config.mixed_precision]
     tensors = {name: value.detach().to("cpu", dtype) for name, value in parameters.items()}

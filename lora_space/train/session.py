@@ -39,7 +39,7 @@ from lora_space.train.checkpoint import (
 )
 from lora_space.train.config import TrainConfig, is_due
 from lora_space.train.lora_file import save_trained_lora
-from lora_space.train.trainer import (
+from lora_space.train.steps import (
     MAX_GRAD_NORM,
     VALIDATION_SIGMAS,
     Devices,

@@ -9,7 +9,7 @@ import gradio as gr
 
 from lora_space.core.errors import LoraSpaceError
 from lora_space.core.settings import Settings
-from lora_space.service import LoraSpace
+from lora_space.service import LoraSpace, create_space
 from lora_space.ui import (
     api,
     bake_api,
@@ -70,20 +70,6 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
         train_api.register_train_endpoints(space)
         demo.load(fill_browser_id, [*browser_id], browser_id.stored, api_visibility="private")  # a new browser keeps its fresh id
     return demo
-
-
-def create_space(settings: Settings) -> LoraSpace:
-    """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
-    from lora_space.generate.base_model import load_base_pipeline
-    from lora_space.generate.compiled import CompileOptions
-    from lora_space.generate.engine import Engine
-
-    pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
-    compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None
-    engine = Engine(
-        pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20, compile=compile
-    )
-    return LoraSpace(settings, engine)
 
 
 def launch() -> None:
