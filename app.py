@@ -3,7 +3,7 @@
 import lora_space.core.gpu  # first: `import spaces` must come before torch touches CUDA
 
 lora_space.core.gpu.hide_cuda_only_packages()  # on a CPU: bitsandbytes and torchao unused, and slow to import
-from lora_space.ui import launch  # noqa: E402
+from lora_space.ui.app import launch  # noqa: E402
 
 if __name__ == "__main__":
     launch()

@@ -23,7 +23,7 @@ from lora_space.generate.blends import BakeResult, Blends
 from lora_space.generate.compiled import CompileOptions
 from lora_space.generate.engine import Engine
 from lora_space.generate.grid import labelled_grid
-from lora_space.generate.prompts import ParsedPrompt, parse_prompt
+from lora_space.generate.prompts import ParsedPrompt
 from lora_space.generate.recipe import Recipe, recipe_to_json
 from lora_space.generate.render import (
     MAX_BATCH_PROMPTS,
@@ -38,11 +38,13 @@ from lora_space.generate.render import (
     open_image,
     pair_at_unit_strength,
     recipe_from_metadata,
+    resolve_blend,
 )
 from lora_space.generate.request import MAX_SEED, Options, check_work
 from lora_space.library import store as library
 from lora_space.library.hashes import HashCache
-from lora_space.library.sources import ResolvedSource, check_distinct, resolve_source
+from lora_space.library.inspect import inspect_source
+from lora_space.library.sources import ResolvedSource
 from lora_space.library.tools import (
     ConvertResult,
     compare_sources,
@@ -50,7 +52,15 @@ from lora_space.library.tools import (
     optimize_source,
 )
 from lora_space.lora.conflicts import ConflictReport
+from lora_space.lora.inspect import InspectReport
 from lora_space.lora.optimize import OptimizeReport
+from lora_space.publish.publish import (
+    PublishRequest,
+    PublishResult,
+    preview_card,
+    publish,
+    user_token,
+)
 from lora_space.train import intake
 from lora_space.train.autocaption import autocaption
 from lora_space.train.config import merged
@@ -67,13 +77,7 @@ class LoraSpace:
     """The app's operations on one base model."""
 
     def __init__(self, settings: Settings, engine: Engine, **job_options) -> None:
-        """Wire the rooms for one base model.
-
-        Args:
-            settings: the app's settings.
-            engine: the pipeline's engine (generation and training share it).
-            job_options: `JobManager`'s `chunk_steps`, `chunk_seconds`, `in_requests`.
-        """
+        """The rooms of one base model on `engine`; `job_options` go to `JobManager` (`chunk_steps`, ...)."""
         self.settings = settings
         self.engine = engine
         # How two LoRA files relate, computed once per pair of file contents.
@@ -171,25 +175,7 @@ class LoraSpace:
         `swept` LoRAs come last, at strength 0, replacing any slot or tag that names them.
         `found` remembers sources already resolved in this call (a batch resolves each once).
         """
-        found = {} if found is None else found
-        limits = self.settings.limits
-        parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
-        choices = [
-            (source, strength)
-            for source, strength in list(loras) + [(tag.name, tag.strength) for tag in parsed.tags]
-            if source not in swept
-        ] + [(source, 0.0) for source in swept]
-        if len(choices) > limits.max_loras:
-            raise LimitError(f"{len(choices)} LoRAs asked for; use at most {limits.max_loras} at once.")
-        sources = [source for source, _ in choices]
-        for source in sources:
-            if sources.count(source) > 1:
-                raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
-        for source, _ in choices:
-            if source not in found:
-                found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor)
-        check_distinct([found[source] for source, _ in choices])  # one file under two names is one LoRA
-        return parsed, [(found[source], strength) for source, strength in choices]
+        return resolve_blend(prompt, loras, settings=self.settings, token=token, swept=swept, found=found, visitor=visitor)
 
     @one_turn_per_call
     def generate(
@@ -327,6 +313,22 @@ class LoraSpace:
             the recipe, its LoRAs pointing at library names where a hash matched, and a note for each.
         """
         return self.blends.link_recipe(recipe, visitor=visitor)
+
+    def inspect(self, source: str, *, visitor: Visitor = LOCAL, token: str | None = None) -> InspectReport:
+        """`/inspect_lora`'s report for a library name, a path or a Hub file (`library.inspect`)."""
+        return inspect_source(source, settings=self.settings, token=token, visitor=visitor)
+
+    # -- publish -------------------------------------------------------------------------------
+
+    def preview_card(self, request: PublishRequest, *, visitor: Visitor = LOCAL) -> str:
+        """The card a publish would send; nothing is sent (`publish.preview_card`)."""
+        return preview_card(self, request, visitor=visitor)
+
+    def publish(self, request: PublishRequest, *, token: str | None, typed_token: str | None = None, visitor: Visitor = LOCAL,
+                oauth_scope: str = "", progress=None) -> PublishResult:  # fmt: skip
+        """Push one LoRA with its card under the visitor's own login (`publish.publish`; locally a typed or `HF_TOKEN` token)."""
+        user = user_token(token, typed_token, on_space=self.settings.on_space, environment_token=self.settings.hf_token)
+        return publish(self, request, token=user, visitor=visitor, oauth_scope=oauth_scope, progress=progress)
 
     # -- LoRA tools: one turn per call, their work bounded from the headers (`lora.tools`) ------
 

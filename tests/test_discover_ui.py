@@ -12,8 +12,8 @@ from lora_space.core.settings import Settings
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
-from lora_space.ui import build_demo
-from lora_space.ui.generate import SLOTS, fill_next_slot
+from lora_space.ui.app import build_demo
+from lora_space.ui.tabs.generate import SLOTS, fill_next_slot
 from tests.discover_repos import (  # noqa: F401 (a fixture)
     GATED_TOKEN,
     GATED_USER,
@@ -144,9 +144,9 @@ def test_hub_text_in_the_verdict_shows_as_text():
 
 
 def test_lora_tools_inspect_a_gated_lora_with_the_visitors_token(space):
-    from lora_space.ui.lora_tools import inspect_handler
+    from lora_space.ui.tabs.lora_tools import inspect_handler
 
     with pytest.raises(gr.Error, match="dave/gated-lora is gated"):
-        inspect_handler(space.settings, "dave/gated-lora")
-    summary, report = inspect_handler(space.settings, "dave/gated-lora", token=GATED_TOKEN)
+        inspect_handler(space, "dave/gated-lora")
+    summary, report = inspect_handler(space, "dave/gated-lora", token=GATED_TOKEN)
     assert report["compatible"] and report["trigger_words"] == ["gtd"]

@@ -29,7 +29,7 @@ from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.library.sources import resolve_source
-from lora_space.ui.visitors import client_address
+from lora_space.ui.caller import client_address
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import lora_tensors, write_lora
 from tests.train_factory import RUN, colour_zip

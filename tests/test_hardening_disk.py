@@ -100,7 +100,7 @@ def test_settings_and_the_app_wire_the_bounds(settings):
     assert read.storage == Storage(10 * 2**20, 20 * 2**20, 2 * DAY, 3 * 3600, 300)
     assert read.limits.queue_size == 7 and read.limits.max_work == 50
     assert cleanup.gradio_delete_cache(read) == (300, 3 * 3600)
-    from lora_space.ui import build_demo
+    from lora_space.ui.app import build_demo
 
     demo = build_demo(LoraSpace(read, Engine(build_tiny_pipeline())))
     assert demo.delete_cache == (300, 3 * 3600)

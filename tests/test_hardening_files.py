@@ -87,7 +87,7 @@ def test_deeply_nested_metadata_is_a_problem_entry_not_a_broken_listing(settings
     from lora_space.core.tiny import build_tiny_pipeline
     from lora_space.generate.engine import Engine
     from lora_space.service import LoraSpace
-    from lora_space.ui import build_demo
+    from lora_space.ui.app import build_demo
 
     build_demo(LoraSpace(settings, Engine(build_tiny_pipeline())))
 

@@ -31,7 +31,7 @@ from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import Visitor, is_browser_id
 from lora_space.service import LoraSpace
-from lora_space.ui import build_demo
+from lora_space.ui.app import build_demo
 from tests.app_process import SPACE_ENV
 
 ALICE_ID = "a" * 32

@@ -20,7 +20,7 @@ from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import write_json
 from lora_space.train.trainer import run_chunk
 from lora_space.train.steps import rank_bound
-from lora_space.ui.train_api import status_dict
+from lora_space.ui.api.train import status_dict
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import isolated_hub
 from tests.train_factory import ALICE, RUN, job_folder, red_zip, wait_for_job  # noqa: F401 (red_zip: a fixture)

@@ -12,7 +12,7 @@ from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
 from lora_space.service import LoraSpace
-from lora_space.ui.lora_tools import (
+from lora_space.ui.tabs.lora_tools import (
     build_lora_tools,
     compare_handler,
     convert_handler,
@@ -21,7 +21,7 @@ from lora_space.ui.lora_tools import (
     parse_sources,
     resize_handler,
 )
-from lora_space.ui.visitors import build_browser_id
+from lora_space.ui.caller import build_browser_id
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def test_panel_builds_and_leaves_the_api_to_the_typed_endpoints(settings) -> Non
 
 
 def test_inspect_and_convert_handlers(library) -> None:
-    summary, report = inspect_handler(library, "faces")
+    summary, report = inspect_handler(LoraSpace(library, engine=None), "faces")
     assert report["format"] == "kohya" and "Fits" in summary and "rank 4" in summary
     path, notes = convert_handler(LoraSpace(library, engine=None), "faces", "comfyui")
     assert path.endswith("-comfyui.safetensors") and "from **kohya** to **comfyui**" in notes

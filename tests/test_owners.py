@@ -19,7 +19,7 @@ from lora_space.visitors.owners import (
 )
 from lora_space.service import LoraSpace
 from lora_space.library.sources import resolve_source
-from lora_space.ui.visitors import caller_of, fill_browser_id, visitor_of
+from lora_space.ui.caller import caller_of, fill_browser_id, visitor_of
 from tests.lora_factory import write_lora
 
 ALICE = Visitor("browser", "a" * 32)

@@ -4,7 +4,7 @@ escapes names taken from the zip, and the progress bar says where the job stands
 from __future__ import annotations
 
 from lora_space.train.config import TrainConfig, load_presets, merged, preset_values
-from lora_space.ui.train import (
+from lora_space.ui.tabs.train import (
     SETTING_KEYS,
     loss_figure,
     progress_html,

@@ -7,7 +7,7 @@ import gradio as gr
 from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
-from lora_space.ui import build_demo, header_markdown
+from lora_space.ui.app import build_demo, header_markdown
 
 PUBLIC = {"list_loras", "inspect_lora", "generate", "strength_sweep", "batch_generate", "convert_lora", "resize_lora", "compare_loras",
           "start_training", "training_status", "cancel_training"}

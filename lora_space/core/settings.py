@@ -178,6 +178,8 @@ class Settings:
         data_dir: datasets, jobs, checkpoints and outputs.
         hf_endpoint: the Hub to talk to (`HF_ENDPOINT`); every Hub call uses it.
         hf_offline: `HF_HUB_OFFLINE` is set: no Hub call is made.
+        hf_token: `HF_TOKEN`, the machine's own login (never shown): on a local run, the one user's
+            token for publishing; on a Space it serves no visitor (`HubClient.for_caller`).
         adapter_cache_size: how many LoRAs the engine keeps loaded (LRU).
         fuse_memory_mb: CPU memory for the original weights of fused layers, so that unfusing
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
@@ -199,6 +201,7 @@ class Settings:
     data_dir: Path
     hf_endpoint: str = "https://huggingface.co"
     hf_offline: bool = False
+    hf_token: str | None = field(default=None, repr=False)
     adapter_cache_size: int = 8
     fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
@@ -255,6 +258,7 @@ class Settings:
             data_dir=data_dir,
             hf_endpoint=(env.get("HF_ENDPOINT", "").strip() or "https://huggingface.co").rstrip("/"),
             hf_offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"},
+            hf_token=env.get("HF_TOKEN", "").strip() or None,
             adapter_cache_size=_int(env, "LORA_SPACE_ADAPTER_CACHE", 8, 1, 256),
             fuse_memory_mb=_int(env, "LORA_SPACE_FUSE_MEMORY_MB", 8192, 0, 1024**2),
             limits=limits,

@@ -12,19 +12,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_space.core.errors import PromptError
+from lora_space.core.errors import LimitError, PromptError
 from lora_space.generate.prompts import (
     MAX_STRENGTH,
     MIN_STRENGTH,
     ParsedPrompt,
     build_model_prompt,
+    parse_prompt,
 )
 from lora_space.generate.recipe import LoraRef, Recipe, save_png
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.library.hashes import LORA_SHORT, MODEL_SHORT
-from lora_space.library.sources import ResolvedSource
+from lora_space.library.sources import ResolvedSource, check_distinct, resolve_source
 from lora_space.library.tools import compare_files
 from lora_space.lora.conflicts import PairSummary, mix_warnings
+from lora_space.visitors.owners import LOCAL, Visitor
 
 if TYPE_CHECKING:
     from lora_space.core.settings import Settings
@@ -131,6 +133,47 @@ def strength_warnings(strengths: list[tuple[str, float]]) -> list[str]:
                 f"or instability. The course's balanced range is 0.6-1.0: try {name} at {1.0 if strength > 0 else -1.0:g} or closer to 0."
             )
     return warnings
+
+
+def resolve_blend(
+    prompt: str,
+    loras: list[tuple[str, float]],
+    *,
+    settings: Settings,
+    token: str | None = None,
+    swept: tuple[str, ...] = (),
+    found: dict[str, ResolvedSource] | None = None,
+    visitor: Visitor = LOCAL,
+) -> tuple[ParsedPrompt, Blend]:
+    """Parse the prompt and find every LoRA named by slots and tags, before any GPU time.
+
+    `swept` LoRAs come last, at strength 0, replacing any slot or tag that names them.
+    `found` remembers sources already resolved in this call (a batch resolves each once).
+
+    Raises:
+        LimitError: more LoRAs than `Limits.max_loras`.
+        PromptError: a LoRA given twice, a malformed tag.
+        LoraFileError, HubError: a source that cannot be found (`library.sources.resolve_source`).
+    """
+    found = {} if found is None else found
+    limits = settings.limits
+    parsed = parse_prompt(prompt, max_chars=limits.max_prompt_chars)
+    choices = [
+        (source, strength)
+        for source, strength in list(loras) + [(tag.name, tag.strength) for tag in parsed.tags]
+        if source not in swept
+    ] + [(source, 0.0) for source in swept]
+    if len(choices) > limits.max_loras:
+        raise LimitError(f"{len(choices)} LoRAs asked for; use at most {limits.max_loras} at once.")
+    sources = [source for source, _ in choices]
+    for source in sources:
+        if sources.count(source) > 1:
+            raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
+    for source, _ in choices:
+        if source not in found:
+            found[source] = resolve_source(source, settings=settings, token=token, visitor=visitor)
+    check_distinct([found[source] for source, _ in choices])  # one file under two names is one LoRA
+    return parsed, [(found[source], strength) for source, strength in choices]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
@@ -30,7 +30,21 @@ from lora_space.generate.recipe import Recipe, read_png_recipe, save_png
 from lora_space.library import store as library
 from lora_space.publish.card import TrainingFacts
 from lora_space.train.checkpoint import SAMPLE_PROMPTS, read_json
+from lora_space.train.status import JobState
 from lora_space.visitors.owners import Visitor, visitor_area, visitor_lora_dir
+
+if TYPE_CHECKING:
+    from lora_space.train.jobs import JobManager
+
+
+class PublishSources(Protocol):
+    """Where a publish finds the LoRA it names: the settings and the training jobs (a `LoraSpace` has both)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def jobs(self) -> JobManager | None: ...
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 MAX_IMAGES = 24
@@ -117,7 +131,7 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
     return Bundle("file", resolved.stem, resolved, library.trigger_words_for(resolved))
 
 
-def job_bundle(space: Any, job_id: str) -> Bundle:
+def job_bundle(space: PublishSources, job_id: str) -> Bundle:
     """A finished training job's LoRA, samples and facts (`space.jobs`, the Train tab's jobs).
 
     The job id is the proof of ownership (API.md: whoever holds it started the job). The samples
@@ -130,7 +144,7 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
         JobError: no such job.
     """
     data = space.jobs.status(job_id).to_dict()
-    if data.get("state") != "done" or not data.get("lora_file"):
+    if data.get("state") != JobState.DONE or not data.get("lora_file"):
         raise PublishError(
             f"Training job {job_id[:8]}... is {data.get('state')}; publish it once it is done (see /training_status)."
         )
@@ -198,7 +212,7 @@ def _final(values: Any) -> float | None:
     return None
 
 
-def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
+def find_bundle(space: PublishSources, lora: str, *, visitor: Visitor) -> Bundle:
     """The `Bundle` that the API's `lora` names: a job id, a library name, or a path.
 
     Raises:
@@ -240,13 +254,13 @@ def _owned(lora: str, settings: Settings, visitor: Visitor) -> bool:
     return any(resolved.is_relative_to(root) for root in own_roots(settings, visitor))
 
 
-def _job_of(space: Any, lora_file: Path, visitor: Visitor) -> str:
+def _job_of(space: PublishSources, lora_file: Path, visitor: Visitor) -> str:
     """The id of the visitor's finished job that produced `lora_file`, or ""."""
     jobs = getattr(space, "jobs", None)
     if jobs is None:
         return ""
     for status in jobs.list_jobs(visitor):
-        if status.state == "done" and status.lora_file and Path(status.lora_file).resolve() == lora_file.resolve():
+        if status.state == JobState.DONE and status.lora_file and Path(status.lora_file).resolve() == lora_file.resolve():
             return status.job_id
     return ""
 

@@ -39,6 +39,7 @@ from lora_space.lora.export import TARGETS, save_lora
 from lora_space.publish.base import check_card_base, made_for
 from lora_space.publish.bundle import (
     Bundle,
+    PublishSources,
     file_bundle,
     file_sha256,
     find_bundle,
@@ -204,7 +205,7 @@ def check_write_access(repo_id: str, identity: dict[str, Any], *, oauth_scope: s
         )
 
 
-def prepare(space: Any, request: PublishRequest, *, visitor: Visitor) -> Prepared:
+def prepare(space: PublishSources, request: PublishRequest, *, visitor: Visitor) -> Prepared:
     """Stage everything one publish sends (step 4), in a fresh folder under the data folder.
 
     Raises:
@@ -317,14 +318,14 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def preview_card(space: Any, request: PublishRequest, *, visitor: Visitor) -> str:
+def preview_card(space: PublishSources, request: PublishRequest, *, visitor: Visitor) -> str:
     """The card a publish would send (nothing is sent; the staged files are removed)."""
     prepared = prepare(space, request, visitor=visitor)
     shutil.rmtree(prepared.folder, ignore_errors=True)
     return prepared.card
 
 
-def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor, oauth_scope: str = "", progress=None) -> PublishResult:
+def publish(space: PublishSources, request: PublishRequest, *, token: str, visitor: Visitor, oauth_scope: str = "", progress=None) -> PublishResult:
     """Check, stage and push one LoRA in one commit (see the module docstring).
 
     Raises:

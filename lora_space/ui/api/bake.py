@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import token_of, visitor_of
 from lora_space.ui.errors import api_errors
-from lora_space.ui.visitors import token_of, visitor_of
 
 
 def register_bake_endpoint(space: LoraSpace) -> None:

@@ -10,16 +10,16 @@ from lora_space.generate.recipe import read_recipe_file
 from lora_space.generate.render import parse_strengths
 from lora_space.lora.export import TARGETS
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import BrowserId, with_caller
 from lora_space.ui.errors import user_errors
-from lora_space.ui.generate import (
+from lora_space.ui.tabs.generate import (
     SLOTS,
     GenerateControls,
     library_rows,
     slot_values_to_loras,
     warnings_markdown,
 )
-from lora_space.ui.lora_tools import energy_frame
-from lora_space.ui.visitors import BrowserId, with_caller
+from lora_space.ui.tabs.lora_tools import energy_frame
 
 
 def build_blend_tools(

@@ -16,12 +16,10 @@ import pandas as pd
 
 from lora_space.core.errors import LoraFileError
 from lora_space.core.markdown_text import md_code, md_text
-from lora_space.core.settings import Settings
-from lora_space.library.inspect import inspect_source
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import BrowserId, with_caller
 from lora_space.ui.errors import user_errors
-from lora_space.ui.generate import warnings_markdown
-from lora_space.ui.visitors import BrowserId, with_caller
+from lora_space.ui.tabs.generate import warnings_markdown
 from lora_space.visitors.owners import LOCAL, Visitor
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
@@ -86,10 +84,10 @@ def parse_sources(text: str) -> tuple[list[str], list[float]]:
 
 @user_errors
 def inspect_handler(
-    settings: Settings, source: str, *, visitor: Visitor = LOCAL, token: str | None = None
+    space: LoraSpace, source: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, dict[str, Any]]:
     """Inspect a LoRA from its header (a few ranged reads, no math): a short summary and the full report."""
-    report = inspect_source(source, settings=settings, token=token, visitor=visitor).to_dict()
+    report = space.inspect(source, token=token, visitor=visitor).to_dict()
     return summary_markdown(report), report
 
 
@@ -195,11 +193,11 @@ def build_lora_tools(space: LoraSpace, browser_id: BrowserId) -> None:
             compare_button = gr.Button("Compare")
             compare_notes = gr.Markdown()
             compare_table = gr.Dataframe(headers=BLOCK_COLUMNS, label="Per block", interactive=False)
-    def handler(function, first: LoraSpace | Settings = space):
-        return with_caller(space.settings, lambda *values, visitor, token: function(first, *values, visitor=visitor, token=token))
+    def handler(function):
+        return with_caller(space.settings, lambda *values, visitor, token: function(space, *values, visitor=visitor, token=token))
 
     inspect_button.click(
-        handler(inspect_handler, space.settings), [*browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
+        handler(inspect_handler), [*browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
     )
     convert_button.click(
         handler(convert_handler), [*browser_id, convert_source_box, convert_target], [convert_file, convert_notes],

@@ -8,7 +8,7 @@ import gradio as gr
 
 from lora_space.core.markdown_text import md_text
 from lora_space.service import LoraSpace, Options
-from lora_space.ui.visitors import BrowserId, with_caller
+from lora_space.ui.caller import BrowserId, with_caller
 
 SLOTS = 6
 VISIBLE_SLOTS = 2  # the rest fold away until needed

@@ -36,10 +36,10 @@ from lora_space.train.config import (
     preset_values,
 )
 from lora_space.train.dataset import add_trigger_word, has_word
+from lora_space.ui.api.train import DATASET_CALLS
+from lora_space.ui.caller import BrowserId, with_caller
 from lora_space.ui.errors import user_errors
-from lora_space.ui.generate import GenerateControls, fill_next_slot
-from lora_space.ui.train_api import DATASET_CALLS
-from lora_space.ui.visitors import BrowserId, with_caller
+from lora_space.ui.tabs.generate import GenerateControls, fill_next_slot
 
 TRY_STRENGTH = 0.8
 THUMBNAILS = 24

@@ -18,8 +18,8 @@ import gradio as gr
 
 from lora_space.core.errors import DatasetError
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import visitor_of
 from lora_space.ui.errors import api_errors
-from lora_space.ui.visitors import visitor_of
 
 DATASET_CALLS = "dataset"  # the concurrency group of every event that reads a dataset zip
 

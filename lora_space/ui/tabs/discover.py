@@ -20,9 +20,9 @@ from lora_space.discover.finder import Evaluation, LoraSummary, starter_list
 from lora_space.hub.search import SORTS
 from lora_space.library.sources import resolve_source
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import BrowserId, token_of, with_caller
 from lora_space.ui.errors import api_errors
-from lora_space.ui.generate import GenerateControls, fill_next_slot
-from lora_space.ui.visitors import BrowserId, token_of, with_caller
+from lora_space.ui.tabs.generate import GenerateControls, fill_next_slot
 
 DEFAULT_STRENGTH = 0.8
 PAGE_SIZE = 12

@@ -7,7 +7,6 @@ The token is the caller's own for each call: the header's sign-in on a Space (`g
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gradio as gr
@@ -15,10 +14,10 @@ import gradio as gr
 from lora_space.core.errors import PublishError
 from lora_space.library.store import scan_library
 from lora_space.publish.card import FRONT_MATTER
-from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token
+from lora_space.publish.publish import PublishRequest
 from lora_space.service import LoraSpace
+from lora_space.ui.caller import BrowserId, token_of, visitor_of, with_caller
 from lora_space.ui.errors import api_errors
-from lora_space.ui.visitors import BrowserId, token_of, visitor_of, with_caller
 from lora_space.visitors.owners import visitor_lora_dir
 
 INTRO = (
@@ -76,11 +75,6 @@ def register_publish_endpoints(space: LoraSpace) -> None:
             (e.g. that a LoRA of the tiny test model is published as a test artefact naming no base model)}
         """
         settings = space.settings
-        token = user_token(
-            token_of(oauth_token),
-            on_space=settings.on_space,
-            environment_token=os.environ.get("HF_TOKEN"),
-        )
         publish_request = PublishRequest(
             lora=lora,
             repo_id=repo_id,
@@ -94,7 +88,8 @@ def register_publish_endpoints(space: LoraSpace) -> None:
             card=card,
         )
         visitor = visitor_of(settings, request)
-        result = publish(space, publish_request, token=token, visitor=visitor, oauth_scope=oauth_token.scope if oauth_token else "")
+        scope = oauth_token.scope if oauth_token else ""
+        result = space.publish(publish_request, token=token_of(oauth_token), visitor=visitor, oauth_scope=scope)
         return result.to_dict()
 
     gr.api(publish_lora, api_name="publish")
@@ -165,16 +160,15 @@ def build_publish_tab(space: LoraSpace, browser_id: BrowserId) -> gr.Dropdown:
 
     def on_render(*values, visitor, token, progress):
         progress(0.2, desc="writing the card")
-        text = preview_card(space, build(*values), visitor=visitor)
+        text = space.preview_card(build(*values), visitor=visitor)
         return text, _body(text)
 
     def on_publish(*values, visitor, token, progress):
         *request_values, is_private, may_overwrite, card_text, rights_given, typed = values
         if not rights_given:
             raise PublishError("Tick the box that you hold the rights to the training images before publishing.")
-        user = user_token(token, typed, on_space=settings.on_space, environment_token=os.environ.get("HF_TOKEN"))
         request = build(*request_values, private=is_private, overwrite=may_overwrite, card=card_text or "")
-        result = publish(space, request, token=user, visitor=visitor, progress=progress)
+        result = space.publish(request, token=token, typed_token=typed, visitor=visitor, progress=progress)
         files = ", ".join(f"`{name}`" for name in result.files)
         notes = "".join(f"\n\n{note}" for note in result.notes)
         return f"Published: [{result.url}]({result.url}) (commit `{result.commit[:12]}`): {files}{notes}"
