@@ -43,12 +43,12 @@ from tests.train_factory import (  # noqa: F401 (fixtures)
     ids=["steps", "steps x batch x megapixels", "sample images", "validation images", "images"],
 )
 def test_a_job_past_a_bound_of_its_work_is_refused_at_the_call_naming_the_setting(space, red_zip, config, bounds, words):
-    space.settings = dataclasses.replace(space.settings, training=bounds)
+    space.jobs.settings = dataclasses.replace(space.jobs.settings, training=bounds)  # the bounds JobManager.start checks
     with pytest.raises(TrainConfigError, match=words):
         space.jobs.start(red_zip, config, visitor=ALICE)
     assert not space.jobs.root.exists() or not any(space.jobs.root.iterdir())  # nothing left behind
     # Within the bounds the same zip trains.
-    space.settings = dataclasses.replace(space.settings, training=Training())
+    space.jobs.settings = dataclasses.replace(space.jobs.settings, training=Training())
     assert wait_for_job(space, space.jobs.start(red_zip, RUN | {"max_train_steps": 2}, visitor=ALICE).job_id).state == "done"
 
 

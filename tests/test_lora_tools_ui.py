@@ -69,10 +69,10 @@ def test_bad_file_gets_a_message_and_the_panel_keeps_serving(library) -> None:
     with pytest.raises(gr.Error, match="NaN or Inf"):
         convert_handler(space, "broken", "kohya")
     with pytest.raises(gr.Error, match="pickle"):
-        inspect_handler(library, "user/repo/model.ckpt")
+        inspect_handler(space, "user/repo/model.ckpt")
     with pytest.raises(gr.Error, match="Give 2 to"):
         compare_handler(space, "style")
-    _, report = inspect_handler(library, "style")
+    _, report = inspect_handler(space, "style")
     assert report["compatible"]
 
 

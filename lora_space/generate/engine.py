@@ -35,6 +35,11 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from lora_space.core.errors import LoraFileError
 from lora_space.core.gpu import gpu, on_zerogpu
 from lora_space.core.turns import Turns
+from lora_space.generate.adapters import (
+    LORA_COMPONENTS,
+    matching_modules,
+    pipeline_module,
+)
 from lora_space.generate.compiled import CompiledTransformer, CompileOptions
 from lora_space.generate.request import (
     MAX_SEED,
@@ -48,7 +53,6 @@ from lora_space.lora.shapes import no_module_matched
 
 logger = logging.getLogger(__name__)
 
-LORA_COMPONENTS = ("transformer", "text_encoder")
 
 
 @dataclass
@@ -202,7 +206,7 @@ class Engine:
         state_dict, _ = to_diffusers(tensors, metadata)
         # 2. Keep the modules that land on a base module of the same shape. diffusers would
         #    silently skip unknown keys, and widen base weights for larger ones.
-        state_dict, matched, total = self._matching(state_dict)
+        state_dict, matched, total = matching_modules(self.pipe, state_dict)
         if matched == 0:
             raise no_module_matched(spec.name, total)
         # 3. Attach under a fresh name and check that every kept module got it (compiled mode:
@@ -234,45 +238,10 @@ class Engine:
                 break
             self._delete(self._adapters.pop(key).adapter_name)
 
-    def _module(self, module_path: str) -> torch.nn.Module | None:
-        component, _, inner = module_path.partition(".")
-        model = getattr(self.pipe, component, None) if component in LORA_COMPONENTS else None
-        if model is None:
-            return None
-        if not hasattr(model, "text_model"):  # transformers 5's CLIPTextModel has no `text_model`
-            inner = inner.removeprefix("text_model.")
-        try:
-            return model.get_submodule(inner)
-        except AttributeError:
-            return None
-
-    def _matching(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, int]:
-        """The part of `state_dict` whose modules exist with matching shapes; (kept, matched, total)."""
-        modules: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in state_dict.items():
-            module_path, _, part = key.rpartition(".lora_")
-            modules.setdefault(module_path, {})[part] = tensor
-        kept: dict[str, torch.Tensor] = {}
-        for module_path, parts in modules.items():
-            base = self._module(module_path)
-            base = getattr(base, "base_layer", base)  # once an adapter is attached, peft wraps the Linear
-            down, up = parts.get("A.weight"), parts.get("B.weight")
-            if (
-                isinstance(base, torch.nn.Linear)
-                and down is not None
-                and up is not None
-                and down.shape[1] == base.in_features
-                and up.shape[0] == base.out_features
-                and up.shape[1] == down.shape[0]
-            ):
-                kept.update({f"{module_path}.lora_{part}": tensor for part, tensor in parts.items()})
-        matched = len({key.rpartition(".lora_")[0] for key in kept})
-        return kept, matched, len(modules)
-
     def _check_attached(self, label: str, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
         """diffusers loads nothing, silently, for keys it does not recognise: check what attached."""
         for module_path in {key.rpartition(".lora_")[0] for key in state_dict}:
-            module = self._module(module_path)
+            module = pipeline_module(self.pipe, module_path)
             if adapter_name not in getattr(module, "lora_A", {}):
                 raise LoraFileError(
                     f"LoRA {label!r} did not attach to {module_path}; its keys may be in a format "
@@ -472,8 +441,7 @@ def engine_by_id(engine_id: int) -> Engine:
 
 def _gpu_seconds(engine_id: int, request: GenerationRequest, seed: int, progress) -> int:
     """ZeroGPU duration: about a second per step per megapixel image, plus LoRA loading."""
-    options = request.options
-    megapixels = options.width * options.height / 1_000_000
+    options, megapixels = request.options, request.options.width * request.options.height / 1_000_000
     return int(20 + 5 * len(request.loras) + options.steps * options.num_images * max(megapixels, 0.25) * 1.2)
 
 

@@ -28,6 +28,7 @@ import datasets
 from PIL import Image
 
 from lora_space.core.errors import DatasetError, LimitError
+from lora_space.generate.prompts import insert_trigger_words
 from lora_space.train.archive import (
     Member,
     Skipped,
@@ -277,10 +278,7 @@ def add_trigger_word(captions, word: str):
     word = word.strip()
 
     def fixed(text: str) -> str:
-        text = (text or "").strip()
-        if not word or has_word(text, word):
-            return text
-        return f"{word}, {text}" if text else word
+        return insert_trigger_words((text or "").strip(), [word])  # the one inserter, as Generate's
 
     if isinstance(captions, Mapping):
         return {name: fixed(text) for name, text in captions.items()}

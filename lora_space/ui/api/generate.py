@@ -12,6 +12,9 @@ from lora_space.service import LoraSpace, Options
 from lora_space.ui.caller import token_of, visitor_of
 from lora_space.ui.errors import api_errors
 
+DEFAULT = Options()
+"""The endpoints' defaults are `Options`' own."""
+
 
 def file_data(path) -> gr.FileData:
     return gr.FileData(path=str(path))
@@ -27,14 +30,14 @@ def register_endpoints(space: LoraSpace) -> None:
     def generate(
         prompt: str,
         loras: list[dict] | None = None,
-        negative_prompt: str = "",
-        seed: int = -1,
-        steps: int = 28,
-        guidance: float = 3.5,
-        width: int = 1024,
-        height: int = 1024,
-        num_images: int = 1,
-        true_cfg: float = 1.0,
+        negative_prompt: str = DEFAULT.negative_prompt,
+        seed: int = DEFAULT.seed,
+        steps: int = DEFAULT.steps,
+        guidance: float = DEFAULT.guidance,
+        width: int = DEFAULT.width,
+        height: int = DEFAULT.height,
+        num_images: int = DEFAULT.num_images,
+        true_cfg: float = DEFAULT.true_cfg,
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request = None,
     ) -> dict:
@@ -54,7 +57,8 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"images": [files], "metadata": {...}}: PNGs carrying their recipe, and the recipe as JSON.
         """
-        options = Options(negative_prompt, seed, steps, guidance, true_cfg, width, height, num_images)
+        options = Options(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, true_cfg=true_cfg,
+                          width=width, height=height, num_images=num_images)  # fmt: skip
         output = space.generate(prompt, loras, options, token=token_of(oauth_token), visitor=who(request))
         return {"images": [file_data(file) for file in output.files], "metadata": output.metadata}
 
@@ -66,12 +70,12 @@ def register_endpoints(space: LoraSpace) -> None:
         y_source: str = "",
         y_strengths: list[float] | None = None,
         loras: list[dict] | None = None,
-        negative_prompt: str = "",
-        seed: int = -1,
-        steps: int = 28,
-        guidance: float = 3.5,
-        width: int = 1024,
-        height: int = 1024,
+        negative_prompt: str = DEFAULT.negative_prompt,
+        seed: int = DEFAULT.seed,
+        steps: int = DEFAULT.steps,
+        guidance: float = DEFAULT.guidance,
+        width: int = DEFAULT.width,
+        height: int = DEFAULT.height,
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request = None,
     ) -> dict:
@@ -87,7 +91,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"grid": file, "images": [files, row by row], "metadata": {...}}
         """
-        options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
+        options = Options(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
         token = token_of(oauth_token)
         output = space.sweep(
             prompt, loras, x_source, list(x_strengths), y_source, y_strengths, options, token=token, visitor=who(request)
@@ -99,12 +103,12 @@ def register_endpoints(space: LoraSpace) -> None:
     def batch_generate(
         prompts: list[str],
         loras: list[dict] | None = None,
-        negative_prompt: str = "",
-        seed: int = -1,
-        steps: int = 28,
-        guidance: float = 3.5,
-        width: int = 1024,
-        height: int = 1024,
+        negative_prompt: str = DEFAULT.negative_prompt,
+        seed: int = DEFAULT.seed,
+        steps: int = DEFAULT.steps,
+        guidance: float = DEFAULT.guidance,
+        width: int = DEFAULT.width,
+        height: int = DEFAULT.height,
         oauth_token: gr.OAuthToken | None = None,
         request: gr.Request = None,
     ) -> dict:
@@ -113,7 +117,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"zip": file, "images": [files], "metadata": [one per prompt]}
         """
-        options = Options(negative_prompt, seed, steps, guidance, 1.0, width, height, 1)
+        options = Options(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance, width=width, height=height)
         output = space.batch(prompts, loras, options, token=token_of(oauth_token), visitor=who(request))
         images = [file_data(file) for result in output.outputs for file in result.files]
         return {"zip": file_data(output.archive), "images": images, "metadata": [result.metadata for result in output.outputs]}

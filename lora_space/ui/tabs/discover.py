@@ -17,6 +17,7 @@ import gradio as gr
 
 from lora_space.core.markdown_text import md_text
 from lora_space.discover.finder import Evaluation, LoraSummary, starter_list
+from lora_space.generate.prompts import insert_trigger_words
 from lora_space.hub.search import SORTS
 from lora_space.library.sources import resolve_source
 from lora_space.service import LoraSpace
@@ -205,19 +206,13 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
     return values, note
 
 
-def with_trigger_words(prompt: str, words: list[str]) -> str:
-    """The prompt with the trigger words it lacks put in front (as Generate itself does)."""
-    missing = [word for word in words if word.casefold() not in (prompt or "").casefold()]
-    return ", ".join(missing + ([prompt.strip()] if (prompt or "").strip() else []))
-
-
 def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateControls, tabs: gr.Tabs | None = None) -> None:
     """"Use in Generate": download once, fill the next free slot at 0.8, add the trigger words, show Generate."""
     space = handles.space
 
     def on_use(chosen, prompt, *slot_values, visitor, token, progress):
         values, note = use_in_generate(space, chosen, list(slot_values), visitor=visitor, token=token, progress=progress)
-        prompt = with_trigger_words(prompt, list(chosen.get("trigger_words") or []))
+        prompt = insert_trigger_words(prompt or "", list(chosen.get("trigger_words") or []))
         return [note, prompt, *values] + ([gr.Tabs(selected="generate")] if tabs is not None else [])
 
     outputs = [handles.use_status, controls.prompt, *controls.slots] + ([tabs] if tabs is not None else [])

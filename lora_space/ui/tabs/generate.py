@@ -183,7 +183,7 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
     controls.library_table = table
 
     def on_generate(prompt_text, *values, visitor, token, progress):
-        option_values, slot_values = values[:7], values[7:]
+        option_values, slot_values = values[: len(controls.option_inputs)], values[len(controls.option_inputs) :]
         output = space.generate(
             prompt_text,
             slot_values_to_loras(list(slot_values)),
