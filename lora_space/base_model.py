@@ -1,4 +1,4 @@
-"""Load the base pipeline: a Hub id, a local diffusers folder, or `tiny`.
+"""Load the base pipeline: a Hub id, a local diffusers folder, `tiny` or `tiny-random`.
 
 `load_base_pipeline` is the one function that does it. It fails with a `BaseModelError`
 that says what to do (gated repo, no token, no network, not a FLUX pipeline).
@@ -15,7 +15,7 @@ import torch
 from diffusers import FluxPipeline
 
 from .errors import BaseModelError
-from .settings import TINY, Settings
+from .settings import TINY, TINY_RANDOM, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def load_base_pipeline(settings: Settings, *, token: str | None = None, device: 
     """Load the base model named by `settings.base_model` onto `device`.
 
     Args:
-        settings: `base_model` is a Hub id, a local diffusers folder, or `tiny`.
+        settings: `base_model` is a Hub id, a local diffusers folder, `tiny` (the drawing tiny
+            model, its weights from the repo) or `tiny-random` (random weights, built in memory).
         token: a Hub token for gated or private repos (never logged).
         device: defaults to `pick_device()`.
 
@@ -105,8 +106,12 @@ def load_base_pipeline(settings: Settings, *, token: str | None = None, device: 
         BaseModelError: gated repo, no token, no network, or not a FLUX pipeline.
     """
     device = device or pick_device()
-    # 1. Tiny: built in memory from configs.
+    # 1. The tiny models: built in memory from configs (the drawing one with its shipped weights).
     if settings.base_model == TINY:
+        from .tiny_draw import build_drawing_pipeline
+
+        return build_drawing_pipeline(dtype=device.dtype).to(device.name)
+    if settings.base_model == TINY_RANDOM:
         from .tiny import build_tiny_pipeline
 
         return build_tiny_pipeline(dtype=device.dtype).to(device.name)

@@ -1,14 +1,16 @@
-"""The offline `tiny` FLUX pipeline.
+"""The offline random tiny FLUX pipeline (`tiny-random`), and the colour VAE both tiny models share.
 
-A FLUX-architecture pipeline (FluxTransformer2DModel with guidance embeds, CLIP + T5
+The drawing `tiny` model (`tiny_draw.py`) is built on this one's VAE. This one is
+a FLUX-architecture pipeline (FluxTransformer2DModel with guidance embeds, CLIP + T5
 encoders, AutoencoderKL, flow-match scheduler) built from in-code configs with fixed
 seeds. It runs every code path FLUX.1-dev runs (loading, LoRA formats, training,
 saving); only the sizes differ. The transformer and text encoders are random; the VAE is
-built to carry colour (`_colour_vae`): its latents are a fixed linear map of the image's
+built to carry colour (`colour_vae`): its latents are a fixed linear map of the image's
 colours at half size, and decoding inverts it, so tiny images show colour, and a LoRA
 trained on red images makes them red.
 
-    python -m lora_space.tiny DIR   # writes it with save_pretrained
+    python -m lora_space.tiny DIR            # writes the drawing tiny model with save_pretrained
+    python -m lora_space.tiny DIR --random   # ... or this random one
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ VAE_CONFIG = dict(
     block_out_channels=(8, 16),
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=1,  # one group: the colour channels pass the last norm unscaled (`_colour_vae`)
+    norm_num_groups=1,  # one group: the colour channels pass the last norm unscaled (`colour_vae`)
     sample_size=64,
     use_quant_conv=False,
     use_post_quant_conv=False,
@@ -88,7 +90,7 @@ T5_MAX_LENGTH = 64
 # Latent channel j = sum_c LATENT_FROM_RGB[j][c] * colour_c (colours in -1..1): the first three
 # columns of a 4x4 Hadamard matrix / 2, so the columns are orthonormal and decoding is the transpose.
 LATENT_FROM_RGB = ((0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.5, 0.5, -0.5), (0.5, -0.5, -0.5))
-_BIG = 256.0  # the constant channels that dominate each GroupNorm's variance (`_colour_vae`)
+_BIG = 256.0  # the constant channels that dominate each GroupNorm's variance (`colour_vae`)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -122,7 +124,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     torch.manual_seed(TINY_SEED)
     transformer = FluxTransformer2DModel(**(TRANSFORMER_CONFIG | (transformer_overrides or {})))
     torch.manual_seed(TINY_SEED)
-    vae = _colour_vae(AutoencoderKL(**VAE_CONFIG))
+    vae = colour_vae(AutoencoderKL(**VAE_CONFIG))
     torch.manual_seed(TINY_SEED)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -151,7 +153,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
-def _colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
+def colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
     """Set the VAE's weights so that encoding is a linear map of the colours and decoding inverts it.
 
     Every residual branch (resnet `conv2`, attention `to_out`) is zero, so each block passes
@@ -216,19 +218,25 @@ def _colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
     return vae
 
 
-def save_tiny(directory: str | Path) -> Path:
-    """Write the tiny pipeline to `directory` with save_pretrained."""
+def save_tiny(directory: str | Path, *, drawing: bool = False) -> Path:
+    """Write the random tiny pipeline (or, with `drawing`, the drawing one) to `directory` with save_pretrained."""
     directory = Path(directory)
-    build_tiny_pipeline().save_pretrained(directory)
+    if drawing:
+        from .tiny_draw import build_drawing_pipeline  # it builds on this module's VAE
+
+        build_drawing_pipeline().save_pretrained(directory)
+    else:
+        build_tiny_pipeline().save_pretrained(directory)
     return directory
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the offline tiny FLUX pipeline to a folder.")
+    parser = argparse.ArgumentParser(description="Write an offline tiny FLUX pipeline to a folder.")
     parser.add_argument("directory", help="where to write it; load it with LORA_SPACE_BASE_MODEL=DIR")
+    parser.add_argument("--random", action="store_true", help="the random tiny-random model instead of the drawing tiny one")
     args = parser.parse_args(argv)
-    path = save_tiny(args.directory)
-    print(f"tiny FLUX pipeline written to {path}")
+    path = save_tiny(args.directory, drawing=not args.random)
+    print(f"tiny FLUX pipeline ({'tiny-random' if args.random else 'tiny'}) written to {path}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LoraFileError, LoraSpaceError
-from ..settings import Settings
+from ..settings import TINY, Settings
 from .formats import LoraSet
 from .keymap import module_kind
 
@@ -83,16 +83,23 @@ def shapes_from_configs(name: str, transformer: dict, text_encoder: dict | None 
 
 
 def tiny_shapes() -> BaseShapes:
-    """The offline tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
+    """The offline random tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny-random`), for which tests build LoRAs."""
     from ..tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
 
-    return shapes_from_configs("tiny (LoRA Space's test model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
+    return shapes_from_configs("tiny-random (LoRA Space's test model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
+
+
+def drawing_shapes() -> BaseShapes:
+    """The offline drawing tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
+    from ..tiny_draw import CLIP_CONFIG, TRANSFORMER_CONFIG
+
+    return shapes_from_configs("tiny (LoRA Space's drawing model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
 
 
 def known_bases() -> list[BaseShapes]:
-    """Every FLUX base LoRA Space can recognise: FLUX.1-dev, FLUX.1-schnell, tiny."""
+    """Every FLUX base LoRA Space can recognise: FLUX.1-dev, FLUX.1-schnell, the two tiny models."""
     flux = [shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"]) for entry in BASES["flux"]]
-    return flux + [tiny_shapes()]
+    return flux + [drawing_shapes(), tiny_shapes()]
 
 
 def _folder_configs(folder: Path) -> tuple[dict, dict | None]:
@@ -109,7 +116,7 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
     stands in and `note` says so.
     """
     if settings.is_tiny:
-        return tiny_shapes()
+        return drawing_shapes() if settings.base_model == TINY else tiny_shapes()
     for entry in BASES["flux"]:
         if settings.base_model in entry["hub_ids"]:
             return shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"])

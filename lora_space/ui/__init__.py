@@ -10,18 +10,28 @@ import gradio as gr
 from ..cleanup import gradio_delete_cache, start_cleaner
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
-from ..settings import Settings
+from ..settings import TINY, TINY_RANDOM, Settings
 from . import api, bake_api, blend_tools, generate, lora_tools
 from . import discover, publish, train
 from . import train_api
 from .visitors import build_browser_id, fill_browser_id
 
 TITLE = "LoRA Space"
-TINY_NOTE = (
-    "**tiny mode**: the base model is a random FLUX-architecture test model built offline, "
-    "so images are blocks of colour, not pictures (its VAE carries colour, so a LoRA trained on red images "
-    "turns them red). Every feature runs through the same code as FLUX.1-dev on a GPU."
-)
+TINY_NOTES = {
+    TINY: (
+        "**tiny mode**: the base model is a small FLUX-architecture model, pre-trained offline to draw simple scenes: "
+        "one shape (circle, square, triangle, star) of one colour on a plain background, in a corner or the centre, "
+        "small, medium or large. "
+        "Try *a red circle on a blue background* or *a small yellow star on a black background, top left* (64x64). "
+        "A LoRA trained in the Train tab changes what it draws: the example `flat_shapes.zip` teaches thick black "
+        "outlines. Every feature runs through the same code as FLUX.1-dev on a GPU."
+    ),
+    TINY_RANDOM: (
+        "**tiny-random mode**: the base model is a random FLUX-architecture test model built offline, "
+        "so images are blocks of colour, not pictures (its VAE carries colour, so a LoRA trained on red images "
+        "turns them red). Every feature runs through the same code as FLUX.1-dev on a GPU."
+    ),
+}
 
 
 def header_markdown(space: LoraSpace) -> str:
@@ -29,7 +39,7 @@ def header_markdown(space: LoraSpace) -> str:
     device = space.engine.device
     text = f"# {TITLE}\nFind, blend, train and publish FLUX LoRAs. Base model: `{settings.base_model}` on `{device}`."
     if settings.is_tiny:
-        text += f"\n\n{TINY_NOTE}"
+        text += f"\n\n{TINY_NOTES[settings.base_model]}"
     return text
 
 
