@@ -3,7 +3,8 @@
     python -m lora_space.tiny_pretrain --out lora_space/data/tiny_draw.safetensors --log benchmarks/results/tiny_pretrain.json
 
 Every step draws a batch of random scenes (`scenes.random_scene`, a fixed seed), encodes the
-pictures with the colour VAE and the captions with the pipeline's own `encode_prompt`, and
+pictures with the colour VAE and the captions (a third of them with made-up words before or
+after, as trigger words come) with the pipeline's own `encode_prompt`, and
 trains the transformer and both text encoders with `trainer.flow_matching_loss` (uniform
 timesteps, target `noise - x_0`, guidance 3.5, as the LoRA trainer does), AdamW with warmup
 and a cosine decay, gradients clipped to norm 1. The saved weights are an exponential moving
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import random
+import string
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,9 +38,12 @@ from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-from .scenes import random_scene, draw, words
+from .scenes import draw, random_scene, words
 from .tiny_draw import T5_MAX_LENGTH, WEIGHTS_FILE, build_drawing_pipeline, save_drawing_weights, trained_modules
 from .train.trainer import MAX_GRAD_NORM, flow_matching_loss
+
+
+OTHER_WORDS_BEFORE, OTHER_WORDS_AFTER = 0.25, 0.1  # shares of captions with unknown words before / after
 
 
 @dataclass
@@ -64,6 +69,21 @@ class PretrainConfig:
     seed: int = 0
     max_minutes: float | None = None
     log_every: int = 50
+
+
+def with_other_words(caption: str, rng: random.Random) -> str:
+    """The caption, sometimes with a made-up word before it or words after it ("zqvd_kly, a red
+    circle ...", as a LoRA's trigger word comes), so that words the model does not know change little."""
+
+    def made_up() -> str:
+        return "_".join("".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(rng.randint(1, 2)))
+
+    roll = rng.random()
+    if roll < OTHER_WORDS_BEFORE:
+        return f"{made_up()}, {caption}"
+    if roll < OTHER_WORDS_BEFORE + OTHER_WORDS_AFTER:
+        return f"{caption}, {' '.join(made_up() for _ in range(rng.randint(1, 2)))}"
+    return caption
 
 
 class PaddedText:
@@ -144,7 +164,7 @@ def pretrain(config: PretrainConfig, out: Path, log: Path | None = None) -> dict
         # 1. A batch of random scenes: pictures as latents, captions as text inputs (with gradients).
         scenes = [random_scene(rng) for _ in range(config.batch_size)]
         latents = encode_pictures(pipe, [draw(scene) for scene in scenes])
-        text, bias = encode_captions(pipe, [scene.caption for scene in scenes])
+        text, bias = encode_captions(pipe, [with_other_words(scene.caption, rng) for scene in scenes])
         # 2. Noise and timesteps as the LoRA trainer draws them; the trainer's loss.
         noise = torch.randn(latents.shape, generator=generator)
         u = compute_density_for_timestep_sampling("none", batch_size=len(scenes), generator=generator)
