@@ -8,8 +8,10 @@ so that the transformer's matrix work dominates a generation as in FLUX.1-dev. P
 3. `set_adapters` cost after 50 different LoRAs were used against after 3.
 4. bfloat16 drift of the base weights after 200 mix changes: the engine's exact unfuse
    against diffusers' fuse_lora/unfuse_lora (subtraction).
+5. Compiled generation (`LORA_SPACE_COMPILE`: slots, hot-swap) against eager with a different
+   mix on every request, and the base model with the slots at strength 0; recompiles counted.
 
-    python benchmarks/bench_generate.py [--repeats 3]
+    python benchmarks/bench_generate.py [--repeats 3] [--sections 1,2,3,4,5]
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo.utils
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lora_space.compiled import CompileOptions
 from lora_space.engine import Engine, GenerationRequest, LoraSpec, Options
 from lora_space.tiny import build_tiny_pipeline
 
@@ -69,13 +73,19 @@ def interleaved(runs: dict[str, tuple[Engine, tuple[LoraSpec, ...]]], repeats: i
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sections", default="1,2,3,4,5", help="which of the numbered measurements to run")
     args = parser.parse_args()
+    sections = {int(part) for part in args.sections.split(",")}
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     folder = Path(tempfile.mkdtemp())
     pipe = build_tiny_pipeline(transformer_overrides=WIDE)
     params = sum(p.numel() for p in pipe.transformer.parameters()) / 1e6
     print(f"transformer: {params:.0f} M parameters, {SIZE}x{SIZE}, {STEPS} steps, median of {args.repeats}")
     loras = [write_lora(folder / f"lora_{i:02d}.safetensors", pipe.transformer, i) for i in range(50)]
+    if 5 in sections:
+        compiled_against_eager(loras, args.repeats)
+    if not sections & {1, 2, 3, 4}:
+        return
 
     # 1. Stable mix of 3 cached LoRAs, fused and unfused, against the base model (three
     #    pipelines with the same weights, timed in turns).
@@ -138,6 +148,49 @@ def main() -> None:
     for scale in (0.03, 0.1):
         print(f"4. bf16 drift after 200 mix changes (LoRA scale {scale}), mean |change| / mean |weight| of the worst layer:"
               f" engine {bf16_drift(exact=True, scale=scale):.2%} | diffusers unfuse_lora {bf16_drift(exact=False, scale=scale):.2%}")
+
+
+def different_mixes(loras: list[LoraSpec], count: int) -> list[tuple[LoraSpec, ...]]:
+    """`count` requests, each with its own mix: 1 to 3 LoRAs (cycling through all of them) at other strengths."""
+    mixes = []
+    for index in range(count):
+        first = (3 * index) % (len(loras) - 3)
+        mixes.append(tuple(
+            LoraSpec(spec.key, spec.file, spec.name, round(0.3 + 0.1 * ((index + part) % 7), 2))
+            for part, spec in enumerate(loras[first : first + 1 + index % 3])
+        ))  # fmt: skip
+    return mixes
+
+
+def compiled_against_eager(loras: list[LoraSpec], repeats: int) -> None:
+    """5. Compiled against eager, a different mix on every request, in turns.
+
+    3 slots of rank 16, the LoRAs' rank: on this 512-wide model a rank-16 slot costs as large a
+    share of a layer's work (16 x (512 + 512) / 512^2 = 6%) as the default rank 64 does on
+    FLUX.1-dev's 3072-wide layers (4%); rank 64 here would cost 25% per slot.
+    """
+    options = CompileOptions(slots=3, rank=16)
+    compiled = Engine(build_tiny_pipeline(transformer_overrides=WIDE), compile=options)
+    eager = Engine(build_tiny_pipeline(transformer_overrides=WIDE))
+    start = time.perf_counter()
+    compiled.generate(request_for(()))  # compiles the blocks
+    compile_seconds = time.perf_counter() - start
+    eager.generate(request_for(()))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    times: dict[str, list[float]] = {"compiled": [], "eager": [], "compiled base": [], "eager base": []}
+    for mix in different_mixes(loras, 2 * repeats):
+        for name, engine, loras_of in (("compiled", compiled, mix), ("eager", eager, mix), ("compiled base", compiled, ()), ("eager base", eager, ())):
+            start = time.perf_counter()
+            result = engine.generate(request_for(loras_of))
+            times[name].append(time.perf_counter() - start)
+            assert result.compiled == (engine is compiled), result.warnings
+    median = {name: statistics.median(values) for name, values in times.items()}
+    recompiled = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    print(f"5. a different mix (1-3 LoRAs) on each of {2 * repeats} requests: compiled {median['compiled']:.3f} s | eager "
+          f"{median['eager']:.3f} s = {median['eager'] / median['compiled']:.2f}x eager's speed (goal, on a GPU only: >= 2.3x);"
+          f" base: compiled {median['compiled base']:.3f} s (slots at 0) | eager {median['eager base']:.3f} s;"
+          f" {recompiled} graphs compiled after the first request (which took {compile_seconds:.1f} s, compiling);"
+          f" {options.slots} slots of rank {options.rank}, backend {options.backend}")  # fmt: skip
 
 
 def bf16_drift(*, exact: bool, scale: float = 0.1, cycles: int = 200) -> float:

@@ -8,8 +8,10 @@ reach another site, so the HTML it returns is safe by construction:
   content; other tags are dropped and their text kept (escaped); an `<img>` tag becomes an
   image under the rule below;
 - images come only from the Hub endpoint (the repo's own files, or URLs on the endpoint's
-  host and its subdomains), as `.png`, `.jpg`, `.jpeg`, `.webp` or `.gif`; any other image is
-  replaced by its alt text;
+  host and its subdomains), as `.png`, `.jpg`, `.jpeg`, `.webp` or `.gif`, with no user name,
+  query or fragment, rebuilt from their checked parts (`hub_image_url`); any other image is
+  replaced by its alt text. The page shows them as `<img>` the browser loads: the server never
+  fetches a card's image;
 - links keep only `http`, `https`, `mailto` and in-page `#` targets, open in a new tab with
   `rel="nofollow noopener noreferrer"`; relative links point at the repo's files on the Hub.
 
@@ -25,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -40,6 +42,7 @@ _DROPPED = re.compile(r"<(%s)\b.*?(</\1\s*>|\Z)" % "|".join(DROPPED_ELEMENTS), r
 _COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.DOTALL)
 _IMG = re.compile(r"<img\b[^>]{0,4000}>", re.IGNORECASE)  # bounded: linear on any card, however hostile
 _TAG = re.compile(r"</?[A-Za-z][^>]{0,4000}>|<![^>]{0,4000}>|<\?[^>]{0,4000}>")
+_HOST = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
 _ATTRIBUTE = r"""\b%s\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))"""
 
 
@@ -66,21 +69,35 @@ def hub_image_url(src: str, *, repo_id: str, endpoint: str, revision: str = "mai
     A relative path is a file of the repo (`images/a.png` -> `<endpoint>/<repo>/resolve/<rev>/images/a.png`);
     an absolute path is on the endpoint; a full URL must be on the endpoint's host (or a subdomain,
     such as the Hub's CDN). `blob/` URLs become `resolve/` URLs. SVG and other types are refused.
+
+    Python and browsers read some URLs differently (`http://evil\\@huggingface.co/x.png` is on
+    the Hub for `urlsplit`, on `evil` for Chromium), so a URL with a backslash, a control
+    character, a user name (`@`), a query or a fragment is refused, the host must be plain ASCII,
+    and the URL returned is rebuilt from the parts that were checked. A query would also let
+    `x.png?.svg` pass for an SVG, which Gradio's Gallery fetches on the server.
     """
     base = urlsplit(endpoint.rstrip("/"))
-    parts = urlsplit(html.unescape(src.strip()))
+    src = html.unescape(src.strip())
+    if "\\" in src or "?" in src or "#" in src or any(ord(char) < 0x20 or ord(char) == 0x7F for char in src):
+        return None
+    parts = urlsplit(src)
     if parts.scheme or parts.netloc:
         host = (parts.hostname or "").lower()
         allowed = base.hostname or ""
-        if parts.scheme not in ("http", "https") or not host or not (host == allowed or host.endswith("." + allowed)):
+        try:
+            port = parts.port
+        except ValueError:
             return None
-        if host == allowed and parts.port != base.port:
+        if parts.scheme not in ("http", "https") or "@" in parts.netloc or not _HOST.fullmatch(host):
             return None
-        url = parts.geturl()
+        if not (host == allowed or host.endswith("." + allowed)) or (host == allowed and port != base.port):
+            return None
+        path = posixpath.normpath("/" + unquote(parts.path).lstrip("/"))
+        url = f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{quote(path)}"
     elif parts.path.startswith("/"):
-        url = f"{base.scheme}://{base.netloc}{quote(posixpath.normpath(parts.path))}"
+        url = f"{base.scheme}://{base.netloc}{quote(posixpath.normpath(unquote(parts.path)))}"
     else:
-        path = posixpath.normpath(parts.path)
+        path = posixpath.normpath(unquote(parts.path))
         if path.startswith("..") or path in ("", "."):
             return None
         url = f"{endpoint.rstrip('/')}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"

@@ -28,6 +28,7 @@ from .hub_search import HubModel
 from .lora.inspect import inspect_header
 from .lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 from .lora.shapes import current_base
+from .prompts import clean_trigger_words
 from .settings import Settings
 
 DATA = Path(__file__).parent / "data"
@@ -122,12 +123,13 @@ def _base_model(card: dict[str, Any], wanted: str) -> str:
 
 
 def shared_widget_words(prompts: list[str]) -> list[str]:
-    """The comma-separated parts every one of two or more example prompts holds (case-insensitive)."""
+    """The comma-separated parts every one of two or more example prompts holds (case-insensitive),
+    kept as `clean_trigger_words` keeps trigger words; linear in the prompts' length."""
     if len(prompts) < 2:
         return []
     parts = [[part.strip() for part in prompt.split(",") if part.strip()] for prompt in prompts]
-    common = [part for part in parts[0] if all(part.casefold() in {p.casefold() for p in other} for other in parts[1:])]
-    return list(dict.fromkeys(common))
+    others = [{part.casefold() for part in other} for other in parts[1:]]
+    return clean_trigger_words(part for part in parts[0] if all(part.casefold() in other for other in others))
 
 
 def _hub_id(value: str, what: str) -> str:
@@ -172,10 +174,10 @@ def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str
         (url for _, src in examples if src and (url := hub_image_url(src, repo_id=model.repo_id, endpoint=endpoint))),
         None,
     ) or next(
-        (hub_search.file_url(model.repo_id, name, endpoint=endpoint) for name in sorted(model.files)
-         if PurePosixPath(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")),
+        (url for name in sorted(model.files) if PurePosixPath(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+         and (url := hub_image_url(name, repo_id=model.repo_id, endpoint=endpoint))),
         "",
-    )
+    )  # every preview passes the one check of card images (`hub_image_url`): the browser loads it, never the server
     words, origin = hub.trigger_words_from_card(card), "card"
     if not words:
         words, origin = shared_widget_words([text for text, _ in examples if text]), "widget"

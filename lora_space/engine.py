@@ -6,8 +6,13 @@ an LRU cache of adapters), sets the mix, fuses it when the same mix repeats, run
 pipeline and returns images. Adapters that fall out of the cache are deleted from the
 model, so `set_adapters` costs what the active LoRAs cost, not what was ever used.
 
+Generations and training chunks take turns on the pipeline, first come, first served
+(`Turns`): a chunk that sees a generation waiting ends at its next step boundary, and the
+generation runs before the chunk's job gets the pipeline again.
+
 On ZeroGPU the GPU function runs in a forked worker whose module changes never reach the
-main process, so all adapter work happens inside it (`_run_locked`).
+main process, so all adapter work happens inside it (`_run_locked`); the turns are taken in
+the main process, around the GPU call.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from diffusers import FluxPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
+from .compiled import CompileOptions, CompiledTransformer
 from .errors import LimitError, LoraFileError
 from .gpu import gpu, on_zerogpu
+from .turns import Turns
 from .lora.formats import to_diffusers
 from .lora.safefile import load_lora_file
 from .lora.shapes import no_module_matched
@@ -120,6 +127,7 @@ class GenerationResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     fused: bool = False
+    compiled: bool = False  # the transformer ran compiled (`Engine(compile=...)`); False: eager
 
 
 @dataclass
@@ -135,15 +143,27 @@ class Adapter:
 class Engine:
     """Owns the pipeline and its adapter state; every change happens under `self._lock`.
 
+    Generations and training chunks take turns (`turn`, first come, first served); a chunk ends
+    at its next step boundary when `generation_waiting()`. Between the chunks of one job its
+    adapter may stay attached, switched off (`parked`), so that the next chunk resumes at once.
+
     Args:
         pipe: the base pipeline (already on its device).
         cache_size: how many adapters stay attached (LRU).
         fuse_after: fuse a mix once it has been asked for this many times in a row.
         fuse_memory_bytes: CPU memory for the original weights of fused layers (see `_fuse`).
+        compile: run the transformer compiled, LoRAs hot-swapped into fixed slots (`lora_space.compiled`);
+            None: eager, with adapters attached and fused as above.
     """
 
     def __init__(
-        self, pipe: FluxPipeline, *, cache_size: int = 8, fuse_after: int = 2, fuse_memory_bytes: int = 8 * 1024**3
+        self,
+        pipe: FluxPipeline,
+        *,
+        cache_size: int = 8,
+        fuse_after: int = 2,
+        fuse_memory_bytes: int = 8 * 1024**3,
+        compile: CompileOptions | None = None,
     ) -> None:
         self.pipe = pipe
         self.cache_size = cache_size
@@ -160,6 +180,14 @@ class Engine:
         self._repeats = 0
         self._layers: list[BaseTunerLayer] | None = None  # the LoRA layers, found again after each load or delete
         self.file_reads = 0  # LoRA files read from disk since start (benchmarks and tests read it)
+        # Compiled mode: adapters stay out of the model; `_attach` caches state dicts for the slots.
+        self._compiled = CompiledTransformer(pipe, compile) if compile is not None else None
+        self._eager_reason: str | None = None  # why the current mix runs eager in compiled mode
+        self._eager_names: list[str] = []  # its adapters, attached for that request only
+        self._turns = Turns()
+        # What a training chunk left on the pipeline for the next chunk of its job (a training
+        # session whose adapter stays attached, switched off); only borrowers (`lend`) use it.
+        self.parked: object | None = None
         _ENGINES[id(self)] = self
 
     # -- public -------------------------------------------------------------------------
@@ -173,11 +201,33 @@ class Engine:
         return list(self.pipe.get_list_adapters().get("transformer", []))
 
     def generate(self, request: GenerationRequest, *, progress=None) -> GenerationResult:
-        """Run one request with its own LoRA mix; other requests wait for the lock."""
+        """Run one request with its own LoRA mix, in its turn (a training chunk ends at its next step for it)."""
         seed = request.options.seed if request.options.seed >= 0 else secrets.randbelow(MAX_SEED)
-        if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
-            return _generate_on_gpu(id(self), request, seed, None)
-        return _generate_on_gpu(id(self), request, seed, progress)
+        with self._turns.turn(generation=True):
+            if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
+                return _generate_on_gpu(id(self), request, seed, None)
+            return _generate_on_gpu(id(self), request, seed, progress)
+
+    def turn(self) -> contextlib.AbstractContextManager[None]:
+        """A training chunk's turn on the pipeline: hold it around the chunk's GPU call (then `lend`).
+
+        Turns are first come, first served; a generation that arrives meanwhile waits at most
+        until the chunk's next step boundary (`generation_waiting`).
+        """
+        return self._turns.turn()
+
+    @property
+    def parks_training(self) -> bool:
+        """Whether a training chunk may leave its session parked on the pipeline (`parked`) for its job's
+        next chunk: not in compiled mode, whose compiled blocks must see the modules they were compiled with."""
+        return self._compiled is None
+
+    def generation_waiting(self) -> bool:
+        """A generation waits for its turn: a training chunk ends at its next step boundary.
+
+        Read from shared memory, so it also answers inside a forked GPU worker (ZeroGPU).
+        """
+        return self._turns.waiting_generations() > 0
 
     @contextlib.contextmanager
     def lend(self) -> Iterator[FluxPipeline]:
@@ -185,24 +235,29 @@ class Engine:
 
         The borrower gets the base model: the fused mix undone (exactly: originals copied
         back) and every cached adapter switched off. It may attach its own adapter under a
-        name of its own, train it (only that adapter's parameters), and must delete it before
-        returning. On return the engine puts back what it had: `requires_grad` of every
-        parameter, the active mix and its strengths, and the fused weights if the mix was fused.
-        Generations wait for the lock meanwhile, so a visitor waits at most one chunk.
+        name of its own and train it (only that adapter's parameters); before returning it
+        deletes the adapter, or leaves it attached for its job's next chunk in `parked`,
+        switched off here like every other adapter, so that generations never see it. On
+        return the engine puts back what it had: `requires_grad` of every parameter, the
+        active mix and its strengths, and the fused weights if the mix was fused.
+
+        The caller holds a `turn` around the chunk (in the main process; on ZeroGPU the chunk
+        itself runs in a forked worker), and the chunk ends at its next step boundary when
+        `generation_waiting()`, so a generation waits about one step.
         """
         with self._lock:
             fused_mix, mix = self._fused_mix, self._last_mix or ()
             self._unfuse()
             transformer = self.pipe.transformer
             grads = {parameter: parameter.requires_grad for parameter in transformer.parameters()}
-            wrapped = {name for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
             self._activate([], [])
             try:
                 yield self.pipe
             finally:
-                # Layers the borrower's adapter wrapped, now empty, become plain layers again.
+                # Layers left without any adapter (the borrower's, or a parked one it deleted)
+                # become plain layers again.
                 for name, module in list(transformer.named_modules()):
-                    if isinstance(module, BaseTunerLayer) and name not in wrapped and not getattr(module, "lora_A", None):
+                    if isinstance(module, BaseTunerLayer) and not getattr(module, "lora_A", None):
                         parent, _, child = name.rpartition(".")
                         setattr(transformer.get_submodule(parent) if parent else transformer, child, module.get_base_layer())
                 self._layers = None
@@ -229,20 +284,27 @@ class Engine:
         state_dict, matched, total = self._matching(state_dict)
         if matched == 0:
             raise no_module_matched(spec.name, total)
-        # 3. Attach under a fresh name and check that every kept module got it; on any
-        #    failure remove what was half attached, so the pipeline is as it was.
+        # 3. Attach under a fresh name and check that every kept module got it (compiled mode:
+        #    keep the state dict for the slots instead).
         adapter_name = f"lora_{next(self._names)}"
+        if self._compiled is not None:
+            self._compiled.remember(adapter_name, spec.name, state_dict)
+        else:
+            self._load(spec.name, adapter_name, state_dict)
+        adapter = Adapter(adapter_name, matched / total, matched, total)
+        self._adapters[spec.key] = adapter
+        return adapter
+
+    def _load(self, label: str, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+        """Attach `state_dict` as adapter `adapter_name`; on any failure remove what was half attached."""
         self._unfuse()
         try:
             self.pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
             self._layers = None
-            self._check_attached(spec, adapter_name, state_dict)
+            self._check_attached(label, adapter_name, state_dict)
         except Exception:
             self._delete(adapter_name)
             raise
-        adapter = Adapter(adapter_name, matched / total, matched, total)
-        self._adapters[spec.key] = adapter
-        return adapter
 
     def _evict(self, keep: set[str]) -> None:
         """Delete the least recently used adapters beyond `cache_size`, never one in `keep`."""
@@ -286,17 +348,19 @@ class Engine:
         matched = len({key.rpartition(".lora_")[0] for key in kept})
         return kept, matched, len(modules)
 
-    def _check_attached(self, spec: LoraSpec, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
+    def _check_attached(self, label: str, adapter_name: str, state_dict: dict[str, torch.Tensor]) -> None:
         """diffusers loads nothing, silently, for keys it does not recognise: check what attached."""
         for module_path in {key.rpartition(".lora_")[0] for key in state_dict}:
             module = self._module(module_path)
             if adapter_name not in getattr(module, "lora_A", {}):
                 raise LoraFileError(
-                    f"LoRA {spec.name!r} did not attach to {module_path}; its keys may be in a format "
+                    f"LoRA {label!r} did not attach to {module_path}; its keys may be in a format "
                     "LoRA Space cannot convert yet (inspect it in LoRA tools)."
                 )
 
     def _delete(self, adapter_name: str) -> None:
+        if self._compiled is not None:
+            self._compiled.forget(adapter_name)
         present = {name for names in self.pipe.get_list_adapters().values() for name in names}
         if adapter_name in present:
             self.pipe.delete_adapters(adapter_name)
@@ -318,8 +382,11 @@ class Engine:
         diffusers' `set_adapters` and `enable_lora` walk every module and, in each LoRA layer,
         toggle `requires_grad` on every attached adapter, so their cost grows with the cache.
         Inference needs only, on each layer, the active names, their scales (strength * alpha /
-        rank), and adapters switched on; no names switch them off (the base model).
+        rank), and adapters switched on; no names switch them off (the base model). In compiled
+        mode the blocks then run eager (the compiled ones expect the slots), until the next `_apply_mix`.
         """
+        if self._compiled is not None:
+            self._compiled.suspend()
         for layer in self._tuner_layers():
             layer._active_adapter = names  # peft's own fields behind `active_adapters`
             layer._disable_adapters = not names  # and `disable_adapters`
@@ -378,6 +445,9 @@ class Engine:
         """Make `mix` (adapter name, strength) the active one; fuse it when it repeats. Returns fused."""
         self._repeats = self._repeats + 1 if mix == self._last_mix else 1
         self._last_mix = mix
+        if self._compiled is not None:
+            self._apply_compiled(mix)
+            return False
         if mix == self._fused_mix:
             return True
         self._unfuse()
@@ -387,6 +457,27 @@ class Engine:
             self._fused_mix = mix
             return True
         return False
+
+    def _apply_compiled(self, mix: tuple[tuple[str, float], ...]) -> None:
+        """Compiled mode: hot-swap `mix` into the slots, or attach it for one eager run and say why."""
+        self._drop_eager()
+        self._eager_reason = self._compiled.why_not(mix)
+        if self._eager_reason is None:
+            self._compiled.swap(mix)
+            return
+        try:
+            for name, _ in mix:  # adapters for this request only: the compiled blocks never see them
+                self._eager_names.append(f"{name}_eager")
+                self._load(self._compiled.label(name), f"{name}_eager", self._compiled.state_dict(name))
+        except BaseException:
+            self._drop_eager()
+            raise
+        self._activate([f"{name}_eager" for name, _ in mix], [weight for _, weight in mix])
+
+    def _drop_eager(self) -> None:
+        """Delete the adapters of an eager run in compiled mode (the slots come back at the next swap)."""
+        while self._eager_names:
+            self._delete(self._eager_names.pop())
 
     def _run_locked(self, request: GenerationRequest, seed: int, progress) -> GenerationResult:
         timings: dict[str, float] = {}
@@ -428,19 +519,25 @@ class Engine:
                     progress((step + 1) / options.steps, desc=f"step {step + 1}/{options.steps}")
                     return callback_kwargs
 
-            images = self.pipe(
-                prompt=request.prompt,
-                num_inference_steps=options.steps,
-                guidance_scale=options.guidance,
-                width=options.width,
-                height=options.height,
-                num_images_per_prompt=options.num_images,
-                generator=generators,
-                callback_on_step_end=callback,
-                **kwargs,
-            ).images
+            compiled = self._compiled is not None and self._compiled.active
+            if self._compiled is not None and self._eager_reason:
+                warnings.append(f"This image was made without compiled generation (slower): {self._eager_reason}.")
+            try:
+                images = self.pipe(
+                    prompt=request.prompt,
+                    num_inference_steps=options.steps,
+                    guidance_scale=options.guidance,
+                    width=options.width,
+                    height=options.height,
+                    num_images_per_prompt=options.num_images,
+                    generator=generators,
+                    callback_on_step_end=callback,
+                    **kwargs,
+                ).images
+            finally:
+                self._drop_eager()  # compiled mode: an eager mix's adapters never outlive its request
             timings["inference"] = time.perf_counter() - start
-        return GenerationResult(images=images, seed=seed, warnings=warnings, timings=timings, fused=fused)
+        return GenerationResult(images=images, seed=seed, warnings=warnings, timings=timings, fused=fused, compiled=compiled)
 
 
 # Engines by id, written once per engine at start-up: the GPU function finds its engine here.

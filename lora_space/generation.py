@@ -24,8 +24,10 @@ from .sources import ResolvedSource
 if TYPE_CHECKING:
     from .service import LoraSpace
 
-# The course: "Usually 0.6-1.0 for balanced results"; "values too high can cause artifacts".
-STRENGTH_SUM_WARNING = 1.5
+# The course, per LoRA: "Optimal Range: Usually 0.6-1.0 for balanced results"; "Over-application:
+# Values too high can cause artifacts or instability". A LoRA past this strength (either sign) is
+# warned about; how LoRAs combine is the conflict analysis's judgement (`lora.conflicts`).
+STRENGTH_WARNING = 1.2
 MAX_SWEEP_CELLS = 36
 MAX_BATCH_PROMPTS = 24
 
@@ -107,15 +109,21 @@ def conflict_warnings(blend: Blend, pair_summary: Callable[..., PairSummary] = p
     return mix_warnings(pairs, {label: strength for label, (_, strength) in zip(labels, active)})
 
 
-def strength_warnings(strengths: list[float]) -> list[str]:
-    """The course: 0.6-1.0 is balanced; too high causes artifacts. Warn on a heavy blend."""
-    total = sum(abs(strength) for strength in strengths)
-    if total > STRENGTH_SUM_WARNING:
-        return [
-            f"The LoRA strengths add up to {total:.2f}; past about {STRENGTH_SUM_WARNING} blends often show "
-            "artifacts. Lower the strongest LoRA first (the course's range is 0.6-1.0 each)."
-        ]
-    return []
+def strength_warnings(strengths: list[tuple[str, float]]) -> list[str]:
+    """The course's over-application rule, per LoRA: one warning for each past `STRENGTH_WARNING`.
+
+    Args:
+        strengths: `(name, strength)` of each LoRA of the blend; a negative strength counts by its size.
+    """
+    warnings = []
+    for name, strength in strengths:
+        if abs(strength) > STRENGTH_WARNING:
+            way = "" if strength > 0 else " (in reverse)"
+            warnings.append(
+                f"{name} is at strength {strength:g}{way}; past about {STRENGTH_WARNING:g} a LoRA often shows artifacts "
+                f"or instability. The course's balanced range is 0.6-1.0: try {name} at {1.0 if strength > 0 else -1.0:g} or closer to 0."
+            )
+    return warnings
 
 
 def render(
@@ -130,7 +138,7 @@ def render(
         loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
     )
     request.check(space.settings.limits)
-    warnings = strength_warnings([strength for _, strength in blend]) + conflict_warnings(blend, space._pair_summary)
+    warnings = strength_warnings([(item.name, strength) for item, strength in blend]) + conflict_warnings(blend, space._pair_summary)
     # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
     refs = tuple(
         LoraRef(
@@ -166,6 +174,7 @@ def render(
     ]
     metadata = recipe_metadata(recipe, parsed.raw, options.num_images) | {
         "fused": result.fused,
+        "compiled": result.compiled,
         "warnings": warnings,
         "timings": {key: round(value, 4) for key, value in result.timings.items()},
     }

@@ -1,9 +1,10 @@
 """Every Hub call the app makes.
 
 Each function takes the Hub endpoint explicitly and builds its own `HfApi(endpoint=..., token=...)`:
-huggingface_hub reads `HF_ENDPOINT` only once, at import. `token=None` means huggingface_hub's
-default (`HF_TOKEN`, then the saved login); a call made for a user passes that user's token,
-or `False` to send none (never the Space's own). With
+huggingface_hub reads `HF_ENDPOINT` only once, at import. Every call is made for a user and
+sends that user's token, or none: `token=None` means no token here (`hub_http.caller_token`),
+never huggingface_hub's default (`HF_TOKEN`, the Space's own, which only loads the base model,
+in `base_model`). With
 `offline=True` a call refuses with a `HubError` before sending anything (`download_file` reads
 the local cache instead).
 
@@ -26,8 +27,9 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntry
 
 from . import hub_http
 from .errors import HubError, LoraFileError, UnsafeFileError
-from .hub_http import base_url, hub_errors, ranged_reader, require_online
+from .hub_http import base_url, caller_token, hub_errors, ranged_reader, require_online
 from .lora import safefile
+from .prompts import clean_trigger_words
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def read_safetensors_header(
     require_online(offline, endpoint, f"read {where}")
     if not filename.lower().endswith(".safetensors"):
         raise LoraFileError(f"{where} is not a .safetensors file; LoRA Space reads only safetensors LoRAs.")
-    read = ranged_reader(repo_id, filename, endpoint=endpoint, token=token, revision=revision)
+    read = ranged_reader(repo_id, filename, endpoint=endpoint, token=caller_token(token), revision=revision)
     first, total = read(0, HEADER_PROBE_END)
     if len(first) < 8:
         raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
@@ -90,6 +92,11 @@ def read_safetensors_header(
     if len(header) != header_length:
         raise HubError(f"The Hub at {base_url(endpoint)} sent a short answer for {where}; try again.")
     return header, total
+
+
+def is_cached(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: Path | None = None) -> bool:
+    """Whether the Hub cache already holds this file at this revision (no request is made)."""
+    return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str)
 
 
 def download_file(
@@ -127,11 +134,9 @@ def download_file(
             "and README, JSON, text or image files only."
         )
     with hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
-        if max_bytes is not None and not offline and not isinstance(
-            try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str
-        ):
+        if max_bytes is not None and not offline and not is_cached(repo_id, filename, cache_dir=cache_dir, revision=revision):
             url = hf_hub_url(repo_id, filename, revision=revision, endpoint=base_url(endpoint))
-            size = get_hf_file_metadata(url, token=token, timeout=hub_http.TIMEOUT_S, endpoint=base_url(endpoint)).size
+            size = get_hf_file_metadata(url, token=caller_token(token), timeout=hub_http.TIMEOUT_S, endpoint=base_url(endpoint)).size
             if size is None or size > max_bytes:
                 raise LoraFileError(
                     f"{repo_id}/{filename} is {(size or 0) / 2**30:.1f} GiB, above the {max_bytes / 2**30:.1f} GiB "
@@ -143,7 +148,7 @@ def download_file(
                 filename,
                 revision=revision,
                 endpoint=base_url(endpoint),
-                token=token,
+                token=caller_token(token),
                 cache_dir=cache_dir,
                 local_files_only=offline,
             )
@@ -168,7 +173,7 @@ def list_lora_weight_files(
     """The `.safetensors` files of a model repo with their sizes in bytes, in the Hub's order."""
     require_online(offline, endpoint, f"list the files of {repo_id}")
     with hub_errors(endpoint, repo_id=repo_id, revision=revision):
-        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(
+        info = HfApi(endpoint=base_url(endpoint), token=caller_token(token)).model_info(
             repo_id, revision=revision, files_metadata=True, timeout=hub_http.TIMEOUT_S
         )
     return [
@@ -237,7 +242,7 @@ def repo_commit(
     """
     require_online(offline, endpoint, f"look up {repo_id}")
     with hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=["sha", "cardData"], timeout=hub_http.TIMEOUT_S)
+        info = HfApi(endpoint=base_url(endpoint), token=caller_token(token)).model_info(repo_id, expand=["sha", "cardData"], timeout=hub_http.TIMEOUT_S)
     if not info.sha:
         raise HubError(f"The Hub at {base_url(endpoint)} did not say which commit {repo_id} is at; try again later.")
     return info.sha, info.card_data.to_dict() if info.card_data is not None else {}
@@ -253,7 +258,7 @@ def model_card_data(
     """The YAML metadata of a repo's model card (the Hub's `cardData`); empty without a card."""
     require_online(offline, endpoint, f"read the model card of {repo_id}")
     with hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=["cardData"], timeout=hub_http.TIMEOUT_S)
+        info = HfApi(endpoint=base_url(endpoint), token=caller_token(token)).model_info(repo_id, expand=["cardData"], timeout=hub_http.TIMEOUT_S)
     return info.card_data.to_dict() if info.card_data is not None else {}
 
 
@@ -262,7 +267,8 @@ def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
 
     Read from `instance_prompt` (diffusers' training scripts), then `trigger_words`,
     `trigger_word` and `trigger`; each may be a string or a list of strings, and a string holding
-    commas gives one word per part. Widget prompts are examples, not trigger words.
+    commas gives one word per part, kept as `prompts.clean_trigger_words` keeps them. Widget
+    prompts are examples, not trigger words.
     """
     words: list[str] = []
     for key in TRIGGER_KEYS:
@@ -270,8 +276,8 @@ def trigger_words_from_card(card_data: Mapping[str, Any]) -> list[str]:
         items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         for item in items:
             if isinstance(item, str):
-                words += [part.strip() for part in item.split(",")]
-    return list(dict.fromkeys(word for word in words if word))
+                words += item.split(",")
+    return clean_trigger_words(words)
 
 
 def whoami(token: str | None, *, endpoint: str, offline: bool = False) -> dict[str, Any]:
@@ -316,7 +322,7 @@ def repo_exists(repo_id: str, *, endpoint: str, token: str | None, offline: bool
     """Whether the model repo `repo_id` exists and `token` can see it (a gated repo exists)."""
     require_online(offline, endpoint, f"look up {repo_id}")
     with hub_errors(endpoint, repo_id=repo_id):
-        return HfApi(endpoint=base_url(endpoint)).repo_exists(repo_id, token=token or False)
+        return HfApi(endpoint=base_url(endpoint)).repo_exists(repo_id, token=caller_token(token))
 
 
 def create_repo(repo_id: str, *, endpoint: str, token: str | None, private: bool = True, offline: bool = False) -> CreatedRepo:

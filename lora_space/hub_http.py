@@ -33,14 +33,24 @@ TIMEOUT_S = 30.0
 """Seconds to wait for the Hub to connect or to send data (huggingface_hub's session never times out)."""
 
 
+def caller_token(token: str | bool | None) -> str | bool:
+    """The token a read on a caller's behalf sends: theirs, else `False` (none).
+
+    huggingface_hub reads `token=None` as "the machine's own" (`HF_TOKEN`, then the saved login):
+    on a Space that is the Space's token, which must never serve a visitor's request.
+    """
+    return token or False
+
+
 def ranged_reader(
     repo_id: str, filename: str, *, endpoint: str, token: str | bool | None = None, revision: str | None = None
 ) -> Callable[[int, int], tuple[bytes, int]]:
     """`read(start, end)`: bytes `start..end` of a repo file and the file's size, one ranged GET each.
 
-    Each read turns Hub errors into `HubError`s (`hub_errors`); nothing is sent until a read.
+    Each read turns Hub errors into `HubError`s (`hub_errors`); nothing is sent until a read. The
+    request carries `token`, or none (`caller_token`).
     """
-    headers = {**build_hf_headers(token=token), "Accept-Encoding": "identity"}
+    headers = {**build_hf_headers(token=caller_token(token)), "Accept-Encoding": "identity"}
 
     def read(start: int, end: int) -> tuple[bytes, int]:
         with hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):

@@ -15,11 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, hf_hub_url, scan_cache_dir
+from huggingface_hub import HfApi, constants, scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
 from . import hub_http
-from .hub_http import base_url, hub_errors, ranged_reader, require_online
+from .hub_http import base_url, caller_token, hub_errors, ranged_reader, require_online
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def search_loras(
     if not 1 <= limit <= MAX_RESULTS:
         raise ValueError(f"limit {limit} is outside 1..{MAX_RESULTS}")
     require_online(offline, endpoint, "search for LoRAs")
-    api = HfApi(endpoint=base_url(endpoint), token=token)
+    api = HfApi(endpoint=base_url(endpoint), token=caller_token(token))
     with hub_errors(endpoint):
         found = api.list_models(
             filter=["lora", f"base_model:adapter:{base_model}"],
@@ -150,7 +150,7 @@ def model_details(
     """
     require_online(offline, endpoint, f"read {repo_id}")
     with hub_errors(endpoint, repo_id=repo_id):
-        info = HfApi(endpoint=base_url(endpoint), token=token).model_info(repo_id, expand=EXPAND, timeout=hub_http.TIMEOUT_S)  # type: ignore[arg-type]
+        info = HfApi(endpoint=base_url(endpoint), token=caller_token(token)).model_info(repo_id, expand=EXPAND, timeout=hub_http.TIMEOUT_S)  # type: ignore[arg-type]
     return _model(info)
 
 
@@ -198,9 +198,3 @@ def cached_lora_files(*, exclude: Sequence[str] = (), max_bytes: int | None = No
             if name.lower().endswith(".safetensors") and (max_bytes is None or file.size_on_disk <= max_bytes):
                 found.append(CachedHubFile(repo.repo_id, name, file.file_path, file.size_on_disk, revision.commit_hash))
     return sorted(found, key=lambda item: (item.repo_id.casefold(), item.filename))
-
-
-def file_url(repo_id: str, filename: str, *, endpoint: str, revision: str = "main") -> str:
-    """The resolve URL of a repo file on the Hub at `endpoint` (what a browser loads an image from)."""
-    return hf_hub_url(repo_id, filename, revision=revision, endpoint=base_url(endpoint))
-

@@ -30,10 +30,10 @@ from .atomic import write_atomically
 from .errors import LoraFileError
 from .lora.keymap import detect_format
 from .lora.safefile import read_local_header
+from .prompts import clean_trigger_words
 
 SUFFIX = ".safetensors"
 MAX_SIDECAR_BYTES = 1024 * 1024
-MAX_WORD_CHARS = 200  # a longer "trigger word" would fill the prompt; it is left out
 
 _JSON_SIDECAR_KEYS = ("trigger_words", "trigger_word", "instance_prompt")
 _METADATA_KEYS = ("trigger_words", "trigger_word", "instance_prompt", "modelspec.trigger_phrase")
@@ -91,11 +91,7 @@ def _words(value: Any) -> list[str]:
         value = re.split(r"[,\n]", value)
     if not isinstance(value, list):
         return []
-    words: list[str] = []
-    for word in value:
-        if isinstance(word, str) and 0 < len(word.strip()) <= MAX_WORD_CHARS and word.strip().casefold() not in {w.casefold() for w in words}:
-            words.append(word.strip())
-    return words
+    return clean_trigger_words(value)
 
 
 def _first_words(mapping: dict[str, Any], keys: Iterable[str]) -> list[str]:

@@ -17,7 +17,9 @@ once; twice with different strengths is an error, as guessing which one was mean
 hide a typo.
 
 Trigger words are put in front of the prompt, comma-separated ("wtrclr, portrait of ..."),
-the usual place for FLUX LoRAs, and only when the prompt does not already hold them.
+the usual place for FLUX LoRAs, and only when the prompt does not already hold them. They come
+from files and model cards anyone can write, so every reader keeps them as `clean_trigger_words`
+does: at most `MAX_TRIGGER_WORDS` words of at most `MAX_WORD_CHARS` characters each.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ DEFAULT_MAX_CHARS = 4000
 
 
 _OPEN = re.compile(r"<\s*lora\s*(?=[:>])", re.IGNORECASE)
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# One way to match each number (`\d+\.?\d*` splits a run of digits in n ways: quadratic on a long one).
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _BAD_NAME_CHARS = re.compile(r'[<>:\\"|?*\x00-\x1f\x7f]')
 _HUB_PART = re.compile(r"[\w][\w.-]*")
 _QUOTE_LIMIT = 80
+MAX_TRIGGER_WORDS = 32
+"""Trigger words kept per LoRA (a card or file listing thousands would bury the prompt)."""
+MAX_WORD_CHARS = 200
+"""A longer "trigger word" would fill the prompt; it is left out."""
+MAX_INSERTED_WORDS = 6 * MAX_TRIGGER_WORDS
 _EXAMPLE = "<lora:watercolor_style:0.8>"
 
 
@@ -193,14 +201,41 @@ def _holds(text: str, phrase: str) -> bool:
     return re.search(rf"(?<!\w){pattern}(?!\w)", text, re.IGNORECASE) is not None
 
 
+def clean_trigger_words(words: Iterable[object], *, limit: int = MAX_TRIGGER_WORDS) -> list[str]:
+    """Trigger words as the app keeps them, in time linear in their number.
+
+    Args:
+        words: candidate words (anything that is not a string is skipped).
+        limit: the most words kept.
+
+    Returns:
+        The words stripped, without empty ones or ones longer than `MAX_WORD_CHARS`, each once
+        (case ignored), in order, at most `limit` of them.
+    """
+    kept: list[str] = []
+    seen: set[str] = set()
+    for word in words:
+        if len(kept) >= limit:
+            break
+        if not isinstance(word, str):
+            continue
+        word = word.strip()
+        key = word.casefold()
+        if word and len(word) <= MAX_WORD_CHARS and key not in seen:
+            seen.add(key)
+            kept.append(word)
+    return kept
+
+
 def insert_trigger_words(text: str, trigger_words: Iterable[str]) -> str:
     """Put each trigger word the prompt lacks in front of it: "wtrclr, portrait of ...".
 
     A word counts as present when the prompt, or a word already put in front, holds it as
-    a whole word or phrase, in any case. Words keep their given order; empty ones are skipped.
+    a whole word or phrase, in any case. Words keep their given order; empty ones are skipped,
+    and at most `MAX_INSERTED_WORDS` are looked at (each is compared with those before it).
     """
     missing: list[str] = []
-    for word in trigger_words:
+    for word in clean_trigger_words(trigger_words, limit=MAX_INSERTED_WORDS):
         word = " ".join(word.split())
         if word and not _holds(text, word) and not any(_holds(other, word) for other in missing):
             missing.append(word)

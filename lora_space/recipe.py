@@ -1,65 +1,50 @@
 """Image recipes: what made an image, as A1111/Forge "parameters" text and as JSON.
 
-The `parameters` text is what A1111 and Forge write into a PNG and what Civitai reads:
+A PNG made here carries its recipe twice: as A1111/Forge `parameters` text
+(`lora_space.parameters`: the prompt with `<lora:NAME:STRENGTH>` tags, the negative prompt and
+one line of `Key: value` settings, which A1111, Forge and Civitai read), and as JSON
+(`recipe_to_json`) in a second PNG text chunk, `lora_space_recipe`, that `read_png_recipe`
+prefers: sources, revisions and trigger words do not fit the A1111 format.
 
-    wtrclr, portrait of a woman <lora:watercolor_style:0.8> <lora:user/repo:0.6>
-    Negative prompt: blurry
-    Steps: 28, Sampler: Euler, Schedule type: Simple, CFG scale: 1, Distilled CFG Scale: 3.5,
-      Seed: 42, Size: 1024x1024, Model: black-forest-labs/FLUX.1-dev      (one line in the file)
-
-- line 1 (and more, if the prompt has line breaks): the prompt as sent, then one
-  `<lora:NAME:STRENGTH>` tag per LoRA, as A1111 puts LoRAs in the prompt;
-- `Negative prompt: ...`, only when there is one;
-- one line of `Key: value` pairs with Forge's names for FLUX: `CFG scale` is the true
-  (two-pass) CFG, 1 meaning off; `Distilled CFG Scale` is FLUX-dev's guidance. A value holding
-  `,` `:` `"` or a line break, or with spaces at its ends, is written as a JSON string
-  (`Model: "C:\\\\models\\\\flux"`), as A1111 does.
-- `Model hash` (a single-file base model only) and `Lora hashes: "name: 0123456789ab, ..."`, as
-  A1111 writes them (`lora_space.hashes`): Civitai links the LoRAs by these, and a recipe whose
-  names differ from the library's finds its LoRAs by them.
-
-`parse_parameters` reads this back exactly (prompt lines are stripped, as in A1111, so a
-prompt should not start or end a line with spaces). Sources, revisions and trigger words
-do not fit the A1111 format; the full recipe goes as JSON (`recipe_to_json`) in a second PNG
-text chunk, `lora_space_recipe`, that `read_png_recipe` prefers.
+Images and recipe files come from anyone, so reading them is bounded: a PNG's text chunks are
+read without decoding its pixels, at most `MAX_TEXT_BYTES` each once inflated; a recipe file
+is at most `MAX_TEXT_BYTES`; and `parameters` text is parsed in a separate interpreter that is
+killed after `PARSE_SECONDS` (`lora_space.timebox`), so that no image can hold the app.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import os
+import struct
+import zlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from . import timebox
 from .errors import PromptError
-from .prompts import MAX_STRENGTH, MIN_STRENGTH, check_name, find_tags
+from .parameters import HASH, TYPE_NAMES, check_length, parse_parameters, to_parameters
+from .prompts import MAX_STRENGTH, MIN_STRENGTH, check_name
 from .settings import FLUX_DEV
 
 PARAMETERS_CHUNK = "parameters"
 RECIPE_CHUNK = "lora_space_recipe"
 RECIPE_FORMAT = "lora-space-recipe"
 RECIPE_VERSION = 1
-
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_SIZE = re.compile(r"(\d+)x(\d+)")
-_NEGATIVE = "Negative prompt:"
-_HASH = re.compile(r"[0-9a-f]{8,64}")
-# `parameters` key -> (Recipe field, type), in the order Forge writes them.
-_KEYS: dict[str, tuple[str, type]] = {
-    "Steps": ("steps", int),
-    "Sampler": ("sampler", str),
-    "Schedule type": ("schedule", str),
-    "CFG scale": ("true_cfg", float),
-    "Distilled CFG Scale": ("guidance", float),
-    "Seed": ("seed", int),
-    "Model hash": ("model_hash", str),
-    "Model": ("model", str),
-}
+MAX_TEXT_BYTES = 64 * 1024
+"""The most a recipe (a PNG text chunk once inflated, or a .json file) may hold; ours are a few KB."""
+MAX_PNG_CHUNKS = 100_000
+"""Chunks of a PNG looked at for its text (a 20 MB image in 8 KB chunks has about 2,500)."""
+PARSE_SECONDS = 5.0
+"""The time `parameters` text may take to parse (it takes milliseconds; the rest is a new interpreter)."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_KEYWORD_BYTES = 80  # a PNG text keyword is 1-79 bytes and a NUL
 
 
 @dataclass(frozen=True)
@@ -165,20 +150,14 @@ _FIELD_TYPES: dict[str, type] = {
 _LORA_TYPES: dict[str, type] = {
     "name": str, "strength": float, "source": str, "revision": str, "trigger_words": list, "hash": str,
 }
-_TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", list: "a list", dict: "an object"}
 
 
 def _checked_hash(value: str, where: str) -> str:
     """A file hash as A1111 writes it: "" or 8 to 64 hex digits (kept lower case)."""
     value = value.strip().lower()
-    if value and not _HASH.fullmatch(value):
+    if value and not HASH.fullmatch(value):
         raise PromptError(f"{where} has the hash {value!r}; a hash is 8 to 64 hex digits, like '0123456789ab'.")
     return value
-
-
-def hash_alias(name: str) -> str:
-    """A LoRA's name as A1111 writes it in `Lora hashes` (':' and ',' removed)."""
-    return name.replace(":", "").replace(",", "")
 
 
 def _checked(data: Any, where: str, types: dict[str, type], *, required: tuple[str, ...]) -> dict[str, Any]:
@@ -198,7 +177,7 @@ def _checked(data: Any, where: str, types: dict[str, type], *, required: tuple[s
             value = float(value)
         wrong = not isinstance(value, kind) or isinstance(value, bool)
         if wrong or (isinstance(value, float) and not math.isfinite(value)):
-            raise PromptError(f"{where}: {key!r} must be {_TYPE_NAMES[kind]}, not {value!r}.")
+            raise PromptError(f"{where}: {key!r} must be {TYPE_NAMES[kind]}, not {value!r}.")
         values[key] = value
     return values
 
@@ -222,12 +201,19 @@ def recipe_from_json(text: str) -> Recipe:
     """Read `recipe_to_json`'s output back.
 
     Raises:
-        PromptError: not JSON, another format or version, unknown keys, or wrong types.
+        PromptError: longer than `MAX_TEXT_BYTES`, not JSON, another format or version, unknown
+            keys, or wrong types.
     """
+    if len(text) > MAX_TEXT_BYTES:
+        raise PromptError(
+            f"The recipe is {len(text):,} characters long; recipes saved by LoRA Space are a few thousand, and at "
+            f"most {MAX_TEXT_BYTES:,} are read. Load a file saved by LoRA Space."
+        )
     try:
         data = json.loads(text)
-    except ValueError as error:
-        raise PromptError(f"The recipe is not valid JSON ({error}); load a file saved by LoRA Space.") from None
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise PromptError(f"The recipe is not valid JSON ({reason}); load a file saved by LoRA Space.") from None
     if isinstance(data, dict):
         data = dict(data)
         if data.pop("format", RECIPE_FORMAT) != RECIPE_FORMAT or data.pop("version", RECIPE_VERSION) != RECIPE_VERSION:
@@ -237,131 +223,14 @@ def recipe_from_json(text: str) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def _number(value: float) -> str:
-    """The shortest text that reads back as the same float: 1.0 -> "1", 0.8 -> "0.8"."""
-    text = repr(float(value))
-    return text.removesuffix(".0")
-
-
-def _quote(value: str) -> str:
-    if value != value.strip() or value.startswith('"') or any(char in value for char in ',:\n"'):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value.strip()
-
-
-def to_parameters(recipe: Recipe) -> str:
-    """The A1111/Forge `parameters` text of a recipe (see the module docstring)."""
-    tags = [f"<lora:{lora.name}:{_number(lora.strength)}>" for lora in recipe.loras]
-    lines = [" ".join(part for part in [recipe.prompt, *tags] if part)]
-    if recipe.negative_prompt:
-        lines.append(f"{_NEGATIVE} {recipe.negative_prompt}")
-    values = {
-        "Steps": str(recipe.steps),
-        "Sampler": recipe.sampler,
-        "Schedule type": recipe.schedule,
-        "CFG scale": _number(recipe.true_cfg),
-        "Distilled CFG Scale": _number(recipe.guidance),
-        "Seed": str(recipe.seed),
-        "Size": f"{recipe.width}x{recipe.height}",
-        **({"Model hash": recipe.model_hash} if recipe.model_hash else {}),
-        "Model": recipe.model,
-    }
-    hashed = [f"{hash_alias(lora.name)}: {lora.hash}" for lora in recipe.loras if lora.hash]
-    if hashed:
-        values["Lora hashes"] = ", ".join(hashed)
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in values.items()))
-    return "\n".join(lines).strip()
-
-
-def _convert(key: str, value: str, kind: type) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise PromptError(
-            f"The parameters say '{key}: {value}', which is not {_TYPE_NAMES[kind]}; fix that value."
-        ) from None
-
-
-def parse_parameters(text: str) -> dict[str, Any]:
-    """Read A1111/Forge `parameters` text, ours or another tool's.
-
-    Returns:
-        `prompt` (tags taken out), `negative_prompt`, `loras` (`{"name", "strength"}` from the
-        prompt's tags, with `"hash"` where `Lora hashes` names one), the `Recipe` field of each
-        known key that is present (`steps`, `sampler`, `schedule`, `true_cfg`, `guidance`, `seed`,
-        `width`, `height`, `model_hash`, `model`), and `extra`: every other key with its text
-        value (`Lora hashes` included).
-
-    Raises:
-        PromptError: a malformed `<lora:...>` tag or a number that does not parse.
-    """
-    *lines, last = text.strip().split("\n")
-    if len(_PARAM.findall(last)) < 3:
-        lines, last = [*lines, last], ""
-    prompt_lines: list[str] = []
-    negative_lines: list[str] = []
-    for line in lines:
-        line = line.strip()
-        if not negative_lines and line.startswith(_NEGATIVE):
-            negative_lines.append(line[len(_NEGATIVE) :].strip())
-        elif negative_lines:
-            negative_lines.append(line)
-        else:
-            prompt_lines.append(line)
-    prompt = "\n".join(prompt_lines)
-    tags = find_tags(prompt)
-    for tag in reversed(tags):
-        start = tag.span[0] - 1 if tag.span[0] > 0 and prompt[tag.span[0] - 1].isspace() else tag.span[0]
-        prompt = prompt[:start] + prompt[tag.span[1] :]
-    result: dict[str, Any] = {
-        "prompt": prompt.strip(),
-        "negative_prompt": "\n".join(negative_lines),
-        "loras": [{"name": tag.name, "strength": tag.strength} for tag in tags],
-        "extra": {},
-    }
-    for key, raw in _PARAM.findall(last):
-        value = _unquote(raw)
-        size = _SIZE.fullmatch(value)
-        if key == "Size" and size:
-            result["width"], result["height"] = int(size.group(1)), int(size.group(2))
-        elif key in _KEYS:
-            name, kind = _KEYS[key]
-            result[name] = _convert(key, value, kind)
-        else:
-            result["extra"][key] = value
-    if "model_hash" in result and not _HASH.fullmatch(result["model_hash"].lower()):
-        result["extra"]["Model hash"] = result.pop("model_hash")  # another tool's kind of hash: kept as text
-    hashes = _lora_hashes(result["extra"].get("Lora hashes", ""))
-    for lora in result["loras"]:
-        found = hashes.get(hash_alias(lora["name"]))
-        if found:
-            lora["hash"] = found
-    return result
-
-
-def _lora_hashes(text: str) -> dict[str, str]:
-    """`"a: 0123456789ab, b: ..."` -> {alias: hash}; entries that are not a name and a hash are skipped."""
-    hashes = {}
-    for item in text.split(","):
-        alias, _, value = item.rpartition(":")
-        value = value.strip().lower()
-        if alias.strip() and _HASH.fullmatch(value):
-            hashes[alias.strip()] = value
-    return hashes
-
-
 def recipe_from_parameters(text: str) -> Recipe:
     """A recipe from `parameters` text; fields the text lacks keep `Recipe`'s defaults."""
-    values = parse_parameters(text)
+    return _recipe_from_values(parse_parameters(text))
+
+
+def _recipe_from_values(values: dict[str, Any]) -> Recipe:
+    """A recipe from what `parse_parameters` returned."""
+    values = dict(values)
     values.pop("extra")
     loras = tuple(LoraRef(name=item["name"], strength=item["strength"], hash=item.get("hash", "")) for item in values.pop("loras"))
     return Recipe(**values, loras=loras)
@@ -376,26 +245,129 @@ def save_png(image: Image.Image, path: Path | str, recipe: Recipe) -> Path:
     return Path(path)
 
 
+def read_png_text(path: Path | str, keys: tuple[str, ...]) -> dict[str, str]:
+    """The text chunks (`tEXt`, `zTXt`, `iTXt`) of a PNG whose keyword is in `keys`, the first of each.
+
+    Only the chunks' headers and the wanted chunks are read: pixels are never decoded (a PNG of
+    huge dimensions costs nothing), at most `MAX_PNG_CHUNKS` chunks are looked at, and a wanted
+    chunk is inflated to at most `MAX_TEXT_BYTES`. A damaged text chunk is skipped.
+
+    Raises:
+        PromptError: not a PNG, or a wanted chunk holds more than `MAX_TEXT_BYTES`.
+    """
+    name = Path(path).name
+    found: dict[str, str] = {}
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise PromptError(f"'{name}' is not a readable PNG image; use a PNG saved by LoRA Space, A1111 or Forge.")
+            for _ in range(MAX_PNG_CHUNKS):
+                head = file.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"IEND":
+                    break
+                if kind in _TEXT_CHUNKS:
+                    start = file.read(min(length, _KEYWORD_BYTES))
+                    keyword = start.split(b"\0", 1)[0].decode("latin-1")
+                    if keyword in keys and keyword not in found:
+                        if length > MAX_TEXT_BYTES + _KEYWORD_BYTES:
+                            raise _too_long(name, keyword)
+                        text = _chunk_text(kind, start + file.read(length - len(start)), name, keyword)
+                        if text is not None:
+                            found[keyword] = text
+                    else:
+                        file.seek(length - len(start), os.SEEK_CUR)
+                else:
+                    file.seek(length, os.SEEK_CUR)
+                file.seek(4, os.SEEK_CUR)  # the CRC
+    except OSError:
+        raise PromptError(f"'{name}' cannot be read; upload the PNG again.") from None
+    return found
+
+
+def _too_long(name: str, keyword: str) -> PromptError:
+    return PromptError(
+        f"'{name}' holds a '{keyword}' text of more than {MAX_TEXT_BYTES // 1024} KB; recipes from LoRA Space, "
+        "A1111 and Forge are a few KB, so it is not read. Use an image saved by one of them."
+    )
+
+
+def _chunk_text(kind: bytes, data: bytes, name: str, keyword: str) -> str | None:
+    """The text of one PNG text chunk (`data` from its keyword on), inflated within bounds; None if damaged."""
+    _, _, rest = data.partition(b"\0")
+    compressed, encoding = False, "latin-1"
+    if kind == b"zTXt":
+        compressed, rest = True, rest[1:]  # the compression method byte (0: deflate)
+    elif kind == b"iTXt":
+        if len(rest) < 2:
+            return None
+        compressed, encoding = rest[0] == 1, "utf-8"
+        parts = rest[2:].split(b"\0", 2)  # language tag, translated keyword, text
+        if len(parts) < 3:
+            return None
+        rest = parts[2]
+    if compressed:
+        inflater = zlib.decompressobj()
+        try:
+            rest = inflater.decompress(rest, MAX_TEXT_BYTES + 1)
+        except zlib.error:
+            return None
+        if len(rest) > MAX_TEXT_BYTES or inflater.unconsumed_tail:
+            raise _too_long(name, keyword)
+    if len(rest) > MAX_TEXT_BYTES:
+        raise _too_long(name, keyword)
+    try:
+        return rest.decode(encoding)
+    except UnicodeDecodeError:
+        return None
+
+
 def read_png_recipe(path: Path | str) -> dict[str, Any]:
     """The recipe of a PNG as `Recipe.to_dict()`: from the JSON chunk, else from `parameters`.
 
     Works for PNGs from A1111, Forge and ComfyUI-with-A1111-metadata too (their LoRAs
-    come with names and strengths only).
+    come with names and strengths only). The `parameters` text is parsed in a separate
+    interpreter, given up after `PARSE_SECONDS`.
 
     Raises:
-        PromptError: not a PNG, or a PNG without generation parameters.
+        PromptError: not a PNG, a PNG without generation parameters, or parameters too long
+            (`lora_space.parameters.MAX_PARAMETERS_CHARS`) or too slow to read.
     """
-    try:
-        with Image.open(path) as image:
-            chunks = dict(getattr(image, "text", {}))
-    except (OSError, UnidentifiedImageError):
-        raise PromptError(
-            f"'{Path(path).name}' is not a readable PNG image; use a PNG saved by LoRA Space, A1111 or Forge."
-        ) from None
+    name = Path(path).name
+    chunks = read_png_text(path, (RECIPE_CHUNK, PARAMETERS_CHUNK))
     if RECIPE_CHUNK in chunks:
         return recipe_from_json(chunks[RECIPE_CHUNK]).to_dict()
     if PARAMETERS_CHUNK in chunks:
-        return recipe_from_parameters(chunks[PARAMETERS_CHUNK]).to_dict()
-    raise PromptError(
-        f"'{Path(path).name}' holds no generation parameters; use a PNG saved by LoRA Space, A1111 or Forge."
-    )
+        text = chunks[PARAMETERS_CHUNK]
+        check_length(text, f"The parameters text of '{name}'")
+        values = timebox.run("lora_space.parameters:parse_parameters", text, seconds=PARSE_SECONDS, what=f"The parameters text of '{name}'")
+        return _recipe_from_values(values).to_dict()
+    raise PromptError(f"'{name}' holds no generation parameters; use a PNG saved by LoRA Space, A1111 or Forge.")
+
+
+def read_recipe_file(path: Path | str) -> Recipe:
+    """A recipe from a file a user gives: a PNG (`read_png_recipe`) or a recipe `.json`.
+
+    Raises:
+        PromptError: unreadable, larger than `MAX_TEXT_BYTES` (a .json), or not a recipe.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".png":
+        return Recipe.from_dict(read_png_recipe(path))
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TEXT_BYTES + 1)
+    except OSError:
+        raise PromptError(f"'{path.name}' cannot be read; upload the recipe again.") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise PromptError(
+            f"'{path.name}' is larger than {MAX_TEXT_BYTES // 1024} KB; recipes saved by LoRA Space are a few KB. "
+            "Load a recipe .json saved by LoRA Space, or a PNG."
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PromptError(f"'{path.name}' is not UTF-8 text; load a recipe .json saved by LoRA Space, or a PNG.") from None
+    return recipe_from_json(text)

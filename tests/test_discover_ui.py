@@ -68,15 +68,15 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
     demo = build_demo(space)
     opener, use = handler(demo, "discover-verdict"), handler(demo, "discover-use-status")
     # Opening needs the visitor's token: anonymously the card and header are refused.
-    anonymous = opener("", None, None, None, no_progress, "dave/gated-lora")
+    anonymous = opener("", "", None, None, None, no_progress, "dave/gated-lora")
     assert "gated: accept its licence on the Hub and log in" in anonymous[0]
     assert anonymous[1]["source"] == "dave/gated-lora/gated-lora.safetensors"
-    verdict, chosen, _, _, card, report = opener("", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
+    verdict, chosen, _, _, card, report = opener("", "", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
     assert "Compatible with tiny" in verdict and report["compatible"]
     hub.reset_log()
     with pytest.raises(gr.Error, match="dave/gated-lora is gated"):  # Use without a login fails clearly ...
-        use("", None, None, None, no_progress, chosen, "a castle", *EMPTY)
-    note, prompt, *slots, tabs = use("", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
+        use("", "", None, None, None, no_progress, chosen, "a castle", *EMPTY)
+    note, prompt, *slots, tabs = use("", "", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
     assert slots[:3] == ["dave/gated-lora/gated-lora.safetensors", 0.8, True]  # ... and works with it
     assert prompt == "gtd, a castle" and "slot 1" in note and "trigger words gtd go into the prompt" in note
     assert tabs.selected == "generate"  # the Generate tab opens
@@ -90,19 +90,19 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
     # Generating with it reads the cached file: no second download of its bytes.
     hub.reset_log()
     generate = handler(demo, "gallery")
-    generate("", None, None, token(GATED_TOKEN), no_progress, "a castle", "", 1, 1, 3.5, "64x64 tiny", 1, 1, *slots)
+    generate("", "", None, None, token(GATED_TOKEN), no_progress, "a castle", "", 1, 1, 3.5, "64x64 tiny", 1, 1, *slots)
     assert not [r for r in hub.requests if r.path.endswith("gated-lora.safetensors") and r.method == "GET" and not r.range]
 
 
 def test_search_handler_shows_results_and_hub_errors_as_messages(space, hub, instant_retries):
     demo = build_demo(space)
     search = handler(demo, "discover-results")
-    results, status, _, _, _ = search("", None, None, None, no_progress, "", "downloads", 1)
+    results, status, _, _, _ = search("", "", None, None, None, no_progress, "", "downloads", 1)
     assert [item["repo_id"] for item in results][:2] == ["alice/watercolor-flux", "dave/gated-lora"]
     assert "6 LoRAs on page 1, sorted by downloads" in status
     hub.outage = 429
     with pytest.raises(gr.Error, match="rate-limiting"):
-        search("", None, None, None, no_progress, "water", "likes", 1)
+        search("", "", None, None, None, no_progress, "water", "likes", 1)
 
 
 def test_no_login_button_off_a_space(space):
@@ -128,10 +128,10 @@ def test_a_login_button_in_the_header_on_a_space(space, monkeypatch):
 def test_hub_text_in_the_verdict_shows_as_text():
     from markdown_it import MarkdownIt
 
-    from lora_space.ui.discover import plain
+    from lora_space.markdown_text import md_text
 
     hostile = "![t](https://evil.example/t.png) [x](javascript:alert(1)) <img src=x onerror=alert(1)> `code` **bold**"
-    page = MarkdownIt("commonmark").render(plain(hostile))
+    page = MarkdownIt("commonmark").render(md_text(hostile))
     assert "<img" not in page and "<a" not in page and "<code" not in page and "<strong" not in page
     assert "![t](https://evil.example/t.png)" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 

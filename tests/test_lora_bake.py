@@ -111,6 +111,31 @@ def test_a_lower_rank_keeps_less_energy_and_says_so(space: LoraSpace) -> None:
     assert result.energy_kept < min(1.0, max(kept.values()) + 1e-9)
 
 
+def test_an_exact_bake_of_bf16_loras_is_stored_in_fp32_and_is_the_blends_update(space: LoraSpace) -> None:
+    from safetensors.torch import load_file
+
+    for name in ("ink", "film"):  # the same mix, as bf16 files (what trainers and most Hub LoRAs hold)
+        path = space.settings.lora_dir / f"{name}.safetensors"
+        tensors = {key: value.to(torch.bfloat16) if value.ndim == 2 else value for key, value in load_file(str(path)).items()}
+        save_file(tensors, str(space.settings.lora_dir / f"{name}16.safetensors"), metadata=load_lora_file(path)[1])
+    mix16 = [{"source": "ink16", "strength": 0.8}, {"source": "film16", "strength": 0.4}]
+    exact = space.bake(mix16, rank=0, visitor=LOCAL)
+    assert exact.report.exact and {tensor.dtype for tensor in load_file(str(exact.file)).values()} == {torch.float32}
+    # The baked update against the blend's, sum_i s_i (alpha_i / r_i) B_i A_i, taken in float64 from the bf16 parts.
+    parts = [(read_lora_file(space.settings.lora_dir / f"{item['source']}.safetensors"), item["strength"]) for item in mix16]
+    baked = read_lora_file(exact.file)
+    errors = []
+    for name, module in baked.modules.items():
+        blend = sum(strength * part.modules[name].scale * (part.modules[name].B.double() @ part.modules[name].A.double())
+                    for part, strength in parts if name in part.modules)
+        got = module.scale * (module.B.double() @ module.A.double())
+        errors.append(float((got - blend).norm() / blend.norm()))
+    assert max(errors) < 1e-6  # bf16 storage gave about 1.6e-3
+    # A truncated bake is an approximation: it stays as small as its parts.
+    small = space.bake(mix16, rank=2, name="ink film 16 r2", visitor=LOCAL)
+    assert not small.report.exact and {tensor.dtype for tensor in load_file(str(small.file)).values()} == {torch.bfloat16}
+
+
 def test_a_baked_lora_exported_to_kohya_reads_back_bit_for_bit(space: LoraSpace) -> None:
     result = space.bake(MIX, target="kohya", visitor=LOCAL)
     assert result.file.name.endswith("-kohya.safetensors")

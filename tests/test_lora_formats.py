@@ -13,7 +13,7 @@ from lora_space.lora.export import lora_tensors, save_lora
 from lora_space.lora.formats import LoraModule, LoraSet, read_lora, to_diffusers
 from lora_space.lora.keymap import detect_format
 from lora_space.lora.safefile import load_lora_file
-from lora_space.lora.shapes import tiny_shapes
+from lora_space.lora.shapes import known_base, tiny_shapes
 from lora_space.lora.synthetic import random_lora
 
 RANK, ALPHA = 4, 8.0
@@ -188,3 +188,89 @@ def test_forged_split_metadata_is_ignored(recorded: str) -> None:
     }
     lora = read_lora(tensors, {"lora_space.split": recorded})
     assert set(lora.modules) == set(DOUBLE_QKV) and {m.rank for m in lora.modules.values()} == {RANK}
+
+
+LINEAR1 = [f"transformer.single_transformer_blocks.0.{part}" for part in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
+
+
+@pytest.fixture(scope="module")
+def dev_width_pipe():
+    """The tiny pipeline with a transformer of FLUX.1-dev's width (3072) and one single block, no double.
+
+    diffusers' kohya converter splits a single block's `linear1` by FLUX.1-dev's sizes, so a
+    kohya file is read back by plain diffusers only at that width. The weights are left
+    uninitialised (built on the meta device): only the LoRA layers diffusers attaches are read.
+    """
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from lora_space.tiny import build_tiny_pipeline
+
+    tiny = build_tiny_pipeline()
+    config = {key: tiny.transformer.config[key] for key in ("in_channels", "joint_attention_dim", "pooled_projection_dim")}
+    with torch.device("meta"):
+        wide = FluxTransformer2DModel(
+            **config, num_layers=0, num_single_layers=1, attention_head_dim=128, num_attention_heads=24,
+            guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+        ).to(torch.bfloat16)  # fmt: skip
+    return FluxPipeline(**{**tiny.components, "transformer": wide.to_empty(device="cpu")})
+
+
+def attached(transformer, adapter: str) -> dict[str, tuple[int, torch.Tensor]]:
+    """What diffusers attached: `transformer.<module>` -> (rank, its update B @ A * scaling in float32)."""
+    return {
+        f"transformer.{name}": (module.r[adapter], module.scaling[adapter] * (module.lora_B[adapter].weight.float() @ module.lora_A[adapter].weight.float()))
+        for name, module in transformer.named_modules()
+        if hasattr(module, "r") and adapter in module.r
+    }
+
+
+def test_kohya_linear1_is_written_in_kohyas_split_layout_so_readers_recover_rank_r(tmp_path: Path, dev_width_pipe) -> None:
+    dev = known_base("black-forest-labs/FLUX.1-dev").modules
+    # 1. diffusers' recipe (this app's trainer): q, k, v of a single block at rank 4, no MLP part.
+    trained = random_lora(dev, rank=RANK, alpha=2.0, seed=1, modules=LINEAR1[:3])
+    save_lora(trained, tmp_path / "qkv.safetensors", target="kohya")
+    tensors, metadata = load_lora_file(tmp_path / "qkv.safetensors")
+    assert tensors["lora_unet_single_blocks_0_linear1.lora_down.weight"].shape == (4 * RANK, 3072)  # 4 parts of rank 4
+    dev_width_pipe.load_lora_weights(str(tmp_path), weight_name="qkv.safetensors", adapter_name="qkv")
+    try:
+        found = attached(dev_width_pipe.transformer, "qkv")
+    finally:
+        dev_width_pipe.delete_adapters("qkv")
+    assert sorted(found) == sorted(LINEAR1)
+    for name in LINEAR1[:3]:  # each at rank 4 (the 3-block layout gave 12), with the update it was trained to make
+        rank, update = found[name]
+        expected = trained.modules[name].delta()
+        assert rank == RANK and float((update - expected).norm() / expected.norm()) < 1e-2  # bf16 model
+    # linear1 is one module in kohya's layout: diffusers always splits off its MLP part, which this LoRA lacks.
+    # It comes as rank 4 of zeros (it was rank 12 of zeros); no tool computes anything from it.
+    assert found[LINEAR1[3]][0] == RANK and not found[LINEAR1[3]][1].any()
+    # 2. A LoRA on the whole of linear1, as kohya trains it: every part at rank 4, none all zeros.
+    whole = random_lora(dev, rank=RANK, alpha=2.0, seed=2, modules=LINEAR1)
+    save_lora(whole, tmp_path / "linear1.safetensors", target="kohya")
+    dev_width_pipe.load_lora_weights(str(tmp_path), weight_name="linear1.safetensors", adapter_name="whole")
+    try:
+        found = attached(dev_width_pipe.transformer, "whole")
+    finally:
+        dev_width_pipe.delete_adapters("whole")
+    assert sorted(found) == sorted(LINEAR1) and all(rank == RANK and update.any() for rank, update in found.values())
+    # 3. Read back here: exactly the modules trained, bit for bit, with the recorded part ranks or without them.
+    for recorded in (metadata, {}):
+        back = read_lora(tensors, recorded)
+        assert sorted(back.modules) == sorted(LINEAR1[:3])
+        for name in LINEAR1[:3]:
+            module = back.modules[name]
+            assert module.rank == RANK and module.scale == trained.modules[name].scale
+            assert torch.equal(module.A, trained.modules[name].A) and torch.equal(module.B, trained.modules[name].B)
+    # 4. A file written before this layout (parts side by side, rank 12, their ranks recorded) still reads exactly.
+    parts = [trained.modules[name] for name in LINEAR1[:3]]
+    up = torch.zeros(3 * 3072 + 12288, 3 * RANK)
+    for index, module in enumerate(parts):
+        up[index * 3072 : (index + 1) * 3072, index * RANK : (index + 1) * RANK] = module.B
+    earlier = {
+        "lora_unet_single_blocks_0_linear1.lora_down.weight": torch.cat([module.A for module in parts]),
+        "lora_unet_single_blocks_0_linear1.lora_up.weight": up,
+        "lora_unet_single_blocks_0_linear1.alpha": torch.tensor(2.0 / RANK * 3 * RANK),
+    }
+    back = read_lora(earlier, {"lora_space.split": '{"single_blocks.0.linear1": [4, 4, 4, 0]}'})
+    assert sorted(back.modules) == sorted(LINEAR1[:3]) and all(back.modules[name].rank == RANK for name in LINEAR1[:3])
+    assert all(torch.equal(back.modules[name].B, trained.modules[name].B) for name in LINEAR1[:3])

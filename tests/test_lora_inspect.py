@@ -219,3 +219,13 @@ def test_dense_fused_modules_are_not_flagged(settings, shapes) -> None:
     report = inspect_source("dense", settings=settings)
     assert (report.rank, report.ranks, report.rank_upper_bounds) == (12, {}, [])
     assert not any("upper bound" in warning for warning in report.warnings)
+
+
+def test_metadata_json_nested_a_hundred_thousand_deep_is_ignored_not_a_crash(settings, shapes) -> None:
+    """`ss_network_args` and diffusers' adapter config are JSON in the header; nested too deep they
+    raised RecursionError, which reached the visitor as an internal error."""
+    tensors, metadata = _layout(shapes, "diffusers")
+    deep = "[" * 100_000 + "]" * 100_000
+    _write(settings.lora_dir, "deep", tensors, {**metadata, "ss_network_args": deep, "lora_adapter_metadata": deep})
+    report = inspect_source("deep", settings=settings)
+    assert report.format == "diffusers" and report.compatible

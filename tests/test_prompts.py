@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from lora_space.errors import PromptError
 from lora_space.prompts import (
     build_model_prompt,
+    find_tags,
     insert_trigger_words,
     parse_prompt,
 )
@@ -119,3 +122,34 @@ def test_model_prompt_skips_trigger_words_of_loras_at_zero():
     parsed = parse_prompt("portrait <lora:watercolor_style:0.8> <lora:eyes:0>")
     prompt = build_model_prompt(parsed, [(["wtrclr"], 0.8), (["eyez"], 0.0), (["neg"], -0.5)])
     assert prompt == "wtrclr, neg, portrait"
+
+
+# -- hostile text (issue 14, hole 1): tags and trigger words from files and cards ---------------
+
+
+@pytest.mark.timeout(60)
+def test_a_strength_of_sixteen_thousand_digits_is_refused_in_linear_time():
+    """`\\d+\\.?\\d*` split a run of digits in every way before failing: 4.9 s on 16,000 digits."""
+    started = time.perf_counter()
+    with pytest.raises(PromptError, match="which is not a number"):
+        find_tags("<lora:ink:" + "1" * 16_000 + "x>")
+    assert time.perf_counter() - started < 0.5
+    assert [tag.strength for tag in find_tags("<lora:a:1.5e-1> <lora:b:.5> <lora:c:-2> <lora:d:3.>")] == [0.15, 0.5, -2.0, 3.0]
+
+
+@pytest.mark.timeout(60)
+def test_thousands_of_trigger_words_from_a_card_cost_milliseconds():
+    """Each word was compared with every word before it: 3,000 words took 12.6 s."""
+    words = [f"w{index}" for index in range(3000)]
+    started = time.perf_counter()
+    prompt = insert_trigger_words("a cat", words)
+    assert time.perf_counter() - started < 0.5
+    assert prompt.startswith("w0, w1, ") and prompt.endswith(", a cat") and prompt.count(",") == 192  # 6 LoRAs x 32 words
+
+
+def test_trigger_words_are_kept_stripped_short_once_and_at_most_thirty_two():
+    from lora_space.prompts import MAX_TRIGGER_WORDS, clean_trigger_words
+
+    words = [" ink ", "INK", "", "x" * 201, 7, "sumi-e"] + [f"w{index}" for index in range(100)]
+    kept = clean_trigger_words(words)
+    assert kept[:3] == ["ink", "sumi-e", "w0"] and len(kept) == MAX_TRIGGER_WORDS

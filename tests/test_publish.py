@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import re
@@ -67,13 +68,12 @@ def test_one_commit_holds_the_lora_the_card_the_images_and_the_reproducibility_f
     assert result.commit == commit.oid and result.url == f"{hub.endpoint}/alice/ink-flux"
     assert sorted(result.files) == sorted(commit.files)
     assert hub._repos["alice/ink-flux"].private  # private unless told otherwise
-    # The card's YAML is what the Hub and the LoRA Spaces read.
+    # The card's YAML is what the Hub and the LoRA Spaces read. A LoRA of the tiny model (32 wide) fits no
+    # FLUX.1 model: it is published as a test artefact that names no base model (see test_publish_honest.py).
     card = parse_card(commit.files["README.md"].decode())
-    assert card["base_model"] == "black-forest-labs/FLUX.1-dev"  # tiny stands in for FLUX.1-dev
-    assert card["license"] == "other" and card["license_name"] == "flux-1-dev-non-commercial-license"
-    assert card["license_link"].startswith("https://huggingface.co/black-forest-labs/FLUX.1-dev")
-    assert {"text-to-image", "diffusers", "lora", "flux", "template:sd-lora",
-            "base_model:adapter:black-forest-labs/FLUX.1-dev"} <= set(card["tags"])
+    assert "base_model" not in card and card["license"] == "apache-2.0"
+    assert {"text-to-image", "diffusers", "lora", "lora-space", "lora-space-tiny"} <= set(card["tags"])
+    assert not any(tag.startswith("base_model:") for tag in card["tags"]) and "flux" not in card["tags"]
     assert card["instance_prompt"] == "inkstyle"
     assert card["widget"] == [
         {"text": "inkstyle, a harbour at dawn", "output": {"url": "images/sample_01.png"}},
@@ -137,7 +137,7 @@ def test_overwrite_commits_into_an_existing_repo(space, hub):
     publish(space, PublishRequest(lora="ink", repo_id="alice/ink-flux", overwrite=True), token=TOKEN, visitor=LOCAL)
     (commit,) = hub.commits["alice/ink-flux"]
     assert "pytorch_lora_weights.safetensors" in commit.files
-    assert hub.file_bytes("alice/ink-flux", "README.md").startswith(b"---\nbase_model:")
+    assert hub.file_bytes("alice/ink-flux", "README.md").startswith(b"---\nlicense:")  # the new card
     assert hub.file_bytes("alice/ink-flux", "notes.txt") == b"kept"
 
 
@@ -203,7 +203,7 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     with pytest.raises(PublishError, match="looks like a Hub repo"):
         publish(space, PublishRequest(lora="bob/famous", repo_id="alice/famous"), token=TOKEN, visitor=LOCAL)
     outside = write_lora(tmp_path / "elsewhere" / "x.safetensors", 4)
-    with pytest.raises(PublishError, match="not among your files"):
+    with pytest.raises(PublishError, match="No LoRA .* among yours"):
         publish(space, PublishRequest(lora=str(outside), repo_id="alice/x"), token=TOKEN, visitor=LOCAL)
     # On a Space the shared library is the Space owner's; a visitor publishes their own LoRAs.
     on_space = LoraSpace(dataclasses.replace(space.settings, on_space=True), space.engine)
@@ -225,6 +225,22 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     published = tmp_path / "back.safetensors"
     published.write_bytes(hub.file_bytes("alice/kohya", "pytorch_lora_weights.safetensors"))
     assert read_lora_file(published).format == "diffusers" and read_lora_file(uploaded).format == "kohya"
+
+
+def test_a_path_outside_your_files_gets_one_answer_whether_it_exists_or_not(space, tmp_path):
+    """Render the card (and /publish) must not tell which files exist on the server (issue 14, hole 7)."""
+    elsewhere = write_lora(tmp_path / "elsewhere" / "x.safetensors", 4)  # a real LoRA, outside the visitor's folders
+    on_space = LoraSpace(dataclasses.replace(space.settings, on_space=True), space.engine)
+    for owner, visitor in ((space, LOCAL), (on_space, Visitor("hub", "alice"))):
+        answers = set()
+        for path in ("/etc/shadow", "/etc/passwd", "/etc/no-such-file", str(elsewhere), str(elsewhere.with_name("none.safetensors")), "~/x"):
+            with pytest.raises(PublishError) as refused:
+                preview_card(owner, PublishRequest(lora=path, repo_id="alice/x"), visitor=visitor)
+            answers.add(str(refused.value).replace(repr(path), "PATH"))
+        assert answers == {
+            "No LoRA PATH among yours: give a training job id, a name in your library (see /list_loras), "
+            "or upload the file in the Publish tab."
+        }
 
 
 def test_sample_images_that_are_not_images_are_refused(space, hub, tmp_path):
@@ -267,7 +283,7 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     space.jobs = JobManager(space, chunk_steps=3)
     try:
         config = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
-            "trigger_word": "redstyle", "max_train_steps": 6}  # no validation prompts: the trainer samples a held-out caption
+            "trigger_word": "redstyle", "max_train_steps": 6, "sample_every": 2}  # no validation prompts: a held-out caption
         started = space.jobs.start(colour_zip(tmp_path / "red.zip"), config, visitor=LOCAL)
         with pytest.raises(PublishError, match="once it is done"):
             publish(space, PublishRequest(lora=started.job_id, repo_id="alice/early"), token=TOKEN, visitor=LOCAL)
@@ -286,13 +302,36 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
         space.jobs.close()
 
     (commit,) = hub.commits["alice/red-flux"]
-    assert "images/sample_01.png" in result.files and "images/sample_02.png" not in result.files  # strength 1 only
+    # Every sample the job kept with the LoRA on (steps 6, 4 and 2), not one; each carries its recipe.
+    images = ["images/sample_01.png", "images/sample_02.png", "images/sample_03.png"]
+    assert [name for name in result.files if name.startswith("images/")] == images
     card_text = commit.files["README.md"].decode()
     card = parse_card(card_text)
     assert card["instance_prompt"] == "redstyle"
-    (widget,) = card["widget"]
-    assert re.fullmatch(r"redstyle, a picture number \d", widget["text"]) and widget["output"] == {"url": "images/sample_01.png"}
-    for row in ("| training images | 6 |", "| steps | 6 |", "| rank (network_dim) | 4 |", "| alpha (network_alpha) | 4 |",
+    assert "base_model" not in card and "lora-space-tiny" in card["tags"]  # a tiny-mode job claims no FLUX.1 model
+    assert [widget["output"] for widget in card["widget"]] == [{"url": name} for name in images]
+    assert all(re.fullmatch(r"redstyle, a picture number \d", widget["text"]) for widget in card["widget"])
+    from sd_parsers import ParserManager
+
+    from tests.test_recipe_hashes import a1111_lora_hash
+
+    published = tmp_path / "published.safetensors"
+    published.write_bytes(commit.files["pytorch_lora_weights.safetensors"])
+    for name, widget in zip(images, card["widget"]):
+        info = ParserManager().parse(io.BytesIO(commit.files[name]))  # A1111 `parameters`, read by a reader nobody here wrote
+        (sampler,) = info.samplers
+        assert str(sampler.prompts[0]) == f"{widget['text']} <lora:{status.lora_name}:1>"
+        assert (sampler.name, sampler.parameters["steps"], sampler.parameters["seed"]) == ("Euler", "20", "0")
+        assert (sampler.model.name, info.metadata["Size"]) == ("tiny", "64x64")
+        assert info.metadata["Hashes"] == {f"lora:{status.lora_name}": a1111_lora_hash(published)}  # Civitai links it
+        (tmp_path / "published.png").write_bytes(commit.files[name])
+        recipe = read_png_recipe(tmp_path / "published.png")
+        assert [(lora["name"], lora["source"], lora["strength"]) for lora in recipe["loras"]] == [(status.lora_name, "alice/red-flux", 1.0)]
+    # The trainer's own samples carry their recipes too, the base-model-alone ones at strength 0.
+    zero = next(Path(item) for item in status.samples if str(item).endswith("step000006_prompt0_strength0.png"))
+    assert str(ParserManager().parse(zero).samplers[0].prompts[0]).endswith(f"<lora:{status.lora_name}:0>")
+    # 5 images trained on, 1 held out for the validation loss: the card shows both.
+    for row in ("| training images | 5 |", "| validation images (held out) | 1 |", "| steps | 6 |", "| rank (network_dim) | 4 |", "| alpha (network_alpha) | 4 |",
                 "| learning rate | 0.01 |", "| optimizer | AdamW |", "| resolution | 64 |",
                 f"| final training loss | {status.loss[-1][1]:.4g} |"):
         assert row in card_text
@@ -302,8 +341,6 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     assert repro["config"]["network_dim"] == 4 and repro["seed"] == 0 and len(repro["dataset_sha256"]) == 64
     assert started.job_id not in card_text + json.dumps(repro)  # the job id is a capability: never published
     # The published file is the job's LoRA, bit for bit in the diffusers layout.
-    published = tmp_path / "published.safetensors"
-    published.write_bytes(commit.files["pytorch_lora_weights.safetensors"])
     from lora_space.lora.safefile import load_lora_file
 
     mine, theirs = load_lora_file(status.lora_file)[0], load_lora_file(published)[0]

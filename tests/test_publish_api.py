@@ -54,5 +54,8 @@ def test_publish_from_gradio_client_with_oauth_token(tmp_path, monkeypatch):
     ])
     card = parse_card(commit.files["README.md"].decode())
     assert card["widget"] == [{"text": "inkstyle, a harbour", "output": {"url": "images/sample_01.png"}}]
+    # In tiny mode a LoRA of the tiny model claims no FLUX.1 base; the script is told why.
+    assert "base_model" not in card and "lora-space-tiny" in card["tags"]
+    assert len(result["notes"]) == 1 and "test artefact" in result["notes"][0]
     assert not hub.commits.get("alice/other")
     assert TOKEN not in log and READ_TOKEN not in log

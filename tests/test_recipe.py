@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,95 @@ def test_loras_may_be_given_as_name_strength_pairs():
     assert recipe.loras == (LoraRef("ink", 0.7), LoraRef("user/repo", 1.0))
     with pytest.raises(PromptError, match="outside -2 to 3"):
         Recipe("a cat", loras=[("ink", 7.0)])
+
+
+# -- hostile recipes (issue 14, hole 1): bounded text, linear parsing, a deadline ----------------
+
+HOSTILE_LINES = {  # 16,000 characters each, a line without the ':' A1111's pattern looks for
+    "words": "a " * 8000,  # 1.1 s in A1111's pattern (quadratic), on this machine
+    "one word": "a" * 16000,  # 1.3 s
+    "spaces": "a" + " " * 15998 + ",",  # 2.5 s
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", sorted(HOSTILE_LINES))
+def test_parameters_are_read_in_linear_time(name):
+    text = HOSTILE_LINES[name]
+    started = time.perf_counter()
+    parsed = parse_parameters(text)
+    assert time.perf_counter() - started < 0.5  # about 10 ms; A1111's pattern took 1.1 to 2.5 s
+    assert parsed["prompt"] == text.strip() and parsed["extra"] == {}
+
+
+def test_parameters_longer_than_any_tool_writes_are_refused_with_the_limit():
+    with pytest.raises(PromptError, match="16,001 characters long; .* at most 16,000 are read"):
+        parse_parameters("a" * 16_001)
+    assert parse_parameters("a" * 16_000)["prompt"] == "a" * 16_000
+
+
+@pytest.mark.timeout(60)  # the old reader parsed this PNG for hours
+def test_a_one_kilobyte_png_with_a_million_character_recipe_is_refused_at_once(tmp_path: Path):
+    info = PngInfo()
+    info.add_text("parameters", "a " * 524_000, zip=True)  # 1,048,000 characters, deflated
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert path.stat().st_size < 1500
+    started = time.perf_counter()
+    with pytest.raises(PromptError, match="'bomb.png' holds a 'parameters' text of more than 64 KB"):
+        read_png_recipe(path)
+    assert time.perf_counter() - started < 1
+
+
+def test_a_recipe_is_read_from_every_kind_of_png_text_chunk(tmp_path: Path):
+    text = to_parameters(full_recipe(prompt="ünïcode ✓ portrait"))
+    for kind, add in {
+        "tEXt": lambda info: info.add_text("parameters", to_parameters(full_recipe())),
+        "zTXt": lambda info: info.add_text("parameters", to_parameters(full_recipe()), zip=True),
+        "iTXt": lambda info: info.add_itxt("parameters", text, zip=False),
+        "compressed iTXt": lambda info: info.add_itxt("parameters", text, zip=True),
+    }.items():
+        info = PngInfo()
+        add(info)
+        path = tmp_path / f"{kind}.png"
+        Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+        expected = "ünïcode ✓ portrait" if "iTXt" in kind else full_recipe().prompt
+        assert read_png_recipe(path)["prompt"] == expected, kind
+
+
+def test_reading_a_recipe_never_decodes_the_pixels(tmp_path: Path):
+    """A PNG's text is read from its chunks alone: pixels that would take long to decode (a
+    decompression bomb) or cannot be decoded are never touched."""
+    path = save_png(Image.new("RGB", (64, 64), "red"), tmp_path / "out.png", full_recipe())
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start : start + 16] = b"\xff" * 16  # the pixel data no longer inflates
+    broken = tmp_path / "broken-pixels.png"
+    broken.write_bytes(bytes(data))
+    with pytest.raises(OSError), Image.open(broken) as image:
+        image.load()
+    assert Recipe.from_dict(read_png_recipe(broken)) == full_recipe()
+
+
+def test_a_parse_past_its_deadline_is_stopped_with_a_clear_message():
+    from lora_space import timebox
+
+    with pytest.raises(PromptError, match="The parameters text of 'x.png' took longer than 0.001 s to read and was given up"):
+        timebox.run("lora_space.parameters:parse_parameters", "a cat", seconds=0.001, what="The parameters text of 'x.png'")
+    with pytest.raises(PromptError, match="is not closed"):  # the worker's own errors come back as they were
+        timebox.run("lora_space.parameters:parse_parameters", "a <lora:x", seconds=30, what="it")
+    assert timebox.run("lora_space.parameters:parse_parameters", "a cat, ünï", seconds=30, what="it")["prompt"] == "a cat, ünï"
+
+
+def test_recipe_files_are_bounded(tmp_path: Path):
+    from lora_space.recipe import read_recipe_file
+
+    path = tmp_path / "recipe.json"
+    path.write_text(recipe_to_json(full_recipe()))
+    assert read_recipe_file(path) == full_recipe()
+    path.write_text(" " * 70_000 + recipe_to_json(full_recipe()))
+    with pytest.raises(PromptError, match="larger than 64 KB"):
+        read_recipe_file(path)
+    path.write_text("[" * 30_000 + "]" * 30_000)
+    with pytest.raises(PromptError, match="nested too deeply"):
+        read_recipe_file(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -41,14 +42,15 @@ def a1111_lora_hash(path: Path) -> str:
 
 def a1111_settings_line(line: str) -> dict[str, str]:
     """A1111's grammar for the last line: `Key: value` pairs joined by ', ', a value quoted as a JSON
-    string when it holds ',', ':' or '"'. Fails on anything else left over."""
+    string when it holds ',', ':' or '"', or a raw JSON object as the Civitai extension writes
+    `Hashes`. Fails on anything else left over."""
     pairs, rest = {}, line
-    pattern = re.compile(r'\s*([A-Za-z][\w \-/]*): ("(?:\\.|[^\\"])*"|[^,"]*)(,|$)')
+    pattern = re.compile(r'\s*([A-Za-z][\w \-/]*): ("(?:\\.|[^\\"])*"|\{[^{}]*\}|[^,"{]*)(,|$)')
     while rest:
         match = pattern.match(rest)
         assert match, f"not A1111 grammar at {rest!r}"
         key, value, _ = match.groups()
-        pairs[key] = json.loads(value) if value.startswith('"') else value
+        pairs[key] = json.loads(value) if value.startswith(('"', "{")) else value
         rest = rest[match.end() :]
     return pairs
 
@@ -76,13 +78,46 @@ def test_an_images_lora_hashes_are_a1111s(space: LoraSpace) -> None:
     film = a1111_lora_hash(space.settings.lora_dir / "styles" / "film, grain.safetensors")
     # A1111 writes the name without ':' and ',' (it would break the list), then ': ' and the hash.
     assert settings_line["Lora hashes"] == f"ink: {ink}, film grain: {film}"
-    assert list(settings_line)[-2:] == ["Model", "Lora hashes"] and "Model hash" not in settings_line  # tiny is no file
+    # The Civitai extension's form follows, the names as tagged (sd-parsers reads only this one).
+    assert settings_line["Hashes"] == {"lora:ink": ink, "lora:film, grain": film}
+    assert list(settings_line)[-3:] == ["Model", "Lora hashes", "Hashes"] and "Model hash" not in settings_line  # tiny is no file
     assert prompt_lines[0].endswith("<lora:ink:0.7> <lora:film, grain:-0.3>")
     # The repo's parser reads it back, hashes attached to their LoRAs; the JSON chunk has them too.
     parsed = parse_parameters(text)
     assert [(lora["name"], lora["hash"]) for lora in parsed["loras"]] == [("ink", ink), ("film, grain", film)]
     assert [lora["hash"] for lora in read_png_recipe(output.files[0])["loras"]] == [ink, film]
     assert [lora["hash"] for lora in output.metadata["loras"]] == [ink, film]
+
+
+def test_sd_parsers_reads_the_civitai_hashes_and_our_parser_reads_either_form(space: LoraSpace) -> None:
+    from sd_parsers import ParserManager
+
+    output = space.generate("a harbour", MIX, TINY)
+    ink = a1111_lora_hash(space.settings.lora_dir / "ink.safetensors")
+    film = a1111_lora_hash(space.settings.lora_dir / "styles" / "film, grain.safetensors")
+    info = ParserManager().parse(output.files[0])  # a reader nobody here wrote
+    assert info.metadata["Hashes"] == {"lora:ink": ink, "lora:film, grain": film}
+    (sampler,) = info.samplers
+    assert sampler.name == "Euler" and sampler.parameters["seed"] == "5" and sampler.model.name == "tiny"
+    assert str(sampler.prompts[0]).endswith("<lora:ink:0.7> <lora:film, grain:-0.3>")
+    # Another tool's text with the Civitai form only (and a name with braces): our parser finds the hashes too.
+    other = ('a cat <lora:ink:0.8> <lora:odd{name}:0.5>\nSteps: 20, Sampler: Euler, CFG scale: 1, Seed: 3, Size: 64x64, '
+             'Hashes: {"model": "0123abcd45", "lora:ink": "ABCDEF012345", "lora:odd\\u007bname\\u007d": "0123456789ab"}, Version: f2')
+    parsed = parse_parameters(other)
+    assert [(lora["name"], lora.get("hash")) for lora in parsed["loras"]] == [("ink", "abcdef012345"), ("odd{name}", "0123456789ab")]
+    assert parsed["extra"] == {"Version": "f2"} and parsed["seed"] == 3  # the JSON leaves no stray keys
+    written = to_parameters(Recipe("a cat", loras=(LoraRef("odd{name}", 0.5, hash="0123456789ab"),)))
+    assert ParserManager().parse(_png_with(written)).metadata["Hashes"] == {"lora:odd{name}": "0123456789ab"}
+
+
+def _png_with(parameters: str) -> io.BytesIO:
+    """A PNG holding `parameters` as A1111 writes it."""
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    buffer.seek(0)
+    return buffer
 
 
 def test_the_hash_skips_the_header_so_metadata_edits_keep_it(tmp_path: Path) -> None:
@@ -157,6 +192,7 @@ def test_model_hash_is_written_before_the_model_and_parsed_back() -> None:
     recipe = Recipe("a cat", model="flux1-dev.safetensors", model_hash="0123abcd45", loras=(LoraRef("ink", 0.8, hash="abcdef012345"),))
     text = to_parameters(recipe)
     settings_line = a1111_settings_line(text.split("\n")[-1])
-    assert list(settings_line)[-3:] == ["Model hash", "Model", "Lora hashes"]
+    assert list(settings_line)[-4:] == ["Model hash", "Model", "Lora hashes", "Hashes"]
     assert (settings_line["Model hash"], settings_line["Lora hashes"]) == ("0123abcd45", "ink: abcdef012345")
+    assert settings_line["Hashes"] == {"model": "0123abcd45", "lora:ink": "abcdef012345"}
     assert recipe_from_parameters(text) == recipe

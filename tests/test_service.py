@@ -71,11 +71,31 @@ def test_slot_and_tag_for_the_same_lora_is_refused(space):
         space.generate("x <lora:ink:0.5>", [{"source": "ink", "strength": 0.8}], TINY)
 
 
-def test_heavy_blends_are_warned_about(space):
+def over_applied(warnings: list[str]) -> list[str]:
+    return [warning for warning in warnings if "artifacts" in warning]
+
+
+def test_the_lessons_combination_is_not_warned_about_and_one_lora_past_1_2_is(space):
+    # Part 4 of the lesson, "Artistic Character": strengths 1.0 + 0.8 + 0.6 (2.4 in all) are each in range.
+    for seed, name in enumerate(("consistent_character", "fantasy_art_style", "magical_effects"), start=5):
+        write_lora(space.settings.lora_dir / f"{name}.safetensors", seed)
+    lesson = "Fantasy character illustration <lora:consistent_character:1.0> <lora:fantasy_art_style:0.8> <lora:magical_effects:0.6>"
+    output = space.generate(lesson, [], TINY)
+    assert [lora["name"] for lora in output.metadata["loras"]] == ["consistent_character", "fantasy_art_style", "magical_effects"]
+    assert output.warnings == [] and output.metadata["warnings"] == []
+    assert not space.generate("x <lora:ink:0.8> <lora:magical_effects:0.8>", [], TINY).warnings
+    # One LoRA past the course's range gets exactly one warning, naming it; the others none.
+    heavy = space.generate("x", [{"source": "ink", "strength": 1.6}, {"source": "magical_effects", "strength": 0.6}], TINY)
+    assert len(over_applied(heavy.warnings)) == 1 and heavy.metadata["warnings"] == heavy.warnings
+    assert "ink is at strength 1.6" in heavy.warnings[0]
+    assert not over_applied(space.generate("x <lora:ink:1.2>", [], TINY).warnings)
+
+
+def test_negative_strengths_count_by_their_size_and_do_not_add_up(space):
     write_lora(space.settings.lora_dir / "bold.safetensors", 4)
-    output = space.generate("x <lora:ink:1.0> <lora:bold:0.9>", [], TINY)
-    assert any("add up to 1.90" in warning for warning in output.warnings)
-    assert not space.generate("x <lora:ink:0.8>", [], TINY).warnings
+    assert not space.generate("x <lora:ink:0.9> <lora:bold:-0.9>", [], TINY).warnings
+    (warning,) = over_applied(space.generate("x <lora:ink:-1.5>", [], TINY).warnings)
+    assert "ink is at strength -1.5 (in reverse)" in warning
 
 
 def test_a_saved_recipe_loads_back_and_replays_the_same_image(space):
@@ -94,7 +114,8 @@ def test_loras_that_fight_over_the_same_layers_are_warned_about(space):
     tensors = load_file(str(ink))
     save_file({key: -value if ".lora_B." in key else value for key, value in tensors.items()}, str(space.settings.lora_dir / "anti_ink.safetensors"))
     fighting = space.generate("x <lora:ink:0.8> <lora:anti_ink:0.6>", [], TINY).warnings
-    assert any("opposite directions" in warning and "try ink at" in warning for warning in fighting)
+    assert any("opposite directions" in warning and "remove one of them" in warning for warning in fighting)
+    assert not any("try " in warning for warning in fighting)  # lowering either only leaves less of both
     # A negative strength turns the pair around: now they overshoot together.
     together = space.generate("x <lora:ink:0.5> <lora:anti_ink:-0.5>", [], TINY).warnings
     assert any("same direction" in warning for warning in together)

@@ -11,8 +11,11 @@ arithmetic on the large side:
     A = [A_1; A_2; ...]                   (rows stacked)
 
 so that B @ A is the blend's update exactly, with alpha = rank (scale 1). Modules only some
-LoRAs touch simply have fewer parts. Asked for a lower rank, each module keeps its best
-rank-k approximation by SVD: the resize of `optimize` (the same code, the same energy report).
+LoRAs touch simply have fewer parts. The exact sum is stored in float32: each B is multiplied
+by s_i * c_i, and rounding that product back to bf16 would change the update by about 1e-3
+(an image off by 1/255). Asked for a lower rank, each module keeps its best rank-k
+approximation by SVD: the resize of `optimize` (the same code, the same energy report), stored
+in the parts' own dtype, since it is an approximation anyway and meant to be small.
 
 This module takes LoRAs already read (`formats.LoraSet`) and the base's shapes; resolving names
 and putting the result into a library is the service's work.
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 BAKE_METADATA = "lora_space.bake"  # the parts and strengths a baked file was made from
 TRIGGER_METADATA = "trigger_words"  # read back by the library (`library._METADATA_KEYS`)
+EXACT_DTYPE = torch.float32  # an exact bake: its update is the blend's to float32 rounding
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def _landing(part: BakePart, base: BaseShapes) -> tuple[dict[str, LoraModule], l
 
 
 def _dtype(parts: list[BakePart]) -> torch.dtype:
-    """The parts' common dtype, or float32 when they differ."""
+    """The parts' common dtype, or float32 when they differ: the dtype of a truncated bake."""
     dtypes = {module.B.dtype for part in parts for module in part.lora.modules.values()}
     return dtypes.pop() if len(dtypes) == 1 else torch.float32
 
@@ -143,12 +147,15 @@ def bake(parts: list[BakePart], *, base: BaseShapes, rank: int = 0) -> tuple[Lor
         raise LoraFileError("Every strength is 0, so the blend changes nothing; give at least one LoRA a strength.")
     landed = [_landing(part, base) for part in parts]
     # 2. The exact sum, then (when asked) the SVD resize with its energy report.
-    summed = exact_sum([(modules, part.strength) for part, (modules, _) in zip(parts, landed)], _dtype(parts))
+    summed = exact_sum([(modules, part.strength) for part, (modules, _) in zip(parts, landed)], EXACT_DTYPE)
     exact = LoraSet(modules=summed, format="diffusers")
     baked, resized = optimize(exact, rank=rank or None)
     energy_kept = resized.energy_kept if rank else 1.0
     ranks = [module.rank for module in baked.modules.values()]
     truncated = any(result.energy_kept < 1.0 for result in resized.modules)  # a rank-deficient sum loses nothing
+    if truncated:  # an approximation: as small as the parts
+        dtype = _dtype(parts)
+        baked.modules = {name: LoraModule(m.A.to(dtype), m.B.to(dtype), m.alpha) for name, m in baked.modules.items()}
     # 3. The report and the metadata naming the parts.
     report = BakeReport(
         rank_asked=rank,

@@ -108,10 +108,18 @@ def _verdict(shared: int, cosine: float) -> str:
 
 
 def _suggest(summary: PairSummary, strengths: dict[str, float]) -> str:
-    """Lower the LoRA whose update dominates the shared modules, by 1 / (1 + |cosine|)."""
+    """What to do about a pair that reinforces or fights on shared modules.
+
+    Same direction: lower the LoRA whose update dominates, by 1 / (1 + |cosine|), so that the
+    two together push about as far as the stronger one alone. Opposite directions: lowering
+    either only leaves less of both, so keep one of them (the weaker one undoes the least).
+    """
     if summary.verdict not in ("reinforce", "fight"):
         return ""
     stronger = summary.lora_a if (summary.norm_ratio or 0.0) >= 1 else summary.lora_b
+    if summary.verdict == "fight":
+        weaker = summary.lora_b if stronger == summary.lora_a else summary.lora_a
+        return f"remove one of them (e.g. {weaker}, the weaker here) rather than lowering either"
     lowered = round(strengths[stronger] / (1 + abs(summary.cosine)) / 0.05) * 0.05
     return f"try {stronger} at {lowered:.2f}"
 

@@ -7,10 +7,15 @@
 - ComfyUI: the same with `diffusion_model.double_blocks.0.img_attn.qkv.` names.
 
 The kohya and ComfyUI layouts fuse q, k, v (and the single blocks' MLP input) into one
-module. Parts that share their A (as read from a dense kohya file) are written back dense;
-separately trained parts are written block-diagonally: A stacked, B on the diagonal,
-alpha = scale * fused rank. Every tool computes the same update from that, and the part
-ranks go into the `lora_space.split` metadata so that reading it back is exact.
+module. Parts that share their A (as read from a dense kohya file) are written back dense.
+Separately trained parts are written in kohya's split layout (sd-scripts' `split_qkv`): every
+part gets the same number R of rank columns, A stacked, B on the diagonal, alpha = scale * n R
+for n parts. A part the LoRA lacks (FLUX's single-block MLP input, which diffusers' recipe does
+not train) or of a lower rank is padded with zeros to R. Every tool computes the same update
+from that, and readers that split it part by part (diffusers' kohya converter finds the
+diagonal when the fused rank is n R) recover each part at rank R: a rank-r q/k/v LoRA comes
+back at rank r, not 3r. The true part ranks go into the `lora_space.split` metadata, so that
+reading it back here is exact (a padded or missing part takes no rank).
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def _shares_a(parts: dict[int, LoraModule], count: int) -> bool:
 
 
 def _fuse(target: Target, parts: dict[int, LoraModule], warnings: list[str]) -> tuple[LoraModule, list[int] | None]:
-    """One BFL module from its diffusers parts; also the part ranks when written block-diagonally."""
+    """One BFL module from its diffusers parts; also the part ranks when written in the split layout."""
     # 1. One part, or parts sharing their A: no arithmetic at all.
     if not target.fused:
         module = parts[0]
@@ -89,27 +94,30 @@ def _fuse(target: Target, parts: dict[int, LoraModule], warnings: list[str]) -> 
     if _shares_a(parts, len(target.names)):
         first = parts[0]
         return LoraModule(first.A, torch.cat([parts[i].B for i in range(len(parts))]), first.alpha), None
-    # 2. Block-diagonal: rows per part from the shares, missing parts take rank 0.
+    # 2. kohya's split layout: rows per part from the shares, R rank columns per part.
     present = sorted(parts)
     unit = parts[present[0]].out_features // target.shares[present[0]]
     outs = [unit * share for share in target.shares]
     ranks = [parts[i].rank if i in parts else 0 for i in range(len(outs))]
+    width = max(ranks)
     dtype = parts[present[0]].B.dtype
     reference = parts[present[0]].scale
     if any(parts[i].scale != reference for i in present):
         warnings.append(f"{target.bfl}: its parts have different alpha/rank scales; they were folded into B (not bit-exact).")
-    # 3. Stack A, place each B on the diagonal; alpha keeps the common scale.
-    down = torch.cat([parts[i].A.to(dtype) for i in present])
-    up = torch.zeros(sum(outs), sum(ranks), dtype=dtype)
-    row, column = 0, 0
+    # 3. Each part's A in its R rows, its B on the diagonal; zeros elsewhere; alpha keeps the common scale.
+    down = torch.zeros(width * len(outs), parts[present[0]].in_features, dtype=dtype)
+    up = torch.zeros(sum(outs), width * len(outs), dtype=dtype)
+    row = 0
     for index, (out, rank) in enumerate(zip(outs, ranks)):
         if index in parts:
-            B = parts[index].B.to(dtype)
+            column = index * width
             ratio = parts[index].scale / reference
+            B = parts[index].B.to(dtype)
+            down[column : column + rank] = parts[index].A.to(dtype)
             up[row : row + out, column : column + rank] = B if ratio == 1 else (B.float() * ratio).to(dtype)
-        row, column = row + out, column + rank
+        row += out
     all_default = all(parts[i].alpha is None for i in present)
-    return LoraModule(down, up, None if all_default else reference * sum(ranks)), ranks
+    return LoraModule(down, up, None if all_default else reference * width * len(outs)), ranks
 
 
 def kohya_tensors(lora: LoraSet, *, comfyui: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:

@@ -104,7 +104,7 @@ def _adapter_alphas(metadata: dict[str, str]) -> dict[str, dict]:
         return {}
     try:
         config = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested 100,000 deep
         return {}
     per_component: dict[str, dict] = defaultdict(dict)
     for key, value in config.items() if isinstance(config, dict) else ():
@@ -170,24 +170,44 @@ def _place(target: Target, A: torch.Tensor, B: torch.Tensor, alpha: float | None
         raise ValueError(f"{rows} output rows do not split into {target.shares}")
     outs = [rows // total * share for share in target.shares]
     # 3. Block-diagonal (part ranks recorded, or detected) splits A too; dense shares A.
-    valid = ranks is not None and len(ranks) == len(outs) and sum(ranks) == A.shape[0] and min(ranks) >= 0
-    ranks = ranks if valid else None
+    starts = _part_columns(ranks, A.shape[0], len(outs))
+    ranks = ranks if starts is not None else None
     if ranks is None and _is_block_diagonal(A, B, outs):
-        ranks = [A.shape[0] // len(outs)] * len(outs)
+        width = A.shape[0] // len(outs)
+        starts = [index * width for index in range(len(outs))]
+        # A part that is all zeros (kohya's split layout pads a part the LoRA lacks) is no module.
+        ranks = [width if B[sum(outs[:index]) : sum(outs[: index + 1])].any() else 0 for index in range(len(outs))]
     placed: dict[str, LoraModule] = {}
-    row, column = 0, 0
-    for name, out, part_rank in zip(target.names, outs, ranks or [None] * len(outs)):
-        if part_rank is None:
+    row = 0
+    for index, (name, out) in enumerate(zip(target.names, outs)):
+        if ranks is None:
             placed[name] = LoraModule(A, B[row : row + out].contiguous(), alpha)
-        elif part_rank > 0:
+        elif ranks[index] > 0:
+            column, part_rank = starts[index], ranks[index]
             part_alpha = None if alpha is None else alpha * part_rank / A.shape[0]
             placed[name] = LoraModule(
                 A[column : column + part_rank].contiguous(),
                 B[row : row + out, column : column + part_rank].contiguous(),
                 part_alpha,
             )
-        row, column = row + out, column + (part_rank or 0)
+        row += out
     return placed
+
+
+def _part_columns(ranks: list[int] | None, total: int, parts: int) -> list[int] | None:
+    """Where each part's rank columns start, from the part ranks `export` records; None if they do not fit.
+
+    Two layouts: the parts side by side (sum of ranks = the fused rank, as files written before
+    kohya's split layout have them), or kohya's split layout (each part in its own `total / parts`
+    columns, a lower rank or a missing part padded with zeros).
+    """
+    if ranks is None or len(ranks) != parts or min(ranks) < 0:
+        return None
+    if sum(ranks) == total:
+        return [sum(ranks[:index]) for index in range(parts)]
+    if total % parts == 0 and max(ranks) <= total // parts:
+        return [index * (total // parts) for index in range(parts)]
+    return None
 
 
 def _group(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, str]], list[str]]:

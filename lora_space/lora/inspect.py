@@ -105,7 +105,7 @@ def _meta_view(header: SafetensorsHeader, alphas: dict[str, float]) -> dict[str,
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text or "{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested 100,000 deep
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import LoraFileError, LoraSpaceError
+from ..errors import HubError, LoraFileError, LoraSpaceError
 from ..settings import TINY, Settings
 from .formats import LoraSet
 from .keymap import module_kind
@@ -102,6 +102,14 @@ def known_bases() -> list[BaseShapes]:
     return flux + [drawing_shapes(), tiny_shapes()]
 
 
+def known_base(hub_id: str) -> BaseShapes | None:
+    """The shapes of a base listed in `base_models.json`, by its Hub id; None for another id."""
+    for entry in BASES["flux"]:
+        if hub_id in entry["hub_ids"]:
+            return shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"])
+    return None
+
+
 def _folder_configs(folder: Path) -> tuple[dict, dict | None]:
     transformer = json.loads((folder / "transformer" / "config.json").read_text())
     text_file = folder / "text_encoder" / "config.json"
@@ -112,14 +120,15 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
     """The shapes of the base model the app runs (`settings.base_model`), without its weights.
 
     Order: `tiny`; a known Hub id (configs in `base_models.json`); a local diffusers folder;
-    another Hub id (its two config files are downloaded). When none can be read, FLUX.1-dev
-    stands in and `note` says so.
+    another Hub id (its two config files, from the Hub cache that loading the base model filled,
+    else downloaded with the caller's `token` or none: never the Space's `HF_TOKEN`). When none
+    can be read, FLUX.1-dev stands in and `note` says so.
     """
     if settings.is_tiny:
         return drawing_shapes() if settings.base_model == TINY else tiny_shapes()
-    for entry in BASES["flux"]:
-        if settings.base_model in entry["hub_ids"]:
-            return shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"])
+    known = known_base(settings.base_model)
+    if known is not None:
+        return known
     folder = Path(settings.base_model)
     try:
         if folder.is_dir():
@@ -129,9 +138,11 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
 
             files = {}
             for part in ("transformer", "text_encoder"):
-                path = hub.download_file(
-                    settings.base_model, f"{part}/config.json", endpoint=settings.hf_endpoint, token=token
-                )
+                where = {"endpoint": settings.hf_endpoint, "token": token or False}
+                try:
+                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=True, **where)
+                except HubError:  # not cached: from the Hub, as the caller
+                    path = hub.download_file(settings.base_model, f"{part}/config.json", offline=settings.hf_offline, **where)
                 files[part] = json.loads(Path(path).read_text())
             transformer, text_encoder = files["transformer"], files["text_encoder"]
         return shapes_from_configs(settings.base_model, transformer, text_encoder)
@@ -158,6 +169,12 @@ def coverage(lora: LoraSet, base: BaseShapes) -> Coverage:
             wrong.append(name)
     total = len(lora.modules) + len(lora.unplaced)
     return Coverage(share=matched / total if total else 0.0, matched=matched, total=total, wrong_shape=wrong, missing=missing)
+
+
+def misfits(lora: LoraSet, base: BaseShapes) -> list[str]:
+    """The LoRA's modules with no module of that name and shape in `base`; empty when it fits whole."""
+    cover = coverage(lora, base)
+    return cover.wrong_shape + [name for name in cover.missing if name in lora.modules]
 
 
 def no_module_matched(name: str, total: int) -> LoraFileError:

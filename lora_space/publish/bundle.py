@@ -106,23 +106,24 @@ def file_bundle(path: Path, *, settings: Settings, visitor: Visitor, uploaded: b
     Raises:
         PublishError: outside what the visitor owns, missing, or not `.safetensors`.
     """
-    resolved = Path(path).expanduser().resolve()
-    if not uploaded and not any(resolved.is_relative_to(root) for root in own_roots(settings, visitor)):
+    if not uploaded and not _owned(str(path), settings, visitor):
         raise PublishError(
             f"{Path(path).name!r} is not among your files here; publish a LoRA you trained, baked or uploaded "
             "(a training job id, a name in your library, or a file you upload in the Publish tab)."
         )
+    resolved = Path(path).expanduser().resolve()
     if resolved.suffix.lower() != ".safetensors" or not resolved.is_file():
         raise PublishError(f"{Path(path).name!r} is not a .safetensors file; only .safetensors LoRAs are published.")
     return Bundle("file", resolved.stem, resolved, library.trigger_words_for(resolved))
 
 
 def job_bundle(space: Any, job_id: str) -> Bundle:
-    """A finished training job's LoRA, final samples and facts (`space.jobs`, the Train tab's jobs).
+    """A finished training job's LoRA, samples and facts (`space.jobs`, the Train tab's jobs).
 
-    The job id is the proof of ownership (API.md: whoever holds it started the job). Only the
-    last samples made with the LoRA on (`..._strength1.png`) are published, each with its
-    validation prompt; the dataset hash covers the normalised images and captions it trained on.
+    The job id is the proof of ownership (API.md: whoever holds it started the job). The samples
+    the job kept with the LoRA on (`..._strength1.png`, every sampling step, the newest first)
+    are published, each with its validation prompt and the recipe the trainer wrote into it;
+    the dataset hash covers the normalised images and captions it trained on.
 
     Raises:
         PublishError: the job is not finished, or has no LoRA.
@@ -136,7 +137,8 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
     config = dict(data.get("config") or {})
     report = data.get("dataset_report") or {}
     training = TrainingFacts(
-        images=report.get("images_used"),
+        images=report.get("train_count", report.get("images_used")),
+        validation_images=report.get("validation_count"),
         steps=data.get("total_steps") or config.get("max_train_steps"),
         rank=config.get("network_dim"),
         alpha=config.get("network_alpha"),
@@ -166,14 +168,11 @@ def job_bundle(space: Any, job_id: str) -> Bundle:
 
 
 def _final_samples(paths: list[Path], prompts: list[str]) -> list[Sample]:
-    """The samples of the last sampling step with the LoRA on, each with its validation prompt."""
+    """The samples made with the LoRA on, newest step first, at most `MAX_IMAGES`, each with its validation prompt."""
     found = [(int(match["step"]), int(match["prompt"]), path) for path in paths
              if (match := _SAMPLE_NAME.fullmatch(path.name)) and match["strength"] == "1" and path.is_file()]
-    if not found:
-        return []
-    last = max(step for step, _, _ in found)
-    return [Sample(path, prompts[number] if number < len(prompts) else "")
-            for step, number, path in sorted(found) if step == last]
+    newest = sorted(found, key=lambda item: (-item[0], item[1]))[:MAX_IMAGES]
+    return [Sample(path, prompts[number] if number < len(prompts) else "") for _, number, path in newest]
 
 
 def _dataset_hash(job_folder: Path) -> str:
@@ -217,8 +216,9 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
     if found is not None:
         job_id = _job_of(space, found.lora_file, visitor)
         return job_bundle(space, job_id) if job_id else found
-    # 3. A file the visitor owns.
-    if Path(lora).expanduser().exists():
+    # 3. A file the visitor owns. Ownership comes first: a path outside their folders gets the
+    #    same answer whether or not it exists, so that nothing tells which server files exist.
+    if _owned(lora, settings, visitor):
         return file_bundle(Path(lora), settings=settings, visitor=visitor)
     if lora.count("/") >= 1 and not lora.startswith(("/", ".", "~")):
         raise PublishError(
@@ -229,6 +229,15 @@ def find_bundle(space: Any, lora: str, *, visitor: Visitor) -> Bundle:
         f"No LoRA {lora!r} among yours: give a training job id, a name in your library (see /list_loras), "
         "or upload the file in the Publish tab."
     )
+
+
+def _owned(lora: str, settings: Settings, visitor: Visitor) -> bool:
+    """Whether `lora` is a path inside the visitor's own folders (it may not exist)."""
+    try:
+        resolved = Path(lora).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # an unknown ~user, a NUL byte, a loop of links
+        return False
+    return any(resolved.is_relative_to(root) for root in own_roots(settings, visitor))
 
 
 def _job_of(space: Any, lora_file: Path, visitor: Visitor) -> str:
@@ -248,15 +257,16 @@ def read_samples(
     *,
     settings: Settings,
     default_prompt: str,
-    published: tuple[str, str] = ("", ""),
+    published: tuple[str, str, str] = ("", "", ""),
     prompts: list[str] | None = None,
 ) -> list[Sample]:
     """Sample images (PNG/JPEG/WebP files, or a portfolio zip from Generate's batch) ready to publish.
 
     Each image is re-saved into `staging` (PNGs with their recipe, local paths dropped); its
     prompt is the recipe's, else its entry in `prompts` (one per file, for images only), else
-    `default_prompt`. `published` is `(name, repo_id)`: the recipe's
-    LoRA of that name is pointed at its new home on the Hub, so the image replays from there.
+    `default_prompt`. `published` is `(name, repo_id, hash)`: the recipe's LoRA of that name is
+    pointed at its new home on the Hub, so the image replays from there, with the A1111 hash of
+    the published file (when given), by which Civitai links the image to it.
 
     Raises:
         PublishError: not an image, too large, or too many.
@@ -297,7 +307,7 @@ def _zip_images(archive: Path) -> list[tuple[str, bytes]]:
         raise PublishError(f"{archive.name} is not a readable zip; use the portfolio zip from Generate's batch.") from None
 
 
-def _sample(name: str, data: bytes, target: Path, settings: Settings, default_prompt: str, published: tuple[str, str]) -> Sample:
+def _sample(name: str, data: bytes, target: Path, settings: Settings, default_prompt: str, published: tuple[str, str, str]) -> Sample:
     """Re-save one image as PNG; keep its recipe without local paths."""
     import io
 
@@ -324,12 +334,12 @@ def _sample(name: str, data: bytes, target: Path, settings: Settings, default_pr
     return Sample(target, default_prompt)
 
 
-def _public_recipe(recipe: Recipe, settings: Settings, published: tuple[str, str]) -> Recipe:
+def _public_recipe(recipe: Recipe, settings: Settings, published: tuple[str, str, str]) -> Recipe:
     """The recipe without paths of this machine: LoRAs by name (the published one by its repo id,
-    at no fixed revision), the base model by Hub id."""
-    name, repo_id = published
+    at no fixed revision, with the published file's hash), the base model by Hub id."""
+    name, repo_id, published_hash = published
     loras = tuple(
-        replace(lora, source=repo_id, revision="") if name and lora.name == name
+        replace(lora, source=repo_id, revision="", hash=published_hash or lora.hash) if name and lora.name == name
         else replace(lora, source=lora.name) if _is_local_path(lora.source) else lora
         for lora in recipe.loras
     )

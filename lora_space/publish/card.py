@@ -2,16 +2,17 @@
 
 The YAML carries what the Hub and the popular LoRA Spaces read: `base_model`, `license` (the
 base model's terms where the LoRA inherits them, from `base_licenses.json`), `tags` (with
-`template:sd-lora` and `base_model:adapter:...`), `instance_prompt` and `widget` entries (each
-sample image with its prompt). It is written with `yaml.safe_dump`, so names and captions with
-`:`, quotes or line breaks cannot break it. The body comes from `card_template.md`, a small
+`template:sd-lora`, `base_model:adapter:...` and `lora-space`, the tool), `instance_prompt` and
+`widget` entries (each sample image with its prompt). A LoRA of LoRA Space's tiny test model
+(`base_model` empty, see `publish.base`) gets a card that names no base model and says so.
+It is written with `yaml.safe_dump`, so names and captions with `:`, quotes or line breaks
+cannot break it. The body comes from `card_template.md`, a small
 file of `%% name` sections with `${field}` slots (`string.Template`: no code in the template);
-text that comes from users or the Hub is escaped before it goes into Markdown.
+text that comes from users or the Hub is escaped before it goes into Markdown (`markdown_text`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from dataclasses import dataclass
@@ -23,14 +24,13 @@ from typing import Any
 import yaml
 
 from ..errors import PublishError
+from ..markdown_text import md_code, md_text
 
 HERE = Path(__file__).parent
 TEMPLATE_FILE = HERE / "card_template.md"
 LICENSE_FILE = HERE / "base_licenses.json"
 LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]#!|~])")
-_LINE_START = re.compile(r"^(\d*)([-+=.)])")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ class CardImage:
 class TrainingFacts:
     """What a training job did (None: unknown). Losses are the final values."""
 
-    images: int | None = None
+    images: int | None = None  # trained on
+    validation_images: int | None = None  # held out for the validation loss
     steps: int | None = None
     rank: int | None = None
     alpha: float | None = None
@@ -61,9 +62,9 @@ class TrainingFacts:
     def rows(self) -> list[tuple[str, str]]:
         """(label, value) of each known fact, in the order of the card's table."""
         labels = [
-            ("training images", self.images), ("steps", self.steps), ("rank (network_dim)", self.rank),
-            ("alpha (network_alpha)", self.alpha), ("learning rate", self.learning_rate),
-            ("optimizer", self.optimizer), ("scheduler", self.scheduler), ("resolution", self.resolution),
+            ("training images", self.images), ("validation images (held out)", self.validation_images),
+            ("steps", self.steps), ("rank (network_dim)", self.rank), ("alpha (network_alpha)", self.alpha),
+            ("learning rate", self.learning_rate), ("optimizer", self.optimizer), ("scheduler", self.scheduler), ("resolution", self.resolution),
             ("batch size", self.batch_size), ("seed", self.seed),
             ("final training loss", self.train_loss), ("final validation loss", self.val_loss),
         ]
@@ -77,7 +78,8 @@ class CardFacts:
     Attributes:
         repo_id: where it is published (`user/repo`).
         title: the LoRA's name.
-        base_model: the Hub id of the base model it was made for.
+        base_model: the Hub id of the base model it was made for; "" for LoRA Space's tiny test
+            model, which the card then names instead of claiming a base.
         weight_file: the diffusers file in the repo.
         trigger_words: the words that switch it on (the first is the `instance_prompt`).
         images: sample images with their prompts (the widget entries).
@@ -86,6 +88,7 @@ class CardFacts:
         rank, alpha, num_modules, file_format: what the file holds.
         extra_files: the kohya/ComfyUI copies in the repo.
         description: what the LoRA does, in the publisher's words.
+        width: the transformer width the LoRA was made for, when known.
     """
 
     repo_id: str
@@ -101,6 +104,11 @@ class CardFacts:
     num_modules: int | None = None
     extra_files: tuple[str, ...] = ()
     description: str = ""
+    width: int | None = None
+
+    @property
+    def is_test_model(self) -> bool:
+        return not self.base_model
 
     def __post_init__(self) -> None:
         if self.license and not LICENSE_ID.fullmatch(self.license):
@@ -138,22 +146,6 @@ def _number(value: Any) -> str:
     return md_text(str(value))
 
 
-def md_text(text: str) -> str:
-    """`text` as literal Markdown: HTML and Markdown syntax escaped, lines joined."""
-    flat = " ".join(str(text).split())
-    escaped = _MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(flat, quote=False))
-    return _LINE_START.sub(r"\1\\\2", escaped)  # not a list item or a heading underline
-
-
-def md_code(text: str) -> str:
-    """`text` as an inline code span, whatever backticks it holds."""
-    flat = " ".join(str(text).split())
-    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
-    return f"{fence}{pad}{flat}{pad}{fence}"
-
-
 def _fenced(text: str) -> str:
     """Make the ``` fences of a filled section longer than any backtick run inside it."""
     lines = text.split("\n")
@@ -173,16 +165,25 @@ def licence_fields(base_model: str, chosen: str = "") -> dict[str, str]:
 
 
 def card_metadata(facts: CardFacts) -> dict[str, Any]:
-    """The YAML block of the card, as a dict."""
+    """The YAML block of the card, as a dict (no `base_model` for the tiny test model)."""
     data = _licence_data()
-    metadata: dict[str, Any] = {
-        "base_model": facts.base_model,
-        "base_model_relation": "adapter",
-        **licence_fields(facts.base_model, facts.license),
-        "library_name": "diffusers",
-        "pipeline_tag": "text-to-image",
-        "tags": list(data["tags"]) + [f"base_model:adapter:{facts.base_model}"],
-    }
+    if facts.is_test_model:
+        test_model = data["test_model"]
+        metadata: dict[str, Any] = {
+            "license": facts.license or test_model["license"],
+            "library_name": "diffusers",
+            "pipeline_tag": "text-to-image",
+            "tags": list(test_model["tags"]),
+        }
+    else:
+        metadata = {
+            "base_model": facts.base_model,
+            "base_model_relation": "adapter",
+            **licence_fields(facts.base_model, facts.license),
+            "library_name": "diffusers",
+            "pipeline_tag": "text-to-image",
+            "tags": list(data["tags"]) + [f"base_model:adapter:{facts.base_model}"],
+        }
     if facts.trigger_words:
         metadata["instance_prompt"] = ", ".join(facts.trigger_words)
     if facts.images:
@@ -209,13 +210,21 @@ def _file_facts(facts: CardFacts) -> str:
         f"alpha {_number(facts.alpha)}" if facts.alpha is not None else "",
         f"{facts.num_modules} modules" if facts.num_modules is not None else "",
     ]
-    if any(known):
-        lines.append(f"- {', '.join(part for part in known if part)}; base model {md_code(facts.base_model)}.")
+    if facts.is_test_model:
+        width = f" ({facts.width} wide)" if facts.width else ""
+        known.append(f"made for {md_text(_licence_data()['test_model']['name'])}{width}, not for a FLUX.1 model")
+    else:
+        known.append(f"base model {md_code(facts.base_model)}")
+    lines.append(f"- {', '.join(part for part in known if part)}.")
     lines.append("- `reproducibility.json`: the training config, dataset hash, seed and library versions.")
     return "\n".join(lines)
 
 
 def _licence_text(facts: CardFacts) -> str:
+    if facts.is_test_model:
+        test_model = _licence_data()["test_model"]
+        note = "" if facts.license else md_text(test_model["note"]) + " "
+        return _fill("license_test_model", note=note, license=facts.license or test_model["license"])
     base = f"[{md_text(facts.base_model)}](https://huggingface.co/{facts.base_model})"
     if facts.license:
         return _fill("license_chosen", license=facts.license, base_model_text=base)
@@ -239,7 +248,7 @@ def render_body(facts: CardFacts) -> str:
     strength = f"{(low + high) / 2:g}"
     diffusers = _fenced(
         _fill(
-            "diffusers",
+            "diffusers_test_model" if facts.is_test_model else "diffusers",
             base_model=json.dumps(facts.base_model),
             repo_id=json.dumps(facts.repo_id),
             weight_name=json.dumps(facts.weight_file),
@@ -253,18 +262,23 @@ def render_body(facts: CardFacts) -> str:
     tag_file = md_code(kohya) if kohya else f"{md_code(facts.weight_file)} (saved as {md_code(repo_name + '.safetensors')})"
     tag_text = _fenced(
         _fill(
-            "tags",
+            "tags_test_model" if facts.is_test_model else "tags",
             space_tag=f"<lora:{facts.repo_id}:{strength}> a photo of a lighthouse at dusk",
             tag_file=tag_file,
             a1111_tag=f"<lora:{tag_stem}:{strength}> {', '.join(words)}".strip(),
         )
     )
+    test_model = _licence_data()["test_model"]["name"]
+    made_for = f"LoRA for {md_text(test_model)}" if facts.is_test_model else f"FLUX LoRA for {md_text(facts.base_model)}"
     description = md_text(facts.description) if facts.description.strip() else (
-        f"A FLUX LoRA for {md_text(facts.base_model)}, trained and published with LoRA Space."
+        f"A {made_for}, trained and published with LoRA Space."
     )
+    size = f"{facts.width} wide" if facts.width else "far smaller"
+    notice = _fill("test_model_notice", test_model=md_text(test_model), size=size) if facts.is_test_model else ""
     return _fill(
         "body",
         title=md_text(facts.title),
+        notice=notice,
         description=description,
         trigger_text=trigger_text,
         strength_low=f"{low:g}",

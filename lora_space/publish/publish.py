@@ -10,9 +10,11 @@ The steps, in order; nothing is written to the Hub before every check has passed
    without write access to the namespace, is refused. The namespace must be the user's or an
    organisation they can write to, and the repo name must be valid.
 3. An existing repo is refused unless `overwrite=True`; a new one is private unless told.
-4. The LoRA is written in the diffusers layout (plus kohya/ComfyUI copies on request), the
-   sample images are re-saved with their recipes, the card is rendered (or the user's
-   edited card is checked), and a reproducibility file is written.
+4. The LoRA's modules are checked against the base the card names (`publish.base`: a LoRA
+   of the tiny test model names none), it is written in the diffusers layout (plus
+   kohya/ComfyUI copies on request), the sample images are re-saved with their recipes, the
+   card is rendered (or the user's edited card is checked), and a reproducibility file is
+   written.
 5. One `create_commit` sends them all. If it fails on a repo this call created, the repo is
    deleted again, so nothing is left half pushed, and the error says why.
 """
@@ -33,9 +35,11 @@ from huggingface_hub.utils import validate_repo_id
 
 from .. import hub
 from ..errors import HubError, LoraFileError, PublishError
+from ..hashes import LORA_SHORT, lora_file_hash
 from ..lora.export import TARGETS, save_lora
 from ..lora.tools import read_lora_file
 from ..owners import Visitor
+from .base import check_card_base, made_for
 from .bundle import Bundle, file_bundle, file_sha256, find_bundle, json_text, read_samples
 from .card import CardFacts, CardImage, parse_card, render_card
 
@@ -48,6 +52,10 @@ ORG_WRITE_ROLES = {"admin", "write", "contributor"}
 OAUTH_WRITE_SCOPES = {"write-repos", "manage-repos"}
 VERSIONED = ("torch", "diffusers", "peft", "transformers", "huggingface_hub", "safetensors")
 MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"  # what gradio's local OAuth mock hands handlers
+TEST_MODEL_NOTE = (
+    "{name} was trained on LoRA Space's tiny test model{width}: it is published as a test artefact whose "
+    "card names no base model, since it loads into no FLUX.1 model. Train on FLUX.1-dev for a LoRA to use."
+)
 
 
 @dataclass(frozen=True)
@@ -91,14 +99,15 @@ class PublishRequest:
 
 @dataclass(frozen=True)
 class PublishResult:
-    """A finished publish: the repo's page, the commit id, and the files it holds."""
+    """A finished publish: the repo's page, the commit id, the files it holds, and what to know."""
 
     url: str
     commit: str
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "commit": self.commit, "files": list(self.files)}
+        return {"url": self.url, "commit": self.commit, "files": list(self.files), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class Prepared:
     files: dict[str, Path]
     card: str
     folder: Path
+    notes: list[str] = field(default_factory=list)
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -224,6 +234,7 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
     lora = read_lora_file(bundle.lora_file)
     if not lora.modules:
         raise LoraFileError(f"{bundle.name} has no module that fits FLUX; there is nothing to publish.")
+    base = made_for(bundle.name, lora, settings)
     files: dict[str, Path] = {WEIGHT_FILE: folder / WEIGHT_FILE}
     save_lora(lora, files[WEIGHT_FILE], target="diffusers")
     extra = []
@@ -240,7 +251,7 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
         folder / "images",
         settings=settings,
         default_prompt=default_prompt,
-        published=(bundle.name, request.repo_id),
+        published=(bundle.name, request.repo_id, lora_file_hash(files[WEIGHT_FILE])[:LORA_SHORT]),
         prompts=None if request.sample_images else [sample.prompt for sample in bundle.samples],
     )
     for sample in samples:
@@ -251,7 +262,7 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
     facts = CardFacts(
         repo_id=request.repo_id,
         title=bundle.name,
-        base_model=settings.hub_base_model,
+        base_model=base.hub_id,
         weight_file=WEIGHT_FILE,
         trigger_words=tuple(bundle.trigger_words),
         images=tuple(CardImage(f"images/{sample.file.name}", sample.prompt) for sample in samples),
@@ -262,9 +273,10 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
         num_modules=len(lora.modules),
         extra_files=tuple(extra),
         description=request.description,
+        width=base.width,
     )
     card = request.card if request.card.strip() else render_card(facts)
-    parse_card(card)
+    check_card_base(bundle.name, lora, parse_card(card), settings)
     files["README.md"] = folder / "README.md"
     files["README.md"].write_text(card, encoding="utf-8")
     # 4. The reproducibility file: config, dataset hash, seed, versions, the samples' recipes.
@@ -281,7 +293,7 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
             "num_modules": facts.num_modules,
             "trigger_words": bundle.trigger_words,
         },
-        "base_model": settings.hub_base_model,
+        "base_model": base.label,
         "config": bundle.config,
         "dataset_sha256": bundle.dataset_hash,
         "seed": bundle.seed,
@@ -290,7 +302,8 @@ def _stage(space: Any, request: PublishRequest, bundle: Bundle, folder: Path) ->
     }
     files[REPRO_FILE] = folder / REPRO_FILE
     files[REPRO_FILE].write_text(json_text(repro), encoding="utf-8")
-    return Prepared(name=bundle.name, files=files, card=card, folder=folder)
+    notes = [TEST_MODEL_NOTE.format(name=bundle.name, width=f" ({base.width} wide)" if base.width else "")] if base.is_test_model else []
+    return Prepared(name=bundle.name, files=files, card=card, folder=folder, notes=notes)
 
 
 def library_versions() -> dict[str, str]:
@@ -360,7 +373,7 @@ def publish(space: Any, request: PublishRequest, *, token: str, visitor: Visitor
         shutil.rmtree(prepared.folder, ignore_errors=True)
     logger.info("published a LoRA to %s (commit %s, %d files)", request.repo_id, commit.oid[:8], len(prepared.files))
     url = f"{settings.hf_endpoint.rstrip('/')}/{request.repo_id}"
-    return PublishResult(url=url, commit=commit.oid, files=sorted(prepared.files))
+    return PublishResult(url=url, commit=commit.oid, files=sorted(prepared.files), notes=prepared.notes)
 
 
 def _undo(repo_id: str, where: dict[str, Any]) -> bool:

@@ -23,6 +23,25 @@ from pathlib import Path
 from ..errors import LoraSpaceError, TrainConfigError
 
 
+def base_quantization(quantize: str):
+    """diffusers' quantization config for the frozen transformer: `nf4` (bitsandbytes) or `fp8` (torchao).
+
+    Building it imports nothing heavy; bitsandbytes or torchao is imported when the model loads.
+    """
+    import torch
+
+    if quantize == "nf4":
+        from diffusers import BitsAndBytesConfig
+
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    if quantize == "fp8":
+        from diffusers import TorchAoConfig
+        from torchao.quantization import Float8WeightOnlyConfig
+
+        return TorchAoConfig(Float8WeightOnlyConfig())  # diffusers 0.42 takes a torchao config object, not a name
+    raise TrainConfigError(f"quantize_base {quantize!r} is unknown; use none, nf4 or fp8.")
+
+
 def load_pipeline(base_model: str, quantize: str, device):
     """The base pipeline for training; the transformer quantised (nf4 / fp8) when asked, on CUDA."""
     import torch
@@ -39,16 +58,8 @@ def load_pipeline(base_model: str, quantize: str, device):
         return load_base_pipeline(Settings.from_env()).to(device)
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    if quantize == "nf4":
-        from diffusers import BitsAndBytesConfig
-
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
-    else:
-        from diffusers import TorchAoConfig
-
-        quantization = TorchAoConfig("float8wo_e4m3")
     transformer = FluxTransformer2DModel.from_pretrained(
-        base_model, subfolder="transformer", quantization_config=quantization, torch_dtype=torch.bfloat16
+        base_model, subfolder="transformer", quantization_config=base_quantization(quantize), torch_dtype=torch.bfloat16
     )
     return FluxPipeline.from_pretrained(base_model, transformer=transformer, torch_dtype=torch.bfloat16).to(device)
 
@@ -92,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**read_json(files.config))
         # 2. The model, the same on every rank; rank 0 encodes the dataset once.
         pipe = load_pipeline(config.model_name, config.quantize_base, accelerator.device)
-        if accelerator.is_main_process and config.cache_latents and not files.cache.exists():
+        if accelerator.is_main_process and config.cache_latents:
             from .cache import build_cache
 
-            build_cache(pipe, read_json(files.rows), files, config)
+            build_cache(pipe, read_json(files.rows), files, config)  # what is not in the cache yet
         accelerator.wait_for_everyone()
         # 3. Chunks until done: each saves the full state; all ranks read it at the next start.
         parallel = Parallel(
@@ -121,4 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from ..gpu import hide_cuda_only_packages
+
+    hide_cuda_only_packages()  # on a CPU: bitsandbytes and torchao unused, and slow to import
     raise SystemExit(main())

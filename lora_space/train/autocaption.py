@@ -80,7 +80,7 @@ def _load(model: str, device: str | None):
         from transformers import pipeline
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return pipeline("image-text-to-text", model=model, device=device)
+        return pipeline("image-text-to-text", model=model, device=device, token=False)  # a visitor's call: never the Space's HF_TOKEN
     except (OSError, ValueError, ImportError) as error:
         raise DatasetError(
             f"Auto-captioning could not load the model {model} ({type(error).__name__}: the Hub is unreachable or the model is missing). "

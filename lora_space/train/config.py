@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import TrainConfigError
-from ..settings import FLUX_DEV, TINY
+from ..settings import FLUX_DEV, TINY, Training
 
 PRESETS_FILE = Path(__file__).with_name("presets.json")
 
@@ -117,18 +117,31 @@ class TrainConfig:
         """alpha / rank: the factor on the LoRA update."""
         return self.network_alpha / self.network_dim
 
+    @property
+    def validation_every(self) -> int:
+        """Steps between validation losses: `checkpoint_every`, else `sample_every`, else a tenth of the run."""
+        return self.checkpoint_every or self.sample_every or max(1, self.max_train_steps // 10)
+
+    @property
+    def sample_prompt_count(self) -> int:
+        """Prompts of the sample images: `validation_prompts`, else one caption of the dataset."""
+        return len(self.validation_prompts) or 1
+
     @classmethod
     def setting_names(cls) -> list[str]:
         return [item.name for item in fields(cls) if item.name != "notes"]
 
     @classmethod
-    def from_dict(cls, values: dict, *, is_tiny: bool, bnb_available: bool | None = None) -> TrainConfig:
+    def from_dict(
+        cls, values: dict, *, is_tiny: bool, bnb_available: bool | None = None, torchao_available: bool | None = None
+    ) -> TrainConfig:
         """Read a `config.json` (the course's names and values as printed, or known aliases).
 
         Args:
             values: the settings; missing keys take the defaults.
             is_tiny: the Space runs the tiny model: FLUX.1-dev names mean `tiny`.
-            bnb_available: whether 8-bit AdamW can run (None: bitsandbytes installed and CUDA present).
+            bnb_available: whether 8-bit AdamW and the nf4 base can run (None: bitsandbytes installed and CUDA present).
+            torchao_available: whether the fp8 base can run (None: torchao installed and CUDA present).
 
         Returns:
             The checked config; `notes` says what was mapped or fell back.
@@ -152,18 +165,22 @@ class TrainConfig:
             canonical["model_name"] = _resolve_model(canonical["model_name"], is_tiny=is_tiny, notes=notes)
         else:
             canonical["model_name"] = TINY if is_tiny else FLUX_DEV
-        # 2. 8-bit AdamW and a quantised base need bitsandbytes on CUDA; elsewhere fall back and say so.
+        # 2. 8-bit AdamW and the nf4 base need bitsandbytes on CUDA, the fp8 base torchao on CUDA;
+        #    elsewhere fall back and say so (both packages are installed everywhere but macOS).
         optimizer = canonical.get("optimizer_type")
         wants_8bit = isinstance(optimizer, str) and OPTIMIZERS.get(optimizer.lower()) == "AdamW8bit"
         quantize = canonical.get("quantize_base", "none")
-        if (wants_8bit or quantize != "none") and bnb_available is None:
-            bnb_available = _bitsandbytes_runs()
+        if (wants_8bit or quantize == "nf4") and bnb_available is None:
+            bnb_available = _runs_on_cuda("bitsandbytes")
+        if quantize == "fp8" and torchao_available is None:
+            torchao_available = _runs_on_cuda("torchao")
         if wants_8bit and not bnb_available:
             canonical["optimizer_type"] = "AdamW"
             notes.append("optimizer_type AdamW8bit needs bitsandbytes on a CUDA GPU, which this machine lacks: training uses AdamW (same maths, more optimizer memory).")
-        if quantize in ("nf4", "fp8") and not bnb_available:
+        package = {"nf4": ("bitsandbytes", bnb_available), "fp8": ("torchao", torchao_available)}.get(quantize)
+        if package is not None and not package[1]:
             canonical["quantize_base"] = "none"
-            notes.append(f"quantize_base {quantize} needs bitsandbytes on a CUDA GPU, which this machine lacks: the base stays unquantised.")
+            notes.append(f"quantize_base {quantize} needs {package[0]} on a CUDA GPU, which this machine lacks: the base stays unquantised.")
         return cls(**canonical, notes=notes)
 
     def to_dict(self) -> dict:
@@ -188,6 +205,67 @@ def merged(zip_config: dict | None, call_config: dict | None, *, is_tiny: bool, 
             raise TrainConfigError(f"Training settings in {label}: " + " ".join(problems))
     combined = _canonical_keys(zip_values)[0] | _canonical_keys(call_values)[0]
     return TrainConfig.from_dict(combined, is_tiny=is_tiny, bnb_available=bnb_available)
+
+
+def is_due(step: int, every: int, total: int) -> bool:
+    """Whether work done every `every` steps (0: only at the end) is due after `step` of `total`."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def due_count(every: int, total: int) -> int:
+    """How many of the steps 1..`total` work done every `every` steps falls on (the last one always)."""
+    return (total // every + (total % every != 0)) if every > 0 else 1
+
+
+def check_job_bounds(config: TrainConfig, *, images: int, validation_images: int, bounds: Training) -> None:
+    """Refuse a job whose work as a whole passes the Space's bounds (`settings.Training`).
+
+    Each setting is capped on its own by `TrainConfig`; this bounds what they add up to: the
+    images, steps x batch x megapixels, sample images (prompts x 2 strengths x sampling points)
+    and validation images (held-out images x validation points).
+
+    Args:
+        config: the job's final config.
+        images: usable images in its dataset.
+        validation_images: of those, the ones held out for the validation loss.
+        bounds: the Space's bounds.
+
+    Raises:
+        TrainConfigError: over a bound; the message names the settings, the bound and the fix.
+    """
+    problems = []
+    if images > bounds.max_images:
+        problems.append(
+            f"the dataset has {images} usable images; this Space trains on at most {bounds.max_images} per job "
+            "(LORA_SPACE_MAX_TRAIN_IMAGES): use fewer images."
+        )
+    megapixels = max(config.resolution**2 / 1_000_000, 0.25)
+    work = config.max_train_steps * config.train_batch_size * megapixels
+    if work > bounds.max_work:
+        problems.append(
+            f"max_train_steps {config.max_train_steps} x train_batch_size {config.train_batch_size} x {megapixels:.2f} megapixels "
+            f"(resolution {config.resolution}, at least 0.25) is {work:,.0f} units of training work; this Space allows "
+            f"{bounds.max_work:,.0f} per job (LORA_SPACE_MAX_TRAIN_WORK): lower max_train_steps, train_batch_size or resolution."
+        )
+    points = due_count(config.sample_every, config.max_train_steps)
+    samples = config.sample_prompt_count * 2 * points
+    if samples > bounds.max_sample_images:
+        problems.append(
+            f"sample_every {config.sample_every} with {config.sample_prompt_count} sample prompt(s) makes {samples} sample images "
+            f"(each prompt at strength 0 and 1, at {points} points of the run); this Space allows {bounds.max_sample_images} "
+            "per job (LORA_SPACE_MAX_SAMPLE_IMAGES): raise sample_every (0: only at the end) or give fewer validation_prompts."
+        )
+    points = due_count(config.validation_every, config.max_train_steps)
+    if validation_images * points > bounds.max_validation_images:
+        problems.append(
+            f"validation_split {config.validation_split} holds out {validation_images} images, each measured at {points} points "
+            f"of the run (every {config.validation_every} steps: checkpoint_every, else sample_every, else a tenth of "
+            f"max_train_steps), {validation_images * points} validation images in all; this Space allows "
+            f"{bounds.max_validation_images} per job (LORA_SPACE_MAX_VALIDATION_IMAGES): lower validation_split, or raise "
+            "checkpoint_every or sample_every."
+        )
+    if problems:
+        raise TrainConfigError("Training settings: " + " ".join(problems))
 
 
 @functools.cache
@@ -301,10 +379,11 @@ def _resolve_model(name: str, *, is_tiny: bool, notes: list[str]) -> str:
     return name
 
 
-def _bitsandbytes_runs() -> bool:
-    if importlib.util.find_spec("bitsandbytes") is None:
+def _runs_on_cuda(package: str) -> bool:
+    """`package` is installed and CUDA is present (it is not imported here: importing bitsandbytes costs seconds)."""
+    if importlib.util.find_spec(package) is None:
         return False
-    import torch  # deferred: only where bitsandbytes is installed
+    import torch  # deferred: only where the package is installed
 
     return torch.cuda.is_available()
 

@@ -7,7 +7,7 @@ import sys
 
 import gradio as gr
 
-from ..cleanup import gradio_delete_cache, start_cleaner
+from ..cleanup import gradio_delete_cache, preview_root, start_cleaner
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import TINY, TINY_RANDOM, Settings
@@ -57,7 +57,7 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 controls, last_metadata, pickers = generate.build_generate_tab(space, browser_id)
                 blend_tools.build_blend_tools(space, controls, last_metadata, pickers, browser_id)
-                lora_tools.build_lora_tools(space.settings, browser_id)
+                lora_tools.build_lora_tools(space, browser_id)
             with gr.Tab("Train", id="train"):
                 trained = train.build_train_tab(space, browser_id)
             with gr.Tab("Publish", id="publish"):
@@ -70,17 +70,21 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
         publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
         train_api.register_train_endpoints(space)
-        demo.load(fill_browser_id, browser_id, browser_id, api_visibility="private")
+        demo.load(fill_browser_id, [*browser_id], browser_id.stored, api_visibility="private")  # a new browser keeps its fresh id
     return demo
 
 
 def create_space(settings: Settings) -> LoraSpace:
     """Load the base model and wrap it; raises `LoraSpaceError` with a clear message."""
     from ..base_model import load_base_pipeline
+    from ..compiled import CompileOptions
     from ..engine import Engine
 
     pipe = load_base_pipeline(settings)  # a gated base model is read with HF_TOKEN, the Space's own
-    engine = Engine(pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20)
+    compile = CompileOptions(slots=settings.compile_slots, rank=settings.compile_rank) if settings.compile else None
+    engine = Engine(
+        pipe, cache_size=settings.adapter_cache_size, fuse_memory_bytes=settings.fuse_memory_mb * 2**20, compile=compile
+    )
     return LoraSpace(settings, engine)
 
 
@@ -98,6 +102,7 @@ def launch() -> None:
     demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(
         max_file_size=settings.storage.max_upload_bytes,
         state_session_capacity=settings.limits.max_sessions,  # each session's state costs memory until evicted
-        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve())],  # job ids are random
+        # Output, job and preview folders are named with 128 random bits: only their caller finds them.
+        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve()), str(preview_root(settings).resolve())],
         theme=gr.themes.Soft(),
     )

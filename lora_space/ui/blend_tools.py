@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from ..errors import PromptError
 from ..generation import parse_strengths
 from ..lora.export import TARGETS
-from ..recipe import Recipe, read_png_recipe, recipe_from_json
+from ..markdown_text import md_text
+from ..recipe import read_recipe_file
 from ..service import LoraSpace
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
 from .lora_tools import energy_frame
-from .visitors import with_caller
+from .visitors import BrowserId, with_caller
 
 
 def build_blend_tools(
-    space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown], browser_id: gr.BrowserState
+    space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown], browser_id: BrowserId
 ) -> None:
     """Three accordions that reuse the Generate tab's prompt, slots and settings."""
     with gr.Accordion("Strength sweep: where does a LoRA start to break?", open=False):
@@ -100,17 +99,13 @@ def build_blend_tools(
     def on_load(path, *, visitor, token):
         if not path:
             return [gr.skip()] * (6 + len(controls.slots))
-        if Path(path).suffix.lower() == ".png":
-            recipe = Recipe.from_dict(read_png_recipe(path))
-        else:
-            recipe = recipe_from_json(Path(path).read_text(encoding="utf-8"))
-        recipe, notes = space.link_recipe(recipe, visitor=visitor)
+        recipe, notes = space.link_recipe(read_recipe_file(path), visitor=visitor)
         slot_updates: list = []
         for index in range(SLOTS):
             lora = recipe.loras[index] if index < len(recipe.loras) else None
             slot_updates += [lora.source or lora.name, lora.strength, True] if lora else [None, 0.8, True]
         fields = [recipe.prompt, recipe.negative_prompt, recipe.seed, recipe.steps, recipe.guidance]
-        return [*fields, *slot_updates, "\n".join(f"- {note}" for note in notes)]
+        return [*fields, *slot_updates, "\n".join(f"- {md_text(note)}" for note in notes)]
 
     def on_bake(prompt, rank, name, target, *slot_values, visitor, token, progress):
         result = space.bake(
@@ -125,8 +120,8 @@ def build_blend_tools(
         )
         report = result.to_dict()
         kept = "exact: the blend's own update" if result.report.exact else f"keeps {result.energy_kept:.2%} of the blend's energy"
-        parts = ", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"])
-        summary = f"**{result.lora_name}** joined your library (rank {result.rank}, {kept}) from {parts}."
+        parts = md_text(", ".join(f"{part['name']} {part['strength']:g}" for part in report["parts"]))
+        summary = f"**{md_text(result.lora_name)}** joined your library (rank {result.rank}, {kept}) from {parts}."
         items = space.list_loras(visitor)
         pickers_update = [gr.Dropdown(choices=[item["name"] for item in items]) for _ in all_pickers]
         text = "\n\n".join([summary, warnings_markdown(result.warnings)])
@@ -139,32 +134,32 @@ def build_blend_tools(
     option_inputs = controls.option_inputs
     sweep_button.click(
         with_caller(space.settings, on_sweep),
-        [browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
+        [*browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
         sweep_grid,
         api_visibility="private",
     )
     batch_button.click(
         with_caller(space.settings, on_batch),
-        [browser_id, prompts, *controls.slots, *option_inputs],
+        [*browser_id, prompts, *controls.slots, *option_inputs],
         [batch_gallery, batch_zip, batch_warnings],
         api_visibility="private",
     )
     save_button.click(on_save, last_metadata, saved, api_visibility="private")
     loaded.upload(
         with_caller(space.settings, on_load),
-        [browser_id, loaded],
+        [*browser_id, loaded],
         [controls.prompt, controls.negative, controls.seed, controls.steps, controls.guidance, *controls.slots, load_notes],
         api_visibility="private",
     )
     all_pickers = [*pickers, x_source, y_source]
     bake_button.click(
         with_caller(space.settings, on_bake),
-        [browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
+        [*browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
         [baked_file, bake_summary, bake_plot, controls.library_table, *all_pickers],
         api_visibility="private",
         show_progress_on=[baked_file, bake_summary],  # not on the pickers (see generate.py's library events)
     )
     for event in controls.library_events:  # the sweep's pickers follow the library, as the slots do
         event.then(
-            with_caller(space.settings, pickers_refreshed), browser_id, [x_source, y_source], api_visibility="private", show_progress="hidden"
+            with_caller(space.settings, pickers_refreshed), [*browser_id], [x_source, y_source], api_visibility="private", show_progress="hidden"
         )

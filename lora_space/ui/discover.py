@@ -10,7 +10,6 @@ request (`with_caller`), never a stored one.
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +17,12 @@ import gradio as gr
 
 from ..discover import Evaluation, LoraSummary, starter_list
 from ..hub_search import SORTS
+from ..markdown_text import md_text
 from ..service import LoraSpace
 from ..sources import resolve_source
 from .errors import api_errors
 from .generate import GenerateControls, fill_next_slot
-from .visitors import token_of, with_caller
+from .visitors import BrowserId, token_of, with_caller
 
 DEFAULT_STRENGTH = 0.8
 PAGE_SIZE = 12
@@ -34,7 +34,7 @@ STARTER_COLUMNS = ["category", "repo", "what it does"]
 class DiscoverHandles:
     """What other tabs connect to: the opened LoRA and the button that uses it."""
 
-    browser_id: gr.BrowserState
+    browser_id: BrowserId
     selected: gr.State  # {"source", "repo_id", "trigger_words"} of the opened LoRA, or None
     use_button: gr.Button
     use_status: gr.Markdown
@@ -65,22 +65,17 @@ def previews(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(item["preview_url"], item["repo_id"]) for item in results if item["preview_url"]]
 
 
-def plain(text: str) -> str:
-    """Hub text (untrusted) as Markdown that shows it literally: no links, images, HTML or emphasis."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", " ".join(str(text).split()))
-
-
 def verdict_markdown(evaluation: Evaluation) -> str:
     summary = evaluation.summary
     facts = [
-        f"### {plain(summary.repo_id)}",
-        f"by **{plain(summary.author)}** · updated {summary.last_modified[:10] or 'unknown'} · "
-        f"weight file {plain(summary.weight_file or 'none usable')}",
+        f"### {md_text(summary.repo_id)}",
+        f"by **{md_text(summary.author)}** · updated {md_text(summary.last_modified[:10] or 'unknown')} · "
+        f"weight file {md_text(summary.weight_file or 'none usable')}",
     ]
-    facts += [f"- {plain(line)}" for line in evaluation.verdict]
-    facts += [f"- ⚠️ {plain(note)}" for note in evaluation.notes]
+    facts += [f"- {md_text(line)}" for line in evaluation.verdict]
+    facts += [f"- ⚠️ {md_text(note)}" for note in evaluation.notes]
     if evaluation.example_prompts:
-        facts.append("Example prompts from the card: " + " · ".join(plain(prompt) for prompt in evaluation.example_prompts[:4]))
+        facts.append("Example prompts from the card: " + " · ".join(md_text(prompt) for prompt in evaluation.example_prompts[:4]))
     return "\n".join(facts)
 
 
@@ -90,7 +85,7 @@ def card_html(evaluation: Evaluation) -> str:
     return f'<div class="prose" style="max-height:600px;overflow:auto">{body}</div>'
 
 
-def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> DiscoverHandles:
+def build_discover_tab(space: LoraSpace, browser_id: BrowserId) -> DiscoverHandles:
     """Lay out the Discover tab inside the caller's `gr.Tab`; returns the handles Generate connects to."""
     settings = space.settings
     gr.Markdown(
@@ -168,7 +163,7 @@ def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> Discove
         return shown[event.index]["repo_id"] if 0 <= event.index < len(shown) else gr.skip()
 
     search_outputs = [results, status, gallery, table, starter_box]
-    search_inputs = [browser_id, query, sort, page]
+    search_inputs = [*browser_id, query, sort, page]
     open_outputs = [verdict, selected, use_button, images, card, report]
     searcher = with_caller(settings, on_search)
     opener = with_caller(settings, on_open)
@@ -176,14 +171,14 @@ def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> Discove
     query.submit(searcher, search_inputs, search_outputs, api_visibility="private")
     sort.input(searcher, search_inputs, search_outputs, api_visibility="private")
     page.submit(searcher, search_inputs, search_outputs, api_visibility="private")
-    open_button.click(opener, [browser_id, open_box], open_outputs, api_visibility="private")
-    open_box.submit(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+    open_button.click(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
+    open_box.submit(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
     for event in (
         table.select(pick_row, results, open_box, api_visibility="private"),
         gallery.select(pick_preview, results, open_box, api_visibility="private"),
         starter.select(pick_starter, None, open_box, api_visibility="private"),
     ):
-        event.then(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+        event.then(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
     return DiscoverHandles(browser_id, selected, use_button, use_status, space)
 
 
@@ -205,8 +200,8 @@ def use_in_generate(space: LoraSpace, chosen: dict[str, Any] | None, slot_values
     values = fill_next_slot(slot_values, chosen["source"], DEFAULT_STRENGTH)
     slot = next(index for index in range(0, len(values), 3) if values[index] == chosen["source"]) // 3 + 1
     words = list(dict.fromkeys(list(chosen.get("trigger_words") or []) + list(resolved.trigger_words)))
-    note = f"**{plain(chosen['source'])}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
-    note += f" Its trigger words {plain(', '.join(words))} go into the prompt." if words else ""
+    note = f"**{md_text(chosen['source'])}** is in LoRA slot {slot} at strength {DEFAULT_STRENGTH}."
+    note += f" Its trigger words {md_text(', '.join(words))} go into the prompt." if words else ""
     return values, note
 
 
@@ -228,7 +223,7 @@ def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateContro
     outputs = [handles.use_status, controls.prompt, *controls.slots] + ([tabs] if tabs is not None else [])
     handles.use_button.click(
         with_caller(space.settings, on_use),
-        [handles.browser_id, handles.selected, controls.prompt, *controls.slots],
+        [*handles.browser_id, handles.selected, controls.prompt, *controls.slots],
         outputs,
         api_visibility="private",
         show_progress_on=handles.use_status,  # the download's progress; never an overlay left on Generate's slots

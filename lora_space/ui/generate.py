@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ..markdown_text import md_text
 from ..service import LoraSpace, Options
-from .visitors import with_caller
+from .visitors import BrowserId, with_caller
 
 SLOTS = 6
 VISIBLE_SLOTS = 2  # the rest fold away until needed
@@ -103,7 +104,8 @@ def library_rows(items: list[dict]) -> list[list]:
 
 
 def warnings_markdown(warnings: list[str]) -> str:
-    return "\n".join(f"- ⚠️ {text}" for text in warnings)
+    """Warnings (they may quote names and words from files and the Hub) as a Markdown list, shown literally."""
+    return "\n".join(f"- ⚠️ {md_text(text)}" for text in warnings)
 
 
 def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
@@ -122,7 +124,7 @@ def lora_slot(index: int, names: list[str]) -> list[gr.components.Component]:
     return [source, strength, enabled]
 
 
-def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
+def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
     """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers.
 
     The pickers and the library table start with the shared library; once the page has its
@@ -207,12 +209,12 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
         words = [word.strip() for word in (trigger_words or "").split(",") if word.strip()]
         entry = space.add_lora(file_path, visitor=visitor, trigger_words=words)
         where = "the library" if visitor.is_local else "your library (only you see it)"
-        return [None, f"Added **{entry.name}** to {where}."] + library_updates(visitor)  # the upload box empties for the next
+        return [None, f"Added **{md_text(entry.name)}** to {where}."] + library_updates(visitor)  # the upload box empties for the next
 
     settings = space.settings
     run.click(
         with_caller(settings, on_generate),
-        [browser_id, prompt, *controls.option_inputs, *slots],
+        [*browser_id, prompt, *controls.option_inputs, *slots],
         [gallery, warnings, metadata],
         api_visibility="private",
     )
@@ -220,14 +222,14 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     # on the pickers (an overlay that two such events leave behind blocks the picker's clicks).
     controls.library_events += [
         refresh.click(
-            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+            with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
-        browser_id.change(
-            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+        browser_id.stored.change(
+            with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
         upload.upload(
             with_caller(settings, on_upload),
-            [browser_id, upload, upload_words],
+            [*browser_id, upload, upload_words],
             [upload, upload_status, table, *dropdowns],
             api_visibility="private",
             show_progress_on=[upload_status, table],

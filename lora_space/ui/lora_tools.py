@@ -1,8 +1,9 @@
 """The "LoRA tools" panel: inspect, convert, resize and compare LoRAs.
 
-`build_lora_tools(settings, browser_id)` lays the panel out inside the caller's `gr.Blocks`.
-The handlers are small module functions that call `lora_space.lora` for the calling visitor
-with their own Hub token (`with_caller`) and only format its results; `user_errors` turns
+`build_lora_tools(space, browser_id)` lays the panel out inside the caller's `gr.Blocks`.
+The handlers are small module functions that call the `LoraSpace` (one turn of the caller's
+per call, work bounded: `fairness`, `lora.tools`) or `lora.inspect` for the calling visitor
+with their own Hub token (`with_caller`) and only format the results; `user_errors` turns
 problems into messages.
 """
 
@@ -15,11 +16,13 @@ import pandas as pd
 
 from ..errors import LoraFileError
 from ..lora.inspect import inspect_source
-from ..lora.tools import compare_sources, convert_source, optimize_source
+from ..markdown_text import md_code, md_text
 from ..owners import LOCAL, Visitor
+from ..service import LoraSpace
 from ..settings import Settings
 from .errors import user_errors
-from .visitors import with_caller
+from .generate import warnings_markdown
+from .visitors import BrowserId, with_caller
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block
@@ -35,20 +38,19 @@ def summary_markdown(report: dict[str, Any]) -> str:
     alpha = "alpha unknown" if report["alpha"] is None else f"alpha {report['alpha']:g}"
     lines = [
         (
-            f"**{report['format']}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
-            f"{_megabytes(report['size_bytes'])} {report['dtype']}; made for **{report['base_model_guess']}**."
+            f"**{md_text(report['format'])}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
+            f"{_megabytes(report['size_bytes'])} {md_text(report['dtype'])}; made for **{md_text(report['base_model_guess'])}**."
         )
     ]
     if report["compatible"]:
-        lines.append(f"Fits `{report['base_model']}`: {report['coverage']:.0%} of its modules land on it.")
+        lines.append(f"Fits {md_code(report['base_model'])}: {report['coverage']:.0%} of its modules land on it.")
     else:
-        lines.append(f"**Does not fit `{report['base_model']}`.** {report['reason']}")
+        lines.append(f"**Does not fit {md_code(report['base_model'])}.** {md_text(report['reason'])}")
     if report["trigger_words"]:
-        lines.append("Trigger words: " + ", ".join(f"`{word}`" for word in report["trigger_words"]))
+        lines.append("Trigger words: " + ", ".join(md_code(word) for word in report["trigger_words"]))
     if report["training_info"]:
-        lines.append("Training: " + ", ".join(f"{key} {value}" for key, value in report["training_info"].items()))
-    lines += [f"- ⚠️ {warning}" for warning in report["warnings"]]
-    return "\n\n".join(lines)
+        lines.append("Training: " + md_text(", ".join(f"{key} {value}" for key, value in report["training_info"].items())))
+    return "\n\n".join(lines + [warnings_markdown(report["warnings"])])
 
 
 def energy_frame(modules: list[dict[str, Any]]) -> pd.DataFrame:
@@ -86,24 +88,24 @@ def parse_sources(text: str) -> tuple[list[str], list[float]]:
 def inspect_handler(
     settings: Settings, source: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """Inspect a LoRA from its header: a short summary and the full report."""
+    """Inspect a LoRA from its header (a few ranged reads, no math): a short summary and the full report."""
     report = inspect_source(source, settings=settings, token=token, visitor=visitor).to_dict()
     return summary_markdown(report), report
 
 
 @user_errors
 def convert_handler(
-    settings: Settings, source: str, target: str, *, visitor: Visitor = LOCAL, token: str | None = None
+    space: LoraSpace, source: str, target: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, str]:
     """Convert a LoRA to the diffusers, kohya (A1111/Forge) or ComfyUI layout."""
-    result = convert_source(source, target, settings=settings, token=token, visitor=visitor)
-    note = f"Converted {result.num_modules} modules from **{result.source_format}** to **{result.target}**."
-    return str(result.file), "\n\n".join([note] + [f"- ⚠️ {warning}" for warning in result.warnings])
+    result = space.convert(source, target, token=token, visitor=visitor)
+    note = f"Converted {result.num_modules} modules from **{md_text(result.source_format)}** to **{md_text(result.target)}**."
+    return str(result.file), "\n\n".join([note, warnings_markdown(result.warnings)])
 
 
 @user_errors
 def resize_handler(
-    settings: Settings,
+    space: LoraSpace,
     source: str,
     rank: float | None,
     energy: float,
@@ -117,9 +119,8 @@ def resize_handler(
     """Resize (rank cap and/or target energy), change dtype, prune; plot the energy kept."""
     if rank is not None and rank != int(rank):
         raise LoraFileError(f"rank={rank} is not a whole number; use e.g. 16, or 0 for no cap.")
-    path, report = optimize_source(
+    path, report = space.resize(
         source,
-        settings=settings,
         token=token,
         visitor=visitor,
         rank=int(rank) if rank else None,
@@ -133,39 +134,38 @@ def resize_handler(
         f"Kept **{report.energy_kept:.1%}** of the update's energy; {_megabytes(report.bytes_before)} -> "
         f"{_megabytes(report.bytes_after)} of weights; {len(report.pruned)} modules pruned."
     )
-    summary = "\n\n".join([summary] + [f"- ⚠️ {warning}" for warning in report.warnings])
+    summary = "\n\n".join([summary, warnings_markdown(report.warnings)])
     return str(path), summary, energy_frame(data["modules"]), data
 
 
 @user_errors
 def compare_handler(
-    settings: Settings, text: str, *, visitor: Visitor = LOCAL, token: str | None = None
+    space: LoraSpace, text: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Compare 2+ LoRAs: a table per block and the pairs that fight or overshoot."""
     sources, strengths = parse_sources(text)
-    report = compare_sources(sources, settings=settings, token=token, visitor=visitor, strengths=strengths)
+    report = space.compare(sources, strengths, token=token, visitor=visitor)
     rows = [
         [row.block, row.lora_a, row.lora_b, row.shared_modules, round(row.cosine, 3),
          None if row.norm_ratio is None else round(row.norm_ratio, 3)]
         for row in report.blocks
     ]
     lines = [
-        f"**{pair.lora_a}** / **{pair.lora_b}**: {pair.verdict}, {pair.shared_modules} shared modules "
+        f"**{md_text(pair.lora_a)}** / **{md_text(pair.lora_b)}**: {md_text(pair.verdict)}, {pair.shared_modules} shared modules "
         f"({pair.overlap:.0%} overlap), cosine {pair.cosine:.2f}"
         for pair in report.pairs
     ]
-    lines += [f"- ⚠️ {warning}" for warning in report.warnings]
-    return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join(lines)
+    return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join([*lines, warnings_markdown(report.warnings)])
 
 
-def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:
+def build_lora_tools(space: LoraSpace, browser_id: BrowserId) -> None:
     """Lay out the "LoRA tools" accordion inside the caller's `gr.Blocks` context."""
     with gr.Accordion("LoRA tools: inspect, convert, resize, compare", open=False):
         with gr.Tab("Inspect"):
             gr.Markdown("Read a LoRA's header (a Hub file is not downloaded): layout, rank, alpha, base model, fit.")
-            inspect_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT)
-            inspect_button = gr.Button("Inspect")
-            inspect_summary = gr.Markdown()
+            inspect_source_box = gr.Textbox(label="LoRA", placeholder=SOURCE_HINT, elem_id="tools-inspect-source")
+            inspect_button = gr.Button("Inspect", elem_id="tools-inspect")
+            inspect_summary = gr.Markdown(elem_id="tools-inspect-summary")
             inspect_report = gr.JSON(label="Report")
         with gr.Tab("Convert"):
             gr.Markdown("Write a LoRA for diffusers, kohya (A1111/Forge) or ComfyUI; every weight is kept bit for bit.")
@@ -195,22 +195,22 @@ def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:
             compare_button = gr.Button("Compare")
             compare_notes = gr.Markdown()
             compare_table = gr.Dataframe(headers=BLOCK_COLUMNS, label="Per block", interactive=False)
-    def handler(function):
-        return with_caller(settings, lambda *values, visitor, token: function(settings, *values, visitor=visitor, token=token))
+    def handler(function, first: LoraSpace | Settings = space):
+        return with_caller(space.settings, lambda *values, visitor, token: function(first, *values, visitor=visitor, token=token))
 
     inspect_button.click(
-        handler(inspect_handler), [browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
+        handler(inspect_handler, space.settings), [*browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
     )
     convert_button.click(
-        handler(convert_handler), [browser_id, convert_source_box, convert_target], [convert_file, convert_notes],
+        handler(convert_handler), [*browser_id, convert_source_box, convert_target], [convert_file, convert_notes],
         api_visibility="private",
     )
     resize_button.click(
         handler(resize_handler),
-        [browser_id, resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
+        [*browser_id, resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
         [resize_file, resize_summary, resize_plot, resize_report],
         api_visibility="private",
     )
     compare_button.click(
-        handler(compare_handler), [browser_id, compare_box], [compare_table, compare_notes], api_visibility="private"
+        handler(compare_handler), [*browser_id, compare_box], [compare_table, compare_notes], api_visibility="private"
     )

@@ -19,7 +19,7 @@ from ..publish.card import FRONT_MATTER
 from ..publish.publish import PublishRequest, preview_card, publish, user_token
 from ..service import LoraSpace
 from .errors import api_errors
-from .visitors import token_of, visitor_of, with_caller
+from .visitors import BrowserId, token_of, visitor_of, with_caller
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "
@@ -72,7 +72,8 @@ def register_publish_endpoints(space: LoraSpace) -> None:
             description: what the LoRA does, for the card.
             card: your own README.md (YAML block + body) instead of the rendered card.
         Returns:
-            {"url": the repo's page, "commit": the commit id, "files": the files published}
+            {"url": the repo's page, "commit": the commit id, "files": the files published, "notes": what to know
+            (e.g. that a LoRA of the tiny test model is published as a test artefact naming no base model)}
         """
         settings = space.settings
         token = user_token(
@@ -103,7 +104,7 @@ def _own_names(space: LoraSpace, visitor) -> list[str]:
     return [entry.name for entry in scan_library(visitor_lora_dir(space.settings, visitor)) if entry.problem is None]
 
 
-def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropdown:
+def build_publish_tab(space: LoraSpace, browser_id: BrowserId) -> gr.Dropdown:
     """The Publish tab (call inside a `gr.Tab`); returns its LoRA field, which other tabs fill."""
     settings = space.settings
     gr.Markdown(INTRO)
@@ -175,21 +176,22 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropd
         request = build(*request_values, private=is_private, overwrite=may_overwrite, card=card_text or "")
         result = publish(space, request, token=user, visitor=visitor, progress=progress)
         files = ", ".join(f"`{name}`" for name in result.files)
-        return f"Published: [{result.url}]({result.url}) (commit `{result.commit[:12]}`): {files}"
+        notes = "".join(f"\n\n{note}" for note in result.notes)
+        return f"Published: [{result.url}]({result.url}) (commit `{result.commit[:12]}`): {files}{notes}"
 
     def on_refresh(*, visitor, token):
         return gr.update(choices=_own_names(space, visitor))
 
-    render.click(with_caller(settings, on_render), [browser_id, *fields], [card, card_view], api_visibility="private")
+    render.click(with_caller(settings, on_render), [*browser_id, *fields], [card, card_view], api_visibility="private")
     send.click(
         with_caller(settings, on_publish),
-        [browser_id, *fields, private, overwrite, card, rights, token],
+        [*browser_id, *fields, private, overwrite, card, rights, token],
         status,
         api_visibility="private",
     )
     card.input(_body, card, card_view, api_visibility="private")
-    refresh.click(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
-    browser_id.change(with_caller(settings, on_refresh), browser_id, source, api_visibility="private", show_progress="hidden")
+    refresh.click(with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private")
+    browser_id.stored.change(with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private", show_progress="hidden")
     return source
 
 
