@@ -76,6 +76,7 @@ def generation_report(threads: int) -> None:
     from lora_space.tiny_draw import build_drawing_pipeline
 
     pipe = build_drawing_pipeline()
+    pipe.set_progress_bar_config(disable=True)
     steps = TINY_STEPS[TINY]
     print(f"2. Generation: one 64x64 image at {steps} steps (the default in tiny mode)")
     for count in sorted({1, threads}):

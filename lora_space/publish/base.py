@@ -24,8 +24,8 @@ from typing import Any
 
 from ..errors import PublishError
 from ..lora.formats import LoraSet
-from ..lora.shapes import BaseShapes, current_base, known_base, lora_hidden_size, misfits, tiny_shapes
-from ..settings import TINY, Settings
+from ..lora.shapes import BaseShapes, current_base, drawing_shapes, known_base, lora_hidden_size, misfits, tiny_shapes
+from ..settings import TINY, TINY_RANDOM, Settings
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def made_for(name: str, lora: LoraSet, settings: Settings) -> MadeFor:
     """The base the card of `lora` names, after checking every module's shape against it.
 
     Raises:
-        PublishError: the LoRA fits neither the app's Hub base nor the tiny test model.
+        PublishError: the LoRA fits neither the app's Hub base nor a tiny test model.
     """
     hub_id = settings.hub_base_model
     base = _shapes(hub_id, settings)
@@ -59,8 +59,9 @@ def made_for(name: str, lora: LoraSet, settings: Settings) -> MadeFor:
     wrong = misfits(lora, base)
     if not wrong:
         return MadeFor(hub_id, hub_id, width)
-    if not misfits(lora, tiny_shapes()):
-        return MadeFor("", TINY, width)
+    for label, test_base in ((TINY, drawing_shapes()), (TINY_RANDOM, tiny_shapes())):
+        if not misfits(lora, test_base):
+            return MadeFor("", label, width)
     raise PublishError(_does_not_fit(name, lora, base, hub_id, wrong))
 
 

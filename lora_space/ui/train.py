@@ -47,8 +47,9 @@ JOB_COLUMNS = ["job", "state", "progress", "LoRA"]
 TINY_TRAIN_NOTE = (
     "\n\n**In tiny mode**, try `examples/flat_shapes.zip`: twelve shapes drawn with a thick black outline, which the "
     "tiny model never draws. With the zip's own settings (200 steps) it takes about two or three minutes on a CPU; the "
-    "samples show the same prompt and seed without the LoRA (strength 0: flat shapes) and with it (strength 1: the "
-    "shapes get black outlines). Then *Try in Generate* and ask for *a red circle on a blue background*."
+    "samples show the same prompt and seed without the LoRA (strength 0: a flat shape on its background) and with it "
+    "(strength 1: black patches at and in the shape, the outline as this small model learns it, often in colours of the "
+    "training pictures). Then *Try in Generate*, ask for *a red circle on a blue background* and switch the slot off and on."
 )
 LOSS_COLOURS = {"train": "#2563eb", "validation": "#ea580c"}
 
