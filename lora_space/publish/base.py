@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import PublishError
 from ..lora.formats import LoraSet
 from ..lora.shapes import BaseShapes, current_base, drawing_shapes, known_base, lora_hidden_size, misfits, tiny_shapes
-from ..settings import TINY, TINY_RANDOM, Settings
+from ..settings import TINY, Settings
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,8 @@ def made_for(name: str, lora: LoraSet, settings: Settings) -> MadeFor:
     wrong = misfits(lora, base)
     if not wrong:
         return MadeFor(hub_id, hub_id, width)
-    for label, test_base in ((TINY, drawing_shapes()), (TINY_RANDOM, tiny_shapes())):
-        if not misfits(lora, test_base):
-            return MadeFor("", label, width)
+    if not misfits(lora, drawing_shapes()) or not misfits(lora, tiny_shapes()):  # either tiny model (tiny mode)
+        return MadeFor("", TINY, width)
     raise PublishError(_does_not_fit(name, lora, base, hub_id, wrong))
 
 
