@@ -29,10 +29,10 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lora_space.core.tiny import build_tiny_pipeline
 from lora_space.generate.compiled import CompileOptions
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
+from lora_space.tiny.model import build_tiny_pipeline
 
 WIDE = dict(num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=8, axes_dims_rope=(8, 28, 28))
 DOUBLE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")

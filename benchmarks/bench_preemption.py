@@ -43,8 +43,8 @@ def measure(name: str, steps: int, every: int, rounds: int, root: Path) -> dict:
     from benchmarks.bench_train import RUN as WIDE_RUN
     from benchmarks.bench_train import WIDE
     from benchmarks.preemption import preemption_parts
-    from lora_space.core.tiny import build_tiny_pipeline
     from lora_space.generate.engine import Engine
+    from lora_space.tiny.model import build_tiny_pipeline
     from lora_space.train.checkpoint import JobFiles
     from lora_space.train.prepare import prepare_job
     from lora_space.train.trainer import run_chunk

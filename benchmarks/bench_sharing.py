@@ -31,9 +31,9 @@ HEAVY = dict(validation_split=0.5, sample_every=1, max_train_steps=10, validatio
 
 def make_space(root: Path):
     from lora_space.core.settings import Settings
-    from lora_space.core.tiny import build_tiny_pipeline
     from lora_space.generate.engine import Engine
     from lora_space.service import LoraSpace
+    from lora_space.tiny.model import build_tiny_pipeline
 
     env = {"LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(root / "loras"), "LORA_SPACE_DATA_DIR": str(root / "data"), "HF_HUB_OFFLINE": "1"}
     return LoraSpace(Settings.from_env(env), Engine(build_tiny_pipeline()))

@@ -100,7 +100,7 @@ def main() -> None:
         print(json.dumps(child(Path(model), Path(zip_path), variant, int(steps))))
         return
 
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
     from tests.train_factory import colour_zip
 
     with tempfile.TemporaryDirectory() as folder:

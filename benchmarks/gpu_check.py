@@ -81,7 +81,7 @@ def build_pipeline(size: Size, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, FluxPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
 
     tiny = build_tiny_pipeline()
     transformer = gpu_train.random_transformer(size.train.transformer, device, dtype)

@@ -33,13 +33,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_app(root: Path, **env: str) -> Iterator[str]:
-    """Run the app in tiny mode with its library and data under `root`; yields its URL.
+    """Run the app in tiny-random mode (`LORA_SPACE_BASE_MODEL=tiny` in `env` for the drawing
+    model) with its library and data under `root`; yields its URL.
 
     Fails if it does not answer within START_SECONDS.
     """
     port = free_port()
     environment = os.environ | {
-        "LORA_SPACE_BASE_MODEL": "tiny",
+        "LORA_SPACE_BASE_MODEL": "tiny-random",
         "LORA_SPACE_DATA_DIR": str(root / "data"),
         "LORA_SPACE_LORA_DIR": str(root / "loras"),
         "GRADIO_SERVER_PORT": str(port),

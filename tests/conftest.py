@@ -14,19 +14,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    """The tiny FLUX pipeline, shared by the tests that only read it."""
-    from lora_space.core.tiny import build_tiny_pipeline
+    """The random tiny FLUX pipeline (`tiny-random`), shared by the tests that only read it."""
+    from lora_space.tiny.model import build_tiny_pipeline
 
     return build_tiny_pipeline()
 
 
 @pytest.fixture
 def settings(tmp_path: Path):
-    """Settings in tiny mode with the library and data in a temp folder."""
+    """Settings in tiny-random mode (the engines of tests are `build_tiny_pipeline()`) with the
+    library and data in a temp folder."""
     from lora_space.core.settings import Settings
 
     env = {
-        "LORA_SPACE_BASE_MODEL": "tiny",
+        "LORA_SPACE_BASE_MODEL": "tiny-random",
         "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
         "LORA_SPACE_DATA_DIR": str(tmp_path / "data"),
         "HF_HUB_OFFLINE": "1",

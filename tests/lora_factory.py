@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v")
 

@@ -10,7 +10,7 @@ import torch
 
 from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
-from lora_space.core.tiny import save_tiny
+from lora_space.tiny.__main__ import save_tiny
 
 
 @pytest.fixture

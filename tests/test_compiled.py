@@ -18,7 +18,7 @@ import torch._dynamo
 from safetensors.torch import save_file
 
 from lora_space.generate.compiled import CompileOptions
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.train.trainer import run_chunk

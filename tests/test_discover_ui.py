@@ -9,7 +9,7 @@ import pytest
 
 from lora_space.core.errors import LimitError
 from lora_space.core.settings import Settings
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
 from lora_space.ui.app import build_demo

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_space.core.errors import LoraFileError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from tests.lora_factory import write_lora

@@ -85,7 +85,7 @@ from pathlib import Path
 import tempfile
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.config import TrainConfig
 from tests.lora_factory import write_lora
 lora = write_lora(Path(tempfile.mkdtemp()) / "a.safetensors", 0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lora_space.core.errors import TrainConfigError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.__main__ import base_quantization, load_pipeline
 from lora_space.train.config import TrainConfig
 from lora_space.train.steps import attach_adapter, flow_matching_loss, make_optimizer

@@ -23,7 +23,7 @@ from lora_space.visitors import disk
 from lora_space.visitors import cleanup
 from lora_space.core.errors import LimitError
 from lora_space.core.settings import Settings
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from lora_space.visitors import cleanup
 from lora_space.core.errors import LimitError, LoraFileError
 from lora_space.core.settings import Settings, Storage
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.library.tools import optimize_source

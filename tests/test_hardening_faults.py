@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from lora_space.hub import http as hub_http
 from lora_space.core.errors import HubError, UnsafeFileError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.service import LoraSpace

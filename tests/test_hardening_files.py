@@ -84,7 +84,7 @@ def test_deeply_nested_metadata_is_a_problem_entry_not_a_broken_listing(settings
     assert entries["fine"]["problem"] is None and entries["fine"]["format"] == "diffusers"
     assert entries["deep"]["trigger_words"] == [] or entries["deep"]["problem"]
     # and the app's start (build_demo lists the library) does not fail either
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
     from lora_space.generate.engine import Engine
     from lora_space.service import LoraSpace
     from lora_space.ui.app import build_demo

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from lora_space.core.errors import LoraFileError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor

@@ -15,7 +15,7 @@ from PIL import Image
 
 from lora_space.library import store as library
 from lora_space.core.errors import HubError, LoraFileError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.library.inspect import inspect_source

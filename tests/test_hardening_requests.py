@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from lora_space.core.errors import HubError, LimitError, LoraFileError, PromptError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.library.inspect import inspect_source

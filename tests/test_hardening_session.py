@@ -27,7 +27,7 @@ from PIL import Image
 
 from lora_space.visitors import cleanup
 from lora_space.core.settings import Settings
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import Visitor, is_browser_id
 from lora_space.service import LoraSpace

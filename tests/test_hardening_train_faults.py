@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.lora import export
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace

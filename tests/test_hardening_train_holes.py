@@ -13,7 +13,7 @@ import pytest
 from lora_space.visitors import cleanup
 from lora_space.core.errors import LoraFileError, TrainConfigError
 from lora_space.core.settings import Settings, Storage
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.discover.finder import Discover
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from lora_space.core.errors import DatasetError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace

@@ -28,7 +28,7 @@ def shapes() -> dict[str, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def pipe():
     """A pipeline of this module's own: the tests load and delete adapters on it."""
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
 
     pipeline = build_tiny_pipeline()
     pipeline.set_progress_bar_config(disable=True)
@@ -203,7 +203,7 @@ def dev_width_pipe():
     """
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
 
     tiny = build_tiny_pipeline()
     config = {key: tiny.transformer.config[key] for key in ("in_channels", "joint_attention_dim", "pooled_projection_dim")}

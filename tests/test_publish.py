@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from lora_space.core.errors import HubError, PublishError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.publish.card import parse_card

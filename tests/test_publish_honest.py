@@ -14,13 +14,13 @@ from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
 from lora_space.core.errors import PublishError
-from lora_space.core.tiny import save_tiny
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import known_base, tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.visitors.owners import LOCAL
 from lora_space.publish.publish import PublishRequest, preview_card, publish
+from lora_space.tiny.__main__ import save_tiny
+from lora_space.visitors.owners import LOCAL
 from tests.test_publish import TOKEN, hub, space  # noqa: F401  (the stand-in with alice; `ink`, a tiny-mode LoRA)
 
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lora_space.core.errors import HubError, LoraFileError, PromptError, UnsafeFileError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.recipe import read_png_recipe, recipe_from_json
 from lora_space.service import LoraSpace, Options

@@ -14,7 +14,8 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
 from lora_space.core.settings import Settings
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
+from lora_space.tiny.draw import build_drawing_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,14 +45,15 @@ def test_two_builds_have_the_same_weights():
         assert torch.equal(tensor, second.transformer.state_dict()[name]), name
 
 
-def test_cli_writes_a_folder_that_loads_the_same_model(tmp_path, tiny_pipe):
+def test_cli_writes_a_folder_that_loads_the_same_drawing_model(tmp_path):
     folder = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "lora_space.core.tiny", str(folder)], cwd=REPO, check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "lora_space.tiny", str(folder)], cwd=REPO, check=True, timeout=120)
     settings = Settings.from_env(
         {"LORA_SPACE_BASE_MODEL": str(folder), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"), "LORA_SPACE_LORA_DIR": str(tmp_path / "l")}
     )
-    loaded = load_base_pipeline(settings)
-    np.testing.assert_allclose(run(loaded), run(tiny_pipe), atol=1e-5)
+    loaded = load_base_pipeline(settings)  # the word-level tokenizers and the weights, through save_pretrained
+    assert loaded.tokenizer_2.convert_ids_to_tokens(loaded.tokenizer_2("a red circle").input_ids) == ["\u2581a", "\u2581red", "\u2581circle", "</s>"]
+    np.testing.assert_allclose(run(loaded), run(build_drawing_pipeline()), atol=1e-5)
 
 
 def test_a_folder_that_is_not_flux_is_refused(tmp_path):

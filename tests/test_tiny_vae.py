@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lora_space.core.tiny import LATENT_FROM_RGB
+from lora_space.tiny.model import LATENT_FROM_RGB
 
 
 def test_encode_is_the_colour_map_and_decode_inverts_it(tiny_pipe):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from lora_space.core.errors import DatasetError, JobError, TrainConfigError
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.lora.safefile import load_lora_file
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
@@ -132,18 +132,18 @@ def test_bad_input_is_refused_at_the_call_and_leaves_no_job(space, red_zip, tmp_
 
 def test_the_example_zip_trains_with_its_own_config_into_a_lora_that_changes_the_image(space):
     example = Path(__file__).resolve().parents[1] / "examples" / "flat_shapes.zip"
-    status = space.jobs.start(example, {}, visitor=ALICE)  # the zip's config.json: 20 steps at 64 px, AdamW8bit
-    assert status.config["max_train_steps"] == 20 and status.config["optimizer_type"] == "AdamW"  # no bitsandbytes here
+    status = space.jobs.start(example, {}, visitor=ALICE)  # the zip's config.json: 200 steps at 64 px, AdamW8bit
+    assert status.config["max_train_steps"] == 200 and status.config["optimizer_type"] == "AdamW"  # no bitsandbytes here
     assert any("AdamW8bit" in warning for warning in status.warnings)
-    done = wait(space, status.job_id, lambda job: job.state in ("done", "failed"))
+    done = wait(space, status.job_id, lambda job: job.state in ("done", "failed"), timeout=180)
     assert done.state == "done", done.error
     losses = [value for _, value in done.loss]
-    assert np.isfinite(losses).all() and len(losses) == 20
+    assert np.isfinite(losses).all() and len(losses) == 200
     # The per-step loss is noisy (a random timestep each step); the validation loss uses the same
-    # noise every time, and it is lower at the end (the example's 20 steps at lr 0.001 move it a little).
-    assert [step for step, _ in done.val_loss] == [10, 20] and done.val_loss[1][1] < done.val_loss[0][1]
-    assert len(done.samples) == 4  # strength 0 and 1 at steps 10 and 20
+    # noise every time, and it is lower at the end.
+    assert [step for step, _ in done.val_loss] == [100, 200] and done.val_loss[1][1] < done.val_loss[0][1]
+    assert len(done.samples) == 4  # strength 0 and 1 at steps 100 and 200
     base = pixels(space.generate("flatshape_style, a circle", [], TINY, visitor=ALICE))
     styled = pixels(space.generate("a circle", [{"source": done.lora_name, "strength": 1.0}], TINY, visitor=ALICE))
-    # The example's settings make a gentle LoRA: the image changes, by a few levels here and there.
+    # On this random tiny model the image changes (on the drawing one the shapes get outlines: test_tiny_draw.py).
     assert not np.array_equal(styled, base) and np.abs(styled - base).max() >= 3

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file, read_local_header

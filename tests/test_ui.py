@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
 from lora_space.ui.app import build_demo, header_markdown

@@ -63,9 +63,9 @@ def test_upload_shows_the_report_captions_and_the_zips_settings(page):
     assert "course (images/ + captions/)" in report.inner_text()
     assert "AdamW8bit" in report.inner_text()  # the fallback to AdamW is said, not hidden
     page.locator("#train-thumbs img").first.wait_for(timeout=10_000)
-    assert page.locator("#train-captions").get_by_text("flatshape_style, a flat red circle").count() >= 1
+    assert page.locator("#train-captions").get_by_text("flatshape_style, a white circle on a blue background").count() >= 1
     assert page.locator("#train-trigger textarea, #train-trigger input").first.input_value() == "flatshape_style"
-    assert page.locator("#train-max-train-steps input").first.input_value() == "20"  # from the zip's config.json
+    assert page.locator("#train-max-train-steps input").first.input_value() == "200"  # from the zip's config.json
 
 
 def test_a_short_run_updates_the_loss_plot_and_finishes(page):

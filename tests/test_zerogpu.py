@@ -108,7 +108,7 @@ def test_a_chunk_refused_a_gpu_pauses_the_job_and_resume_ends_as_an_uninterrupte
     import torch
 
     from lora_space.core.errors import GpuUnavailableError
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.tiny.model import build_tiny_pipeline
     from lora_space.lora.safefile import load_lora_file
     from lora_space.train import chunk
     from lora_space.train.trainer import run_chunk

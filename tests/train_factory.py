@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_space.core.tiny import build_tiny_pipeline
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from lora_space.core.errors import SettingsError
 
-TINY = "tiny"
+TINY = "tiny"  # the drawing tiny model (lora_space/tiny/draw.py): pre-trained weights shipped in the repo
+TINY_RANDOM = "tiny-random"  # the random tiny model (lora_space/tiny/model.py): no weights, for tests that need only *a* FLUX
+TINY_MODELS = (TINY, TINY_RANDOM)
+FLUX_STEPS = 28  # the Generate tab's default steps for FLUX.1-dev
+TINY_STEPS = {TINY: 8, TINY_RANDOM: 2}  # ... and for the tiny models: the drawing one's shapes are sharp at 8
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 SPACE_DATA_ROOT = Path("/data")
 
@@ -173,7 +177,8 @@ class Settings:
     """Everything the app reads from its environment.
 
     Args:
-        base_model: a Hub id, a local diffusers folder, or `tiny`.
+        base_model: a Hub id, a local diffusers folder, `tiny` (the drawing tiny model) or
+            `tiny-random` (the random one, for tests).
         lora_dir: the local LoRA library (the course's `models/loras/`).
         data_dir: datasets, jobs, checkpoints and outputs.
         hf_endpoint: the Hub to talk to (`HF_ENDPOINT`); every Hub call uses it.
@@ -215,7 +220,13 @@ class Settings:
 
     @property
     def is_tiny(self) -> bool:
-        return self.base_model == TINY
+        """Either tiny model: offline, on a CPU, standing in for FLUX.1-dev."""
+        return self.base_model in TINY_MODELS
+
+    @property
+    def default_steps(self) -> int:
+        """The Generate tab's default number of steps for this base model."""
+        return TINY_STEPS.get(self.base_model, FLUX_STEPS)
 
     @property
     def base_model_label(self) -> str:
@@ -294,7 +305,7 @@ class Settings:
         """Refuse settings the app cannot start with, in one line each."""
         if not self.is_tiny and not Path(self.base_model).is_dir() and not _looks_like_hub_id(self.base_model):
             raise SettingsError(
-                f"LORA_SPACE_BASE_MODEL={self.base_model!r} is neither 'tiny', an existing local folder, "
+                f"LORA_SPACE_BASE_MODEL={self.base_model!r} is neither 'tiny' (or 'tiny-random'), an existing local folder, "
                 "nor a Hub id like 'black-forest-labs/FLUX.1-dev'; fix the path or the id."
             )
         _check_writable("LORA_SPACE_DATA_DIR", self.data_dir)

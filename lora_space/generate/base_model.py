@@ -1,4 +1,4 @@
-"""Load the base pipeline: a Hub id, a local diffusers folder, or `tiny`.
+"""Load the base pipeline: a Hub id, a local diffusers folder, `tiny` or `tiny-random`.
 
 `load_base_pipeline` is the one function that does it. It fails with a `BaseModelError`
 that says what to do (gated repo, no token, no network, not a FLUX pipeline).
@@ -15,7 +15,7 @@ import torch
 from diffusers import FluxPipeline
 
 from lora_space.core.errors import BaseModelError
-from lora_space.core.settings import TINY, Settings
+from lora_space.core.settings import TINY, TINY_RANDOM, Settings
 from lora_space.hub.client import HubClient
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ def load_base_pipeline(settings: Settings, *, token: str | None = None, device: 
     """Load the base model named by `settings.base_model` onto `device`.
 
     Args:
-        settings: `base_model` is a Hub id, a local diffusers folder, or `tiny`.
+        settings: `base_model` is a Hub id, a local diffusers folder, `tiny` (the drawing tiny
+            model, its weights from the repo) or `tiny-random` (random weights, built in memory).
         token: a Hub token for gated or private repos (never logged).
         device: defaults to `pick_device()`.
 
@@ -99,9 +100,13 @@ def load_base_pipeline(settings: Settings, *, token: str | None = None, device: 
         BaseModelError: gated repo, no token, no network, or not a FLUX pipeline.
     """
     device = device or pick_device()
-    # 1. Tiny: built in memory from configs.
+    # 1. The tiny models: built in memory from configs (the drawing one with its shipped weights).
     if settings.base_model == TINY:
-        from lora_space.core.tiny import build_tiny_pipeline
+        from lora_space.tiny.draw import build_drawing_pipeline
+
+        return build_drawing_pipeline(dtype=device.dtype).to(device.name)
+    if settings.base_model == TINY_RANDOM:
+        from lora_space.tiny.model import build_tiny_pipeline
 
         return build_tiny_pipeline(dtype=device.dtype).to(device.name)
     # 2. A local folder or a Hub repo, downloaded with progress bars in the log.

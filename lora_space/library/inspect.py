@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from lora_space.core.errors import HubError, LoraFileError, LoraSpaceError
-from lora_space.core.settings import Settings
+from lora_space.core.settings import TINY, Settings
 from lora_space.hub.cards import trigger_words_from_card
 from lora_space.hub.client import HubClient
 from lora_space.library import sources
@@ -26,6 +26,7 @@ from lora_space.lora.safefile import (
 from lora_space.lora.shapes import (
     BASES,
     BaseShapes,
+    drawing_shapes,
     folder_configs,
     known_base,
     shapes_from_configs,
@@ -45,7 +46,7 @@ def current_base(settings: Settings, *, token: str | None = None) -> BaseShapes:
     can be read, FLUX.1-dev stands in and `note` says so.
     """
     if settings.is_tiny:
-        return tiny_shapes()
+        return drawing_shapes() if settings.base_model == TINY else tiny_shapes()
     known = known_base(settings.base_model)
     if known is not None:
         return known

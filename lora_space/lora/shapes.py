@@ -2,7 +2,7 @@
 
 A base model's module shapes come from its configs alone: the transformer (and CLIP text
 encoder) are built on PyTorch's meta device, which allocates nothing. Known bases are in
-`base_models.json`; `tiny` uses the configs in `lora_space.core.tiny`.
+`base_models.json`; `tiny` uses the configs in `lora_space.tiny.model`.
 
 Coverage is the share of a LoRA's modules that land on a base module of the same shape:
 the LoRA's update for a Linear(in, out) is B @ A with A (rank, in) and B (out, rank).
@@ -21,6 +21,12 @@ from pathlib import Path
 import torch
 
 from lora_space.core.errors import LoraFileError
+from lora_space.core.tiny_configs import (
+    DRAWING_CLIP,
+    DRAWING_TRANSFORMER,
+    RANDOM_CLIP,
+    RANDOM_TRANSFORMER,
+)
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.keymap import module_kind
 
@@ -82,16 +88,19 @@ def shapes_from_configs(name: str, transformer: dict, text_encoder: dict | None 
 
 
 def tiny_shapes() -> BaseShapes:
-    """The offline tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
-    from lora_space.core.tiny import CLIP_CONFIG, TRANSFORMER_CONFIG
+    """The offline random tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny-random`), for which tests build LoRAs."""
+    return shapes_from_configs("tiny-random (LoRA Space's test model)", dict(RANDOM_TRANSFORMER), dict(RANDOM_CLIP))
 
-    return shapes_from_configs("tiny (LoRA Space's test model)", dict(TRANSFORMER_CONFIG), dict(CLIP_CONFIG))
+
+def drawing_shapes() -> BaseShapes:
+    """The offline drawing tiny FLUX model (`LORA_SPACE_BASE_MODEL=tiny`)."""
+    return shapes_from_configs("tiny (LoRA Space's drawing model)", dict(DRAWING_TRANSFORMER), dict(DRAWING_CLIP))
 
 
 def known_bases() -> list[BaseShapes]:
-    """Every FLUX base LoRA Space can recognise: FLUX.1-dev, FLUX.1-schnell, tiny."""
+    """Every FLUX base LoRA Space can recognise: FLUX.1-dev, FLUX.1-schnell, the two tiny models."""
     flux = [shapes_from_configs(entry["name"], entry["transformer"], entry["text_encoder"]) for entry in BASES["flux"]]
-    return flux + [tiny_shapes()]
+    return flux + [drawing_shapes(), tiny_shapes()]
 
 
 def known_base(hub_id: str) -> BaseShapes | None:

@@ -28,6 +28,7 @@ from lora_space.library.inspect import current_base
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import (
     BaseShapes,
+    drawing_shapes,
     known_base,
     lora_hidden_size,
     misfits,
@@ -58,7 +59,7 @@ def made_for(name: str, lora: LoraSet, settings: Settings) -> MadeFor:
     """The base the card of `lora` names, after checking every module's shape against it.
 
     Raises:
-        PublishError: the LoRA fits neither the app's Hub base nor the tiny test model.
+        PublishError: the LoRA fits neither the app's Hub base nor a tiny test model.
     """
     hub_id = settings.hub_base_model
     base = _shapes(hub_id, settings)
@@ -66,7 +67,7 @@ def made_for(name: str, lora: LoraSet, settings: Settings) -> MadeFor:
     wrong = misfits(lora, base)
     if not wrong:
         return MadeFor(hub_id, hub_id, width)
-    if not misfits(lora, tiny_shapes()):
+    if not misfits(lora, drawing_shapes()) or not misfits(lora, tiny_shapes()):  # either tiny model (tiny mode)
         return MadeFor("", TINY, width)
     raise PublishError(_does_not_fit(name, lora, base, hub_id, wrong))
 

@@ -15,6 +15,7 @@ else `tiny`); `quantize_base` (nf4, fp8) loads it quantised, on CUDA only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -45,14 +46,14 @@ def load_pipeline(base_model: str, quantize: str, device):
     """The base pipeline for training; the transformer quantised (nf4 / fp8) when asked, on CUDA."""
     import torch
 
-    from lora_space.core.settings import Settings
-    from lora_space.core.tiny import build_tiny_pipeline
+    from lora_space.core.settings import TINY, Settings
     from lora_space.generate.base_model import load_base_pipeline
 
     if quantize != "none" and device.type != "cuda":
         raise TrainConfigError(f"quantize_base {quantize} needs a CUDA GPU; set it to none on this machine.")
-    if base_model == "tiny":
-        return build_tiny_pipeline().to(device)
+    if base_model == TINY:  # tiny mode's FLUX.1-dev: the tiny model the settings run (`tiny-random` in tests)
+        settings = Settings.from_env()
+        return load_base_pipeline(settings if settings.is_tiny else dataclasses.replace(settings, base_model=TINY)).to(device)
     if quantize == "none":
         return load_base_pipeline(Settings.from_env()).to(device)
     from diffusers import FluxPipeline, FluxTransformer2DModel

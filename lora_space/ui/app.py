@@ -8,7 +8,7 @@ import sys
 import gradio as gr
 
 from lora_space.core.errors import LoraSpaceError
-from lora_space.core.settings import Settings
+from lora_space.core.settings import TINY, TINY_RANDOM, Settings
 from lora_space.service import LoraSpace, create_space
 from lora_space.ui.api import bake as bake_api
 from lora_space.ui.api import generate as api
@@ -26,11 +26,20 @@ from lora_space.ui.tabs import (
 from lora_space.visitors.cleanup import gradio_delete_cache, preview_root, start_cleaner
 
 TITLE = "LoRA Space"
-TINY_NOTE = (
-    "**tiny mode**: the base model is a random FLUX-architecture test model built offline, "
-    "so images are blocks of colour, not pictures (its VAE carries colour, so a LoRA trained on red images "
-    "turns them red). Every feature runs through the same code as FLUX.1-dev on a GPU."
-)
+TINY_NOTES = {
+    TINY: (
+        "**tiny mode**: the base model is a small FLUX-architecture model, pre-trained offline on a CPU to draw simple "
+        "scenes: one shape of one colour on a plain background. Try *a red circle on a blue background* (64x64): expect "
+        "a rough red blob on blue, not a crisp drawing. A LoRA trained in the Train tab changes what it draws: the "
+        "example `flat_shapes.zip` adds black marks at and around the shape. Every feature runs through the same code "
+        "as FLUX.1-dev on a GPU."
+    ),
+    TINY_RANDOM: (
+        "**tiny-random mode**: the base model is a random FLUX-architecture test model built offline, "
+        "so images are blocks of colour, not pictures (its VAE carries colour, so a LoRA trained on red images "
+        "turns them red). Every feature runs through the same code as FLUX.1-dev on a GPU."
+    ),
+}
 
 
 def header_markdown(space: LoraSpace) -> str:
@@ -38,7 +47,7 @@ def header_markdown(space: LoraSpace) -> str:
     device = space.engine.device
     text = f"# {TITLE}\nFind, blend, train and publish FLUX LoRAs. Base model: `{settings.base_model}` on `{device}`."
     if settings.is_tiny:
-        text += f"\n\n{TINY_NOTE}"
+        text += f"\n\n{TINY_NOTES[settings.base_model]}"
     return text
 
 

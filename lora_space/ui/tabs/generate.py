@@ -130,7 +130,7 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
     The pickers and the library table start with the shared library; once the page has its
     visitor id (`browser_id` changes on load) they also list what the visitor owns."""
     presets = TINY_SIZE_PRESETS if space.settings.is_tiny else SIZE_PRESETS
-    default_steps = 2 if space.settings.is_tiny else 28
+    default_steps = space.settings.default_steps
     names = [item["name"] for item in space.list_loras()]
 
     with gr.Row():

@@ -1,21 +1,21 @@
-"""The offline `tiny` FLUX pipeline.
+"""The offline random tiny FLUX pipeline (`tiny-random`), and the colour VAE both tiny models share.
 
-A FLUX-architecture pipeline (FluxTransformer2DModel with guidance embeds, CLIP + T5
+The drawing `tiny` model (`tiny_draw.py`) is built on this one's VAE. This one is
+a FLUX-architecture pipeline (FluxTransformer2DModel with guidance embeds, CLIP + T5
 encoders, AutoencoderKL, flow-match scheduler) built from in-code configs with fixed
 seeds. It runs every code path FLUX.1-dev runs (loading, LoRA formats, training,
 saving); only the sizes differ. The transformer and text encoders are random; the VAE is
-built to carry colour (`_colour_vae`): its latents are a fixed linear map of the image's
+built to carry colour (`colour_vae`): its latents are a fixed linear map of the image's
 colours at half size, and decoding inverts it, so tiny images show colour, and a LoRA
 trained on red images makes them red.
 
-    python -m lora_space.core.tiny DIR   # writes it with save_pretrained
+    python -m lora_space.tiny DIR            # writes the drawing tiny model with save_pretrained
+    python -m lora_space.tiny DIR --random   # ... or this random one
 """
 
 from __future__ import annotations
 
-import argparse
 import string
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -34,61 +34,17 @@ from transformers import (
 )
 
 TINY_SEED = 0
-HIDDEN = 32  # transformer inner dim = heads * head dim; also T5 d_model (joint_attention_dim)
+from lora_space.core.tiny_configs import HIDDEN  # noqa: F401 (the random model's width, for its users)
+from lora_space.core.tiny_configs import RANDOM_CLIP as CLIP_CONFIG
+from lora_space.core.tiny_configs import RANDOM_T5 as T5_CONFIG
+from lora_space.core.tiny_configs import RANDOM_TRANSFORMER as TRANSFORMER_CONFIG
+from lora_space.core.tiny_configs import RANDOM_VAE as VAE_CONFIG
 
-TRANSFORMER_CONFIG = dict(
-    patch_size=1,
-    in_channels=16,  # 4 latent channels packed 2x2, as FLUX packs its 16 into 64
-    num_layers=2,
-    num_single_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=HIDDEN,
-    pooled_projection_dim=HIDDEN,
-    guidance_embeds=True,
-    axes_dims_rope=(4, 4, 8),
-)
-VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    block_out_channels=(8, 16),
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=1,  # one group: the colour channels pass the last norm unscaled (`_colour_vae`)
-    sample_size=64,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-    shift_factor=0.0609,
-    scaling_factor=1.5035,
-)
-CLIP_CONFIG = dict(
-    hidden_size=HIDDEN,
-    intermediate_size=37,
-    projection_dim=HIDDEN,
-    num_attention_heads=4,
-    num_hidden_layers=2,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    layer_norm_eps=1e-5,
-)
-T5_CONFIG = dict(
-    d_model=HIDDEN,
-    d_kv=8,
-    d_ff=37,
-    num_layers=2,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    feed_forward_proj="gated-gelu",
-    is_encoder_decoder=False,
-    decoder_start_token_id=0,
-)
 T5_MAX_LENGTH = 64
 # Latent channel j = sum_c LATENT_FROM_RGB[j][c] * colour_c (colours in -1..1): the first three
 # columns of a 4x4 Hadamard matrix / 2, so the columns are orthonormal and decoding is the transpose.
 LATENT_FROM_RGB = ((0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.5, 0.5, -0.5), (0.5, -0.5, -0.5))
-_BIG = 256.0  # the constant channels that dominate each GroupNorm's variance (`_colour_vae`)
+_BIG = 256.0  # the constant channels that dominate each GroupNorm's variance (`colour_vae`)
 
 
 def _clip_tokenizer() -> CLIPTokenizer:
@@ -122,7 +78,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     torch.manual_seed(TINY_SEED)
     transformer = FluxTransformer2DModel(**(TRANSFORMER_CONFIG | (transformer_overrides or {})))
     torch.manual_seed(TINY_SEED)
-    vae = _colour_vae(AutoencoderKL(**VAE_CONFIG))
+    vae = colour_vae(AutoencoderKL(**VAE_CONFIG))
     torch.manual_seed(TINY_SEED)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -151,7 +107,7 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32, *, transformer_overr
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 
-def _colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
+def colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
     """Set the VAE's weights so that encoding is a linear map of the colours and decoding inverts it.
 
     Every residual branch (resnet `conv2`, attention `to_out`) is zero, so each block passes
@@ -214,22 +170,3 @@ def _colour_vae(vae: AutoencoderKL) -> AutoencoderKL:
         channels = decoder.conv_norm_out.num_channels
         unpair(decoder.conv_out, torch.eye(3), _BIG / (channels / 2) ** 0.5)
     return vae
-
-
-def save_tiny(directory: str | Path) -> Path:
-    """Write the tiny pipeline to `directory` with save_pretrained."""
-    directory = Path(directory)
-    build_tiny_pipeline().save_pretrained(directory)
-    return directory
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the offline tiny FLUX pipeline to a folder.")
-    parser.add_argument("directory", help="where to write it; load it with LORA_SPACE_BASE_MODEL=DIR")
-    args = parser.parse_args(argv)
-    path = save_tiny(args.directory)
-    print(f"tiny FLUX pipeline written to {path}")
-
-
-if __name__ == "__main__":
-    main()
