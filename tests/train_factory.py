@@ -11,15 +11,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from lora_space.engine import Engine, Options
+from lora_space.engine import Options
 from lora_space.owners import Visitor
 from lora_space.service import LoraSpace
-from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import JobFiles
-from lora_space.train.jobs import JobManager
 from lora_space.train.prepare import prepare_job
 
 RED = (230, 30, 30)
@@ -86,32 +83,46 @@ def mean_colour(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
 
 
-# For tests of jobs on a real tiny engine (import the fixtures where they are used).
+# For tests of jobs on a real tiny engine (the `space` and `red_zip` fixtures are in conftest.py).
 ALICE = Visitor("browser", "a" * 32)
 TINY = Options(seed=3, steps=2, width=64, height=64)
 RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
 
 
-@pytest.fixture
-def space(settings) -> LoraSpace:
-    """A LoraSpace on the tiny engine whose jobs run in chunks of 3 steps."""
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()))
-    space.jobs = JobManager(space, chunk_steps=3)
-    yield space
-    space.jobs.close()
+ENDED = ("done", "failed", "cancelled")
+"""The states a job ends in; a job that is queued, running or interrupted may go on."""
 
 
-@pytest.fixture(scope="module")
-def red_zip(tmp_path_factory):
-    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
+def wait_for_job(owner, job_id: str, states=ENDED, *, until=None, timeout: float = 120, every: float = 0.02, meanwhile=None):
+    """The one job-polling loop: polls the job until its state is in `states` (or `until(status)` holds).
 
-
-def wait_for_job(space: LoraSpace, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120):
-    """The job's status once it is in one of `states`; fails after `timeout` seconds."""
+    Args:
+        owner: a LoraSpace (statuses are `JobStatus`) or a `gradio_client.Client` of a running app
+            (statuses are `/training_status`'s dicts).
+        job_id: the job to follow.
+        states: the states to stop at (ignored when `until` is given).
+        until: a test on the status to stop at, instead of `states`.
+        timeout: seconds before the test fails.
+        every: seconds between two polls (when no `meanwhile`).
+        meanwhile: called with each status that does not stop the wait, instead of sleeping `every`
+            (e.g. to generate while the job trains).
+    Returns:
+        The first status that stops the wait.
+    Raises:
+        AssertionError: the job did not get there within `timeout` seconds.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = space.jobs.status(job_id)
-        if status.state in states:
+    while True:
+        if isinstance(owner, LoraSpace):
+            status = owner.jobs.status(job_id)
+            state = status.state
+        else:
+            status = owner.predict(job_id=job_id, api_name="/training_status")
+            state = status["state"]
+        if until(status) if until is not None else state in states:
             return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
+        assert time.monotonic() < deadline, f"job {job_id} stayed {state} for {timeout} s"
+        if meanwhile is not None:
+            meanwhile(status)
+        else:
+            time.sleep(every)
