@@ -91,16 +91,20 @@ RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
 
 ENDED = ("done", "failed", "cancelled")
 """The states a job ends in; a job that is queued, running or interrupted may go on."""
+ACTIVE = ("queued", "running")
+"""The states of a job that is waiting for or taking its turns."""
 
 
-def wait_for_job(owner, job_id: str, states=ENDED, *, until=None, timeout: float = 120, every: float = 0.02, meanwhile=None):
-    """The one job-polling loop: polls the job until its state is in `states` (or `until(status)` holds).
+def wait_for_job(owner, job_id: str, states=ENDED, *, leaving=None, until=None, timeout: float = 120, every: float = 0.02, meanwhile=None):
+    """The one job-polling loop: polls the job until its state is in `states` (or is no longer in
+    `leaving`, or `until(status)` holds).
 
     Args:
         owner: a LoraSpace (statuses are `JobStatus`) or a `gradio_client.Client` of a running app
             (statuses are `/training_status`'s dicts).
         job_id: the job to follow.
-        states: the states to stop at (ignored when `until` is given).
+        states: the states to stop at (ignored when `leaving` or `until` is given).
+        leaving: stop at the first state not in these (e.g. ACTIVE: whatever the job ended as).
         until: a test on the status to stop at, instead of `states`.
         timeout: seconds before the test fails.
         every: seconds between two polls (when no `meanwhile`).
@@ -119,7 +123,11 @@ def wait_for_job(owner, job_id: str, states=ENDED, *, until=None, timeout: float
         else:
             status = owner.predict(job_id=job_id, api_name="/training_status")
             state = status["state"]
-        if until(status) if until is not None else state in states:
+        if until is not None:
+            stop = until(status)
+        else:
+            stop = state not in leaving if leaving is not None else state in states
+        if stop:
             return status
         assert time.monotonic() < deadline, f"job {job_id} stayed {state} for {timeout} s"
         if meanwhile is not None:

@@ -13,7 +13,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests.app_process import SPACE_ENV, running_app
-from tests.train_factory import RUN
+from tests.train_factory import RUN, wait_for_job
+
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
 
 LONG = RUN | {"max_train_steps": 3000}
 
@@ -35,11 +37,7 @@ def step_of(client: Client, job_id: str) -> int:
 
 
 def wait_for_step(client: Client, job_id: str, step: int, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while (now := step_of(client, job_id)) < step:
-        assert time.monotonic() < deadline, now
-        time.sleep(0.1)
-    return now
+    return wait_for_job(client, job_id, until=lambda status: status["step"] >= step, timeout=timeout, every=0.1)["step"]
 
 
 def test_while_a_long_job_trains_each_generation_waits_about_one_step_and_the_job_goes_on(app, red_zip):

@@ -37,7 +37,9 @@ from tests.app_process import PROCESSES, running_app
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import HubStandIn
 from tests.lora_factory import write_lora
-from tests.train_factory import colour_zip
+from tests.train_factory import ACTIVE, colour_zip, wait_for_job
+
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,7 @@ TRAIN_CONFIG = {"max_train_steps": 12, "resolution": 64, "network_dim": 4, "netw
 def train(client: Client, dataset: str) -> dict:
     """Start a training job and follow `/training_status` until it ends; the last status."""
     job_id = client.predict(dataset=handle_file(dataset), config=TRAIN_CONFIG, api_name="/start_training")["job_id"]
-    deadline = time.monotonic() + 120
-    while (status := client.predict(job_id=job_id, api_name="/training_status"))["state"] in ("queued", "running"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.25)
-    return status
+    return wait_for_job(client, job_id, leaving=ACTIVE, timeout=120, every=0.25)
 
 
 def tiny(prompt: str, loras: list[dict], seed: int) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from tests.app_process import running_app
-from tests.train_factory import colour_zip
+from tests.train_factory import ACTIVE, colour_zip, wait_for_job
+
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
 
 CONFIG = {"max_train_steps": 6, "resolution": 64, "network_dim": 4, "network_alpha": 4, "learning_rate": 0.01,
           "mixed_precision": "no", "trigger_word": "redstyle", "sample_every": 3}  # fmt: skip
@@ -23,10 +24,7 @@ def test_start_follow_and_use_a_training_job_from_a_script(tmp_path):
         started = client.predict(dataset=handle_file(str(dataset)), config=CONFIG, api_name="/start_training")
         assert len(started["job_id"]) == 32 and started["state"] in ("queued", "running")
         assert started["dataset_report"]["images_used"] == 6
-        deadline = time.monotonic() + 60
-        while (status := client.predict(job_id=started["job_id"], api_name="/training_status"))["state"] in ("queued", "running"):
-            assert time.monotonic() < deadline, status
-            time.sleep(0.2)
+        status = wait_for_job(client, started["job_id"], leaving=ACTIVE, timeout=60, every=0.2)
         assert status["state"] == "done", status["error"]
         assert status["step"] == status["total_steps"] == 6 and len(status["loss"]) == 6
         assert Path(status["lora_file"]).read_bytes()[:8]  # downloaded by the client

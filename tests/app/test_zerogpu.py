@@ -20,7 +20,9 @@ from gradio_client import Client, handle_file
 
 from lora_space.gpu import STANDIN, STANDIN_LOG, token_digest
 from tests.app_process import SPACE_ENV, running_app
-from tests.train_factory import RUN
+from tests.train_factory import RUN, wait_for_job
+
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
 
 
 @pytest.fixture
@@ -67,9 +69,10 @@ def test_on_a_space_every_training_call_runs_in_its_owners_request_and_pauses_wh
         carol = Client(url, headers={"X-IP-Token": "ip-token-carol"}, verbose=False)
         # 1. Alice's job trains inside her streaming call; Bob generates meanwhile.
         job = alice.submit(dataset=handle_file(str(red_zip)), config=RUN | {"max_train_steps": 300}, api_name="/start_training")
-        while not job.outputs() or bob.predict(job_id=job.outputs()[0]["job_id"], api_name="/training_status")["step"] < 5:
+        while not job.outputs():  # the job's first status carries its id
             time.sleep(0.1)
         job_id = job.outputs()[0]["job_id"]
+        wait_for_job(bob, job_id, until=lambda status: status["step"] >= 5, timeout=600, every=0.1)
         for seed in (1, 2):
             bob.predict(prompt="a harbour", seed=seed, steps=2, width=64, height=64, api_name="/generate")
         final = job.result(timeout=600)
@@ -77,23 +80,21 @@ def test_on_a_space_every_training_call_runs_in_its_owners_request_and_pauses_wh
         assert len(job.outputs()) >= 3  # the status at once, then one after each chunk
         # 2. Carol starts a long job and goes away mid-job: it pauses with its state saved ...
         long = carol.submit(dataset=handle_file(str(red_zip)), config=RUN | {"max_train_steps": 3000}, api_name="/start_training")
-        while not long.outputs() or alice.predict(job_id=long.outputs()[0]["job_id"], api_name="/training_status")["step"] < 5:
+        while not long.outputs():
             time.sleep(0.2)
         long_id = long.outputs()[0]["job_id"]
+        wait_for_job(alice, long_id, until=lambda status: status["step"] >= 5, timeout=600, every=0.2)
         # The client gives up the stream (as a closed page does); the server closes the job's event once
         # its chunk returns, which a generation's turn brings at the next step.
         threading.Thread(target=give_up, args=(long,), daemon=True).start()
-        deadline = time.monotonic() + 120
-        while (status := alice.predict(job_id=long_id, api_name="/training_status"))["state"] != "interrupted":
-            assert time.monotonic() < deadline, status["state"]
-            bob.predict(prompt="a harbour", seed=3, steps=2, width=64, height=64, api_name="/generate")
+        status = wait_for_job(alice, long_id, ("interrupted",), timeout=120,
+                              meanwhile=lambda _: bob.predict(prompt="a harbour", seed=3, steps=2, width=64, height=64, api_name="/generate"))
         paused = status["step"]
         # ... and only its owner resumes it, in her own request, from the saved step.
         with pytest.raises(Exception, match="Only the visitor who started this job can resume it"):
             bob.predict(job_id=long_id, api_name="/resume_training")
         resumed = carol.submit(job_id=long_id, api_name="/resume_training")
-        while alice.predict(job_id=long_id, api_name="/training_status")["step"] < paused + 5:
-            time.sleep(0.2)
+        wait_for_job(alice, long_id, until=lambda status: status["step"] >= paused + 5, timeout=600, every=0.2)
         status = alice.predict(job_id=long_id, api_name="/cancel_training")
         assert status["state"] == "cancelled" and status["loss"][0][0] == 1
         assert [step for step, _ in status["loss"]] == list(range(1, status["step"] + 1))  # no step lost or trained twice
@@ -117,7 +118,7 @@ def test_a_chunk_refused_a_gpu_pauses_the_job_and_resume_ends_as_an_uninterrupte
     from lora_space.tiny import build_tiny_pipeline
     from lora_space.train import chunk
     from lora_space.train.trainer import run_chunk
-    from tests.train_factory import ALICE, job_folder, wait_for_job
+    from tests.train_factory import ALICE, job_folder
 
     real, calls = chunk.train_chunk, []
 

@@ -1,4 +1,5 @@
-"""Publishing to the Hub stand-in: one commit, a card the Hub reads, checks that refuse, no token leaks."""
+"""Publishing to the Hub stand-in: one commit, a card the Hub reads, checks that refuse, no token leaks,
+and honest cards (a card names a base model only when every module of the LoRA fits it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import io
 import json
 import logging
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def test_one_commit_holds_the_lora_the_card_the_images_and_the_reproducibility_f
     assert sorted(result.files) == sorted(commit.files)
     assert hub._repos["alice/ink-flux"].private  # private unless told otherwise
     # The card's YAML is what the Hub and the LoRA Spaces read. A LoRA of the tiny model (32 wide) fits no
-    # FLUX.1 model: it is published as a test artefact that names no base model (see test_publish_honest.py).
+    # FLUX.1 model: it is published as a test artefact that names no base model (see the honest-card tests at the end of this file).
     card = parse_card(commit.files["README.md"].decode())
     assert "base_model" not in card and card["license"] == "apache-2.0"
     assert {"text-to-image", "diffusers", "lora", "lora-space", "lora-space-tiny"} <= set(card["tags"])
@@ -283,7 +283,7 @@ def test_write_access_as_the_hub_reports_it():
 
 def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub, tmp_path):
     from lora_space.train.jobs import JobManager
-    from tests.train_factory import TINY_RUN, colour_zip
+    from tests.train_factory import ACTIVE, TINY_RUN, colour_zip, wait_for_job
 
     space.jobs = JobManager(space, chunk_steps=3)
     try:
@@ -292,12 +292,7 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
         started = space.jobs.start(colour_zip(tmp_path / "red.zip"), config, visitor=LOCAL)
         with pytest.raises(PublishError, match="once it is done"):
             publish(space, PublishRequest(lora=started.job_id, repo_id="alice/early"), token=TOKEN, visitor=LOCAL)
-        status = space.jobs.status(started.job_id)
-        for _ in range(3000):
-            if status.state not in ("queued", "running"):
-                break
-            time.sleep(0.02)
-            status = space.jobs.status(started.job_id)
+        status = wait_for_job(space, started.job_id, leaving=ACTIVE, timeout=60)
         assert status.state == "done", status.error
         result = publish(space, PublishRequest(lora=started.job_id, repo_id="alice/red-flux"), token=TOKEN, visitor=LOCAL)
         # By its library name, the job's LoRA keeps the job's facts too.
@@ -352,7 +347,7 @@ def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
 
 
-# ==== from test_publish_honest.py ====
+# --------------------------------------------------------------------------------------------------
 # Honest cards: a card names a base model only when every module of the LoRA fits it.
 #
 # Cards are read back with huggingface_hub's own `ModelCard`, and the published LoRA with plain

@@ -3,7 +3,6 @@ a job, cancel within a step, restart -> interrupted -> resume, and ownership."""
 
 from __future__ import annotations
 
-import time
 import zipfile
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from PIL import Image
 from lora_space.errors import DatasetError, JobError, TrainConfigError
 from lora_space.lora.safefile import load_lora_file
 from lora_space.owners import Visitor
-from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import ALICE, RUN, TINY, job_folder
+from tests.train_factory import ALICE, RUN, TINY, job_folder, wait_for_job
 
 
 @pytest.fixture
@@ -30,20 +28,11 @@ def space(make_space):
 BOB = Visitor("browser", "b" * 32)
 
 
-def wait(space: LoraSpace, job_id: str, until, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = space.jobs.status(job_id)
-        if until(status):
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
-
-
 def pixels(output) -> np.ndarray:
     return np.asarray(Image.open(output.files[0]).convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.slow  # about 20 s: 24 steps, generating between chunks
 def test_a_job_trains_into_the_library_while_generate_stays_the_same(space, red_zip):
     before = pixels(space.generate("a lighthouse", [], TINY, visitor=ALICE))
     status = space.jobs.start(red_zip, RUN | {"max_train_steps": 24}, visitor=ALICE)
@@ -56,11 +45,14 @@ def test_a_job_trains_into_the_library_while_generate_stays_the_same(space, red_
     assert queued.state == "queued" and queued.queue_position == 1
     # Between chunks a generation runs and gives the same image as before the job.
     during = []
-    while (current := space.jobs.status(status.job_id)).state != "done":
+
+    def generate(current) -> None:
         image = pixels(space.generate("a lighthouse", [], TINY, visitor=ALICE))
         if 0 < current.step < current.total_steps and space.jobs.status(status.job_id).state == "running":
             during.append(np.array_equal(image, before))
         assert current.state in ("queued", "running"), current.error
+
+    wait_for_job(space, status.job_id, ("done",), timeout=600, meanwhile=generate)
     assert during and all(during)
     done = space.jobs.status(status.job_id)
     assert done.step == 24 and done.loss[-1][0] == 24 and np.isfinite([v for _, v in done.loss]).all()
@@ -80,12 +72,12 @@ def test_a_job_trains_into_the_library_while_generate_stays_the_same(space, red_
     for made_up in ("0" * 32, "../../etc", ""):
         with pytest.raises(JobError, match="no such job"):
             space.jobs.status(made_up)
-    wait(space, queued.job_id, lambda job: job.state == "done")
+    wait_for_job(space, queued.job_id, ("done",), timeout=60)
 
 
 def test_cancel_stops_within_one_step_and_the_job_resumes_to_the_end(space, red_zip):
     status = space.jobs.start(red_zip, RUN | {"max_train_steps": 400}, visitor=ALICE)
-    seen = wait(space, status.job_id, lambda job: job.step >= 4).step
+    seen = wait_for_job(space, status.job_id, until=lambda job: job.step >= 4, timeout=60).step
     cancelled = space.jobs.cancel(status.job_id)
     assert cancelled.state == "cancelled"
     assert cancelled.step <= seen + 2  # the step running at the call (and one whose record was in flight)
@@ -100,14 +92,14 @@ def test_cancel_stops_within_one_step_and_the_job_resumes_to_the_end(space, red_
 def test_after_a_restart_a_job_is_interrupted_and_resumes_to_the_same_weights(space, settings, red_zip, tmp_path):
     config = RUN | {"max_train_steps": 12, "checkpoint_every": 3}
     status = space.jobs.start(red_zip, config, visitor=ALICE)
-    wait(space, status.job_id, lambda job: job.step >= 4)
+    wait_for_job(space, status.job_id, until=lambda job: job.step >= 4, timeout=60)
     space.jobs.close()  # the app stops: the worker ends within a step, the state stays "running"
     restarted = JobManager(space, chunk_steps=5)
     space.jobs = restarted
     assert restarted.status(status.job_id).state == "interrupted"
     assert [job.state for job in restarted.list_jobs(ALICE)] == ["interrupted"]
     restarted.resume(status.job_id, visitor=ALICE)
-    done = wait(space, status.job_id, lambda job: job.state in ("done", "failed"))
+    done = wait_for_job(space, status.job_id, ("done", "failed"), timeout=60)
     assert done.state == "done", done.error
     assert len(done.checkpoints) == 3 and all(path.exists() for path in done.checkpoints)
     # An uninterrupted run of the same config gives the same weights, exactly.
@@ -141,7 +133,7 @@ def test_the_example_zip_trains_with_its_own_config_into_a_lora_that_changes_the
     status = space.jobs.start(example, {}, visitor=ALICE)  # the zip's config.json: 20 steps at 64 px, AdamW8bit
     assert status.config["max_train_steps"] == 20 and status.config["optimizer_type"] == "AdamW"  # no bitsandbytes here
     assert any("AdamW8bit" in warning for warning in status.warnings)
-    done = wait(space, status.job_id, lambda job: job.state in ("done", "failed"))
+    done = wait_for_job(space, status.job_id, ("done", "failed"), timeout=60)
     assert done.state == "done", done.error
     losses = [value for _, value in done.loss]
     assert np.isfinite(losses).all() and len(losses) == 20

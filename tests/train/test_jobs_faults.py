@@ -28,7 +28,7 @@ from lora_space.service import LoraSpace
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.train.checkpoint import load_state
 from lora_space.train.trainer import run_chunk
-from tests.train_factory import ALICE, RUN, TINY, job_folder, wait_for_job
+from tests.train_factory import ACTIVE, ALICE, RUN, TINY, job_folder, wait_for_job
 
 
 @pytest.fixture
@@ -181,6 +181,8 @@ def preempt(client, chooser: random.Random) -> None:
     client.predict(prompt="a harbour", seed=chooser.randrange(1000), steps=2, width=64, height=64, api_name="/generate")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in_the_train_tab(tmp_path, red_zip):
     """A real `python app.py`: a job started through gradio_client, preempted by generations at random
     steps, SIGKILL mid-run, the app started again, resumed in the Train tab, preempted again.
@@ -237,10 +239,7 @@ def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in
             expect(page.locator("#train-progress")).to_contain_text(re.compile(r"queued|running|done"), timeout=30_000)
         finally:
             browser.close()
-        deadline = time.monotonic() + 180
-        while (status := client.predict(job_id=job_id, api_name="/training_status"))["state"] in ("interrupted", "queued", "running"):
-            assert time.monotonic() < deadline, status["step"]
-            preempt(client, chooser)
+        status = wait_for_job(client, job_id, leaving=("interrupted", *ACTIVE), timeout=180, meanwhile=lambda _: preempt(client, chooser))
     # 3. It went on from its saved state (the checkpoints before it were not written again) to the end,
     #    with the weights of an uninterrupted run.
     assert status["state"] == "done", status["error"]

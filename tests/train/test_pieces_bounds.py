@@ -17,7 +17,7 @@ import pytest
 from lora_space.engine import Engine, GenerationRequest
 from lora_space.errors import TrainConfigError
 from lora_space.settings import Training
-from tests.train_factory import ALICE, RUN, TINY, colour_zip, wait_for_job
+from tests.train_factory import ACTIVE, ALICE, RUN, TINY, colour_zip, wait_for_job
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def test_a_job_past_a_bound_of_its_work_is_refused_at_the_call_naming_the_settin
     assert wait_for_job(space, space.jobs.start(red_zip, RUN | {"max_train_steps": 2}, visitor=ALICE).job_id).state == "done"
 
 
+@pytest.mark.slow  # about 50 s: a 40-image job with validation and samples, generating meanwhile
 def test_cache_validation_and_samples_give_way_to_a_generation_within_one_piece(space, tmp_path):
     """40 images (20 held out), validation and 4 sample prompts at every step: minutes of work in the
     chunk's first minute, of which a generation now waits one piece (an image encoded, a held-out
@@ -59,10 +60,14 @@ def test_cache_validation_and_samples_give_way_to_a_generation_within_one_piece(
     job = space.jobs.start(colour_zip(tmp_path / "forty.zip", count=40), heavy, visitor=ALICE)
     waits = []
     folder = space.jobs.root / job.job_id
-    while (status := space.jobs.status(job.job_id)).state in ("queued", "running"):
+
+
+    def generate(status) -> None:
         if status.state == "running":
             waits.append(generate_seconds(space, seed=len(waits)))
         time.sleep(0.5)
+
+    status = wait_for_job(space, job.job_id, leaving=ACTIVE, timeout=600, meanwhile=generate)
     assert status.state == "done", status.error
     assert len(waits) >= 4
     assert max(waits) < idle + 5, (waits, idle)
