@@ -18,12 +18,15 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from playwright.sync_api import expect
 from safetensors.torch import save_file
 
 from tests.app_process import running_app
 from tests.browser import app_page
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import lora_tensors, write_lora
+
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
 
 TOKEN = "hf_alice_WRITE_token_text_7a6b5c4d3e"
 TRACKER = "http://127.0.0.1:9/track.png"
@@ -87,6 +90,7 @@ def test_a_sixty_thousand_character_recipe_is_answered_at_once_and_the_app_keeps
     assert b"tEXtparameters" not in hub.file_bytes("alice/hostile", "images/sample_01.png")
 
 
+@pytest.mark.browser
 @pytest.mark.timeout(300)
 def test_the_lora_tools_panel_shows_metadata_names_and_words_as_text(app):
     url, root, _ = app
@@ -98,7 +102,8 @@ def test_the_lora_tools_panel_shows_metadata_names_and_words_as_text(app):
         summary = page.locator("#tools-inspect-summary")
         summary.get_by_text("LoRA, rank").wait_for(timeout=60_000)
         text = summary.inner_text()
-        assert summary.locator("img").count() == 0 and summary.locator("a").count() == 0, summary.inner_html()
+        expect(summary.locator("img")).to_have_count(0)
+        expect(summary.locator("a")).to_have_count(0)
         assert HOSTILE in text  # shown as written
         assert "https://evil.example/phish" in text and "x` <img src=x> `y" in text
         assert "<img src=x>[a](https://evil.example)" in text  # a module name, in a warning

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from lora_space.errors import HubError, LoraFileError, PromptError, UnsafeFileError
 from lora_space.recipe import read_png_recipe, recipe_from_json
 from lora_space.service import LoraSpace, Options
+from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=11, steps=2, width=64, height=64)
@@ -152,3 +154,22 @@ def test_a_batch_asks_the_hub_about_each_lora_once(space, hub, tmp_path):
     output = space.batch(["a", "b", "c"], [{"source": "alice/wtrclr-flux", "strength": 0.5}], TINY)
     assert [result.metadata["prompt"] for result in output.outputs] == ["wtrclr, a", "wtrclr, b", "wtrclr, c"]
     assert len(hub.requests) == generate_once
+
+
+# No log line holds a token, even at DEBUG (moved from tests/app/test_secrets.py: it runs in process).
+TOKEN_A = "hf_aliceSECRETtokenAAAAAAAAAAAAAAAA01"
+CARD = "---\nbase_model: black-forest-labs/FLUX.1-dev\ninstance_prompt: privstl\n---\n"
+
+
+def test_no_log_line_holds_the_token_even_at_debug(settings, make_space, tmp_path, monkeypatch, caplog):
+    with isolated_hub(tmp_path, monkeypatch) as hub:
+        hub.add_user("alice", token=TOKEN_A)
+        hub.add_model("alice/private-style", files={"style.safetensors": write_lora(tmp_path / "p.safetensors", 2), "README.md": CARD}, private=True)
+        space = make_space(hf_endpoint=hub.endpoint, hf_offline=False)
+        with caplog.at_level(logging.DEBUG):
+            output = space.generate("a cat", [{"source": "alice/private-style", "strength": 0.5}], Options(seed=1, steps=2, width=64, height=64), token=TOKEN_A)
+            with pytest.raises(Exception) as caught:  # a wrong token: refused, and the message does not echo it
+                space.generate("a cat", [{"source": "alice/private-style", "strength": 0.5}], Options(seed=1, steps=2, width=64, height=64), token=TOKEN_A + "x")
+    assert caplog.records and TOKEN_A not in caplog.text
+    assert TOKEN_A not in str(caught.value)
+    assert all(TOKEN_A.encode() not in Path(file).read_bytes() for file in output.files)

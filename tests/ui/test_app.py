@@ -1,4 +1,5 @@
-"""`build_demo()` in process: the four tabs in order, the public endpoints, the header."""
+"""`build_demo()` in process: the four tabs in order, exactly the README's public endpoints, the header;
+what a page session holds, and who it is."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import asyncio
 import hashlib
 import io
 import pickle
+import re
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -23,8 +26,14 @@ from lora_space.tiny import build_tiny_pipeline
 from lora_space.ui import build_demo, header_markdown
 from tests.app_process import SPACE_ENV
 
-PUBLIC = {"list_loras", "inspect_lora", "generate", "strength_sweep", "batch_generate", "convert_lora", "resize_lora", "compare_loras",
-          "start_training", "training_status", "cancel_training"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def readme_endpoints() -> set[str]:
+    """The api_names of the README's endpoint table (its rows start with a `/name` in backticks)."""
+    rows = re.findall(r"^\| `/(\w+)` \|", (REPO / "README.md").read_text(), flags=re.M)
+    assert len(rows) == len(set(rows)), rows
+    return set(rows)
 
 
 def test_build_demo_has_the_tabs_and_endpoints(settings):
@@ -34,11 +43,11 @@ def test_build_demo_has_the_tabs_and_endpoints(settings):
     tabs = [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab) and block.id in {"discover", "generate", "train", "publish"}]
     assert tabs == ["Discover", "Generate", "Train", "Publish"]
     public = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert PUBLIC <= public
+    assert public == readme_endpoints()  # exactly the documented endpoints: none missing, none undocumented
     assert "tiny" in header_markdown(space) and "blocks of colour" in header_markdown(space)
 
 
-# ==== from test_hardening_session.py ====
+# --------------------------------------------------------------------------------------------------
 # Hardening (issue 14, holes 8 and 10): what a page session holds, and who it is.
 #
 # - Session memory: one 5.5 MB zip of 5,000 images left about 1.2 MB (pickled; 4 MB of Python

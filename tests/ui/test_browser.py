@@ -7,6 +7,8 @@ import pytest
 from tests.app_process import running_app, write_library
 from tests.browser import app_page
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
+
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from lora_space.lora.tools import read_lora_file
 from tests.app_process import running_app, write_library
 from tests.browser import app_page
 from tests.lora_factory import write_lora
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
 
 
 @pytest.fixture(scope="module")
@@ -46,5 +49,6 @@ def test_the_sweep_pickers_follow_the_library(page):
     assert "late_arrival" not in sweep_choices(page)
     write_lora(page.root / "loras" / "late_arrival.safetensors", 21)  # type: ignore[attr-defined]
     page.get_by_role("button", name="Refresh").click()
-    page.wait_for_timeout(2000)
+    # The refresh answers the table and the pickers at once: once the table shows it, so do the pickers.
+    expect(page.locator("#library-table")).to_contain_text("late_arrival", timeout=30_000)
     assert "late_arrival" in sweep_choices(page)

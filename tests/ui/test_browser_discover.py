@@ -9,6 +9,8 @@ from tests.browser import app_page
 from tests.discover_repos import SCRIPT_MARK, add_discover_repos, lora_bytes
 from tests.hub_standin import HubStandIn
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
+
 SOURCE = "alice/watercolor-flux/watercolor-flux.safetensors"
 
 

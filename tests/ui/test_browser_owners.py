@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.app_process import SPACE_ENV, running_app, write_library
 from tests.browser import chromium
 from tests.lora_factory import write_lora
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +30,12 @@ def open_generate(context, url):
     return page
 
 
-def library_text(page) -> str:
+def library_text(page, shows: str) -> str:
+    """The library table's text after a Refresh, once it shows `shows` (a name the visitor must see)."""
     page.get_by_role("button", name="Refresh").click()
-    page.wait_for_timeout(1500)
-    return page.locator("#library-table").inner_text()
+    table = page.locator("#library-table")
+    expect(table).to_contain_text(shows, timeout=30_000)
+    return table.inner_text()
 
 
 def test_an_upload_is_the_visitors_own(space_app):
@@ -41,7 +46,7 @@ def test_an_upload_is_the_visitors_own(space_app):
     alice.locator("#library-upload input[type=file]").set_input_files(str(root / "upload" / "alices_style.safetensors"))
     alice.get_by_text("Added alices_style to your library").wait_for(timeout=30_000)
     assert not (root / "loras" / "alices_style.safetensors").exists()
-    assert "alices_style" in library_text(alice)
+    assert "alices_style" in library_text(alice, "alices_style")
     # 2. A shared name is refused, and the shared file is untouched.
     shared_before = (root / "loras" / "detailed_eyes.safetensors").read_bytes()
     alice.locator("#library-upload input[type=file]").set_input_files(str(root / "upload" / "detailed_eyes.safetensors"))
@@ -49,7 +54,7 @@ def test_an_upload_is_the_visitors_own(space_app):
     assert (root / "loras" / "detailed_eyes.safetensors").read_bytes() == shared_before
     # 3. Bob neither sees it nor can use it.
     bob = open_generate(bob_context, url)
-    assert "alices_style" not in library_text(bob) and "wtrclr_style" in library_text(bob)
+    assert "alices_style" not in library_text(bob, "wtrclr_style")  # his library, with the shared LoRAs
     bob.locator("#prompt textarea").fill("a lighthouse <lora:alices_style:0.8>")
     bob.locator("#generate-button").click()
     bob.get_by_text("No LoRA named 'alices_style'").first.wait_for(timeout=30_000)
@@ -57,7 +62,7 @@ def test_an_upload_is_the_visitors_own(space_app):
     alice.reload(wait_until="load")
     alice.locator("#header").wait_for()
     alice.get_by_role("tab", name="Generate").click()
-    assert "alices_style" in library_text(alice)
+    assert "alices_style" in library_text(alice, "alices_style")
     alice.locator("#prompt textarea").fill("a lighthouse <lora:alices_style:0.8>")
     alice.locator("#generate-button").click()
     alice.locator("#gallery img").first.wait_for(timeout=60_000)

@@ -9,6 +9,8 @@ from tests.app_process import running_app, write_library
 from tests.browser import app_page
 from tests.hub_standin import HubStandIn
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
+
 TOKEN = "hf_alice_browser_token_77aa66bb55cc"
 
 

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
+from lora_space.ui.visitors import STORAGE_KEY
 from tests.app_process import SPACE_ENV, running_app
 from tests.browser import chromium
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # each test here drives Chromium against the app (`python app.py`)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flat_shapes.zip"
 STEPS = 8
@@ -133,9 +136,10 @@ def test_the_job_is_listed_again_after_a_reload_and_not_for_another_visitor(page
     bob = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     open_app(bob, url)
     bob.get_by_role("tab", name="Train").click()
-    bob.wait_for_timeout(2000)  # the list is filled when the page has its visitor id
-    assert job_id not in bob.locator("#train-jobs").inner_text()
-    assert "done" not in bob.locator("#train-jobs").inner_text()
+    # The list is filled once the page has its visitor id (kept in the browser's storage).
+    bob.wait_for_function("key => window.localStorage.getItem(key)", arg=STORAGE_KEY, timeout=30_000)
+    expect(bob.locator("#train-jobs")).not_to_contain_text(job_id)
+    expect(bob.locator("#train-jobs")).not_to_contain_text("done")
 
 
 def test_cancel_then_resume_a_long_run(page):
