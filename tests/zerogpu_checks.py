@@ -1,6 +1,6 @@
 """LoRA Space under the ZeroGPU stand-in, in one process: `python -m tests.zerogpu_checks ROOT`.
 
-Run by tests/test_zerogpu.py with `LORA_SPACE_ZEROGPU_STANDIN=fork` or `reuse` set (the `@gpu`
+Run by tests/app/test_zerogpu.py with `LORA_SPACE_ZEROGPU_STANDIN=fork` or `reuse` set (the `@gpu`
 decorators read it at import), so every generation and training chunk runs in a forked worker
 with pickled arguments and results, as on ZeroGPU. Checks, each an assert:
 

@@ -11,6 +11,8 @@ from PIL import Image
 from lora_space.recipe import parse_parameters
 from tests.app_process import LORA_NAMES, running_app, write_library
 
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
+
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):

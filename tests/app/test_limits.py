@@ -19,6 +19,8 @@ from gradio_client.exceptions import AppError
 from tests.app_process import SPACE_ENV, running_app
 from tests.train_factory import crc_bomb_zip
 
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
+
 ADDRESS_REQUESTS = 2
 
 

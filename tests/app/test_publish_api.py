@@ -11,6 +11,8 @@ from tests.app_process import running_app
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
+pytestmark = pytest.mark.slow  # each test here starts the app (`python app.py`)
+
 TOKEN = "hf_alice_WRITE_token_api_5e4d3c2b1a"
 READ_TOKEN = "hf_alice_READ_token_api_1a2b3c4d"
 

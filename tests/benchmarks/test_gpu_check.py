@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # about 22 s: every section of benchmarks/gpu_check.py at tiny sizes
 def test_the_dry_run_measures_every_section_and_prints_one_table(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = os.environ | {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}

@@ -1,4 +1,4 @@
-"""The tiny FLUX pipeline: FLUX's architecture, deterministic, and a save/load round trip."""
+"""The tiny FLUX pipeline: FLUX's architecture, deterministic, a save/load round trip, and a VAE that carries colour."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def test_a_folder_that_is_not_flux_is_refused(tmp_path):
         load_base_pipeline(settings)
 
 
-# ==== from test_tiny_vae.py ====
+# --------------------------------------------------------------------------------------------------
 # The tiny VAE carries colour: latents are a fixed linear map of the colours, and decoding inverts it.
 def test_encode_is_the_colour_map_and_decode_inverts_it(tiny_pipe):
     vae = tiny_pipe.vae

@@ -1,4 +1,4 @@
-"""`lora_space.hub` against the Hub stand-in, over real HTTP."""
+"""`lora_space.hub` against the Hub stand-in, over real HTTP: reads, write calls, and whose token each carries."""
 
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ def test_whoami(hub: HubStandIn) -> None:
     assert hub.requests == []
 
 
-# ==== from test_hub_write.py ====
+# --------------------------------------------------------------------------------------------------
 # hub.py's write calls (create_repo, create_commit, delete_repo, repo_exists) against the stand-in.
 TOKEN = "hf_writer_token_0a1b2c3d4e5f"
 
@@ -312,19 +312,9 @@ def test_write_calls_say_what_went_wrong(stand_in):
     assert not stand_in.commits
 
 
-# ==== from test_hardening_text.py ====
-# Hardening against hostile text and URLs from images, files and the Hub (issue 14, holes 1, 5, 6, 11).
-#
-# - Hole 1 against the running app: a PNG whose `parameters` text is 60,000 characters, given to
-#   `/publish`, is answered within 10 s, and other calls are answered within 5 s meanwhile (the
-#   parse of such a text held the GIL for minutes; a million characters, for hours).
-# - Hole 5: a card's images are Hub URLs checked and rebuilt from their parts, and showing them
-#   never makes the server fetch one (Gradio's Gallery fetches an `.svg` URL on the server).
-# - Hole 6: a LoRA whose metadata, trigger words and tensor names hold HTML and Markdown shows them
-#   as text in the LoRA tools panel, in Chromium: no `<img>`, no `<a>`.
-# - Hole 11: with the Space's `HF_TOKEN` set, a visitor's Hub reads carry no token at all (the
-#   stand-in records whose token each request carried).
-# -- hole 11: a visitor's Hub reads never carry the Space's token -------------------------------
+# --------------------------------------------------------------------------------------------------
+# Issue 14, hole 11: with the Space's `HF_TOKEN` set, a visitor's Hub reads carry no token at all (the
+# stand-in records whose token each request carried).
 
 
 def test_the_spaces_hf_token_is_never_sent_for_a_visitors_read(tmp_path, monkeypatch):

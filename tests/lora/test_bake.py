@@ -185,6 +185,7 @@ def test_on_a_space_the_bake_joins_the_visitors_own_library(settings) -> None:
     assert np.abs(pixels(baked.files[0]) - pixels(blend.files[0])).max() <= 1
 
 
+@pytest.mark.slow  # starts the app
 def test_bake_lora_from_gradio_client(tmp_path: Path) -> None:
     write_mix(tmp_path / "loras")
     with running_app(tmp_path) as url:

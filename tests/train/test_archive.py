@@ -3,7 +3,7 @@
 Every byte inflated counts against the zip's budget, also those of a member that then fails its
 checksum; only stored and deflate members are read; the Train tab's preview is the job's
 dataset, so neither *Start* nor a trigger word that differs from the zip's reads the zip again.
-The same bomb against the running app is in `test_hardening_bounds_app.py`.
+The same bomb against the running app is in `tests/app/test_limits.py`.
 """
 
 from __future__ import annotations

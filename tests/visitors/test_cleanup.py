@@ -103,7 +103,7 @@ def test_settings_and_the_app_wire_the_bounds(settings):
     assert demo.delete_cache == (300, 3 * 3600)
 
 
-# ==== from test_hardening_train_holes.py (jobs and previews) ====
+# --------------------------------------------------------------------------------------------------
 # Jobs and dataset previews that never aged out (a browser visitor's).
 
 # -- c. jobs and previews age out --------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_browser_ids_survive_reloads_and_restarts(settings) -> None:
     assert browser_secret(settings) == browser_secret(settings)  # read back from the data folder
 
 
-# ==== from test_hardening_owners.py (on a Space, with an engine) ====
+# --------------------------------------------------------------------------------------------------
 # Hardening (hole 5, ownership): on a Space one visitor's LoRAs never reach another's images.
 HUB_ALICE, SESSION_BOB = Visitor("hub", "alice"), Visitor("session", "b" * 32)
 TINY = Options(seed=2, steps=2, width=64, height=64)
