@@ -30,6 +30,7 @@ def space(make_space):
     """A space whose training jobs run in chunks of 3 steps."""
     return make_space(chunk_steps=3)
 
+
 REPO = Path(__file__).resolve().parents[2]
 
 

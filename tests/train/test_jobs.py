@@ -25,6 +25,7 @@ def space(make_space):
     """A space whose training jobs run in chunks of 3 steps."""
     return make_space(chunk_steps=3)
 
+
 BOB = Visitor("browser", "b" * 32)
 
 

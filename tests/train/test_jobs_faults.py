@@ -36,6 +36,7 @@ def space(make_space):
     """A space whose training jobs run in chunks of 3 steps."""
     return make_space(chunk_steps=3)
 
+
 CONFIG = RUN | {"max_train_steps": 12, "checkpoint_every": 3}
 
 
