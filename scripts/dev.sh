@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (once) and start the app or run the tests.
 #   bash scripts/dev.sh app     # the app in tiny mode on the CPU (or FLUX.1-dev where CUDA is)
-#   bash scripts/dev.sh test    # the whole test suite
+#   bash scripts/dev.sh test    # the whole test suite (pytest arguments pass through)
+#   bash scripts/dev.sh test -m "not browser and not slow"   # a developer's loop: no Chromium, nothing over ~20 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${LORA_SPACE_VENV:-.venv}

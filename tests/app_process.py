@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+LORA_NAMES = ["wtrclr_style", "detailed_eyes", "film_look", "neon"]  # the library write_library makes
 REPO = Path(__file__).resolve().parents[1]
 START_SECONDS = 120  # a generous bound: the app starts in about 20 s on an idle 2-core machine
 # As on a Space: SPACE_ID set, and the OAuth variables the Space would provide (never used: no one logs in).
@@ -69,3 +70,13 @@ def running_app(root: Path, **env: str) -> Iterator[str]:
             PROCESSES.pop(f"http://127.0.0.1:{port}/", None)
             process.terminate()
             process.wait(timeout=30)
+
+
+def write_library(folder: Path) -> None:
+    """A library of four LoRAs (LORA_NAMES; `wtrclr_style` with its trigger word) and a broken file."""
+    from tests.lora_factory import write_lora
+
+    for seed, name in enumerate(LORA_NAMES):
+        write_lora(folder / f"{name}.safetensors", seed)
+    (folder / "wtrclr_style.txt").write_text("wtrclr")
+    (folder / "broken.safetensors").write_bytes(b"\x80\x04not a safetensors file")

@@ -11,11 +11,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from lora_space.tiny.model import build_tiny_pipeline
-from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
 from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
@@ -86,31 +83,54 @@ def mean_colour(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64).mean(axis=(0, 1))
 
 
-# For tests of jobs on a real tiny engine (import the fixtures where they are used).
+# For tests of jobs on a real tiny engine (the `space` and `red_zip` fixtures are in conftest.py).
 ALICE = Visitor("browser", "a" * 32)
 TINY = Options(seed=3, steps=2, width=64, height=64)
 RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {"trigger_word": "redstyle"}
 
 
-@pytest.fixture
-def space(settings) -> LoraSpace:
-    """A LoraSpace on the tiny engine whose jobs run in chunks of 3 steps."""
-    space = LoraSpace(settings, Engine(build_tiny_pipeline()), chunk_steps=3)
-    yield space
-    space.jobs.close()
+ENDED = ("done", "failed", "cancelled")
+"""The states a job ends in; a job that is queued, running or interrupted may go on."""
+ACTIVE = ("queued", "running")
+"""The states of a job that is waiting for or taking its turns."""
 
 
-@pytest.fixture(scope="module")
-def red_zip(tmp_path_factory):
-    return colour_zip(tmp_path_factory.mktemp("zips") / "red.zip")
+def wait_for_job(owner, job_id: str, states=ENDED, *, leaving=None, until=None, timeout: float = 120, every: float = 0.02, meanwhile=None):
+    """The one job-polling loop: polls the job until its state is in `states` (or is no longer in
+    `leaving`, or `until(status)` holds).
 
-
-def wait_for_job(space: LoraSpace, job_id: str, states=("done", "failed", "cancelled"), timeout: float = 120):
-    """The job's status once it is in one of `states`; fails after `timeout` seconds."""
+    Args:
+        owner: a LoraSpace (statuses are `JobStatus`) or a `gradio_client.Client` of a running app
+            (statuses are `/training_status`'s dicts).
+        job_id: the job to follow.
+        states: the states to stop at (ignored when `leaving` or `until` is given).
+        leaving: stop at the first state not in these (e.g. ACTIVE: whatever the job ended as).
+        until: a test on the status to stop at, instead of `states`.
+        timeout: seconds before the test fails.
+        every: seconds between two polls (when no `meanwhile`).
+        meanwhile: called with each status that does not stop the wait, instead of sleeping `every`
+            (e.g. to generate while the job trains).
+    Returns:
+        The first status that stops the wait.
+    Raises:
+        AssertionError: the job did not get there within `timeout` seconds.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = space.jobs.status(job_id)
-        if status.state in states:
+    while True:
+        if isinstance(owner, LoraSpace):
+            status = owner.jobs.status(job_id)
+            state = status.state
+        else:
+            status = owner.predict(job_id=job_id, api_name="/training_status")
+            state = status["state"]
+        if until is not None:
+            stop = until(status)
+        else:
+            stop = state not in leaving if leaving is not None else state in states
+        if stop:
             return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} stayed {space.jobs.status(job_id).state}")
+        assert time.monotonic() < deadline, f"job {job_id} stayed {state} for {timeout} s"
+        if meanwhile is not None:
+            meanwhile(status)
+        else:
+            time.sleep(every)

@@ -1,6 +1,6 @@
 """LoRA Space under the ZeroGPU stand-in, in one process: `python -m tests.zerogpu_checks ROOT`.
 
-Run by tests/test_zerogpu.py with `LORA_SPACE_ZEROGPU_STANDIN=fork` or `reuse` set (the `@gpu`
+Run by tests/app/test_zerogpu.py with `LORA_SPACE_ZEROGPU_STANDIN=fork` or `reuse` set (the `@gpu`
 decorators read it at import), so every generation and training chunk runs in a forked worker
 with pickled arguments and results, as on ZeroGPU. Checks, each an assert:
 
@@ -28,13 +28,13 @@ import torch
 from safetensors.torch import save_file
 
 from lora_space.core import gpu
-from lora_space.core.errors import LoraFileError
-from lora_space.core.settings import Settings
-from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
+from lora_space.core.errors import LoraFileError
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
+from lora_space.core.settings import Settings
+from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
 from tests.lora_factory import write_lora

@@ -39,9 +39,8 @@ from huggingface_hub.errors import (
 )
 
 from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
-from lora_space.hub import search
+from lora_space.hub import http, search
 from lora_space.hub.http import (
-    TIMEOUT_S,
     base_url,
     hub_errors,
     ranged_reader,
@@ -263,7 +262,7 @@ class HubClient:
         with hub_errors(self.endpoint, repo_id=repo_id, filename=filename, revision=revision):
             if max_bytes is not None and not local_only and not is_cached(repo_id, filename, cache_dir=cache_dir, revision=revision):
                 url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.url)
-                size = get_hf_file_metadata(url, token=self.auth, timeout=TIMEOUT_S, endpoint=self.url).size
+                size = get_hf_file_metadata(url, token=self.auth, timeout=http.TIMEOUT_S, endpoint=self.url).size
                 if size is None or size > max_bytes:
                     raise LoraFileError(
                         f"{repo_id}/{filename} is {(size or 0) / 2**30:.1f} GiB, above the {max_bytes / 2**30:.1f} GiB "
@@ -298,7 +297,7 @@ class HubClient:
         """The `.safetensors` files of a model repo with their sizes in bytes, in the Hub's order."""
         self._online(f"list the files of {repo_id}")
         with hub_errors(self.endpoint, repo_id=repo_id, revision=revision):
-            info = self.api().model_info(repo_id, revision=revision, files_metadata=True, timeout=TIMEOUT_S)
+            info = self.api().model_info(repo_id, revision=revision, files_metadata=True, timeout=http.TIMEOUT_S)
         return [
             (sibling.rfilename, sibling.size or 0)
             for sibling in info.siblings or []
@@ -317,7 +316,7 @@ class HubClient:
         """
         self._online(f"look up {repo_id}")
         with hub_errors(self.endpoint, repo_id=repo_id):
-            info = self.api().model_info(repo_id, expand=["sha", "cardData"], timeout=TIMEOUT_S)
+            info = self.api().model_info(repo_id, expand=["sha", "cardData"], timeout=http.TIMEOUT_S)
         if not info.sha:
             raise HubError(f"The Hub at {self.url} did not say which commit {repo_id} is at; try again later.")
         return info.sha, info.card_data.to_dict() if info.card_data is not None else {}
@@ -326,7 +325,7 @@ class HubClient:
         """The YAML metadata of a repo's model card (the Hub's `cardData`); empty without a card."""
         self._online(f"read the model card of {repo_id}")
         with hub_errors(self.endpoint, repo_id=repo_id):
-            info = self.api().model_info(repo_id, expand=["cardData"], timeout=TIMEOUT_S)
+            info = self.api().model_info(repo_id, expand=["cardData"], timeout=http.TIMEOUT_S)
         return info.card_data.to_dict() if info.card_data is not None else {}
 
     def search_loras(self, base_model: str, *, query: str = "", sort: str = "downloads", limit: int = 24) -> list[HubModel]:
@@ -368,7 +367,7 @@ class HubClient:
         """
         self._online(f"read {repo_id}")
         with hub_errors(self.endpoint, repo_id=repo_id):
-            info = self.api().model_info(repo_id, expand=search.EXPAND, timeout=TIMEOUT_S)  # type: ignore[arg-type]
+            info = self.api().model_info(repo_id, expand=search.EXPAND, timeout=http.TIMEOUT_S)  # type: ignore[arg-type]
         return search.hub_model(info)
 
     # -- accounts and writes: the caller's own token, always ----------------------------------
