@@ -29,7 +29,7 @@ from lora_space.core.settings import Settings
 from lora_space.generate.recipe import Recipe, read_png_recipe, save_png
 from lora_space.library import store as library
 from lora_space.publish.card import TrainingFacts
-from lora_space.train.checkpoint import SAMPLE_PROMPTS, read_json
+from lora_space.train.checkpoint import SAMPLE_PROMPTS, SampleName, read_json
 from lora_space.train.status import JobState
 from lora_space.visitors.owners import Visitor, visitor_area, visitor_lora_dir
 
@@ -51,7 +51,6 @@ MAX_IMAGES = 24
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 4096 * 4096
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-_SAMPLE_NAME = re.compile(r"step(?P<step>\d+)_prompt(?P<prompt>\d+)_strength(?P<strength>[01])\.png")  # train/trainer.py
 
 
 @dataclass(frozen=True)
@@ -183,8 +182,8 @@ def job_bundle(space: PublishSources, job_id: str) -> Bundle:
 
 def _final_samples(paths: list[Path], prompts: list[str]) -> list[Sample]:
     """The samples made with the LoRA on, newest step first, at most `MAX_IMAGES`, each with its validation prompt."""
-    found = [(int(match["step"]), int(match["prompt"]), path) for path in paths
-             if (match := _SAMPLE_NAME.fullmatch(path.name)) and match["strength"] == "1" and path.is_file()]
+    found = [(name.step, name.prompt, path) for path in paths
+             if (name := SampleName.parse(path.name)) is not None and name.strength == 1 and path.is_file()]
     newest = sorted(found, key=lambda item: (-item[0], item[1]))[:MAX_IMAGES]
     return [Sample(path, prompts[number] if number < len(prompts) else "") for _, number, path in newest]
 

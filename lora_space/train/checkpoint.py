@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,33 @@ class JobFiles:
 
 SAMPLE_PROMPTS = "prompts.json"
 """In a job's samples folder: the sample prompts by number (`..._prompt<number>_...png`)."""
+_SAMPLE_NAME = re.compile(r"step(\d{1,9})_prompt(\d{1,4})_strength([01])\.png")
+_STATE_NAME = re.compile(r"step_(\d{1,9})")
+
+
+@dataclass(frozen=True)
+class SampleName:
+    """A sample image's file name: the step, the prompt's number, and the LoRA's strength (0 or 1)."""
+
+    step: int
+    prompt: int
+    strength: int
+
+    @property
+    def file_name(self) -> str:
+        return f"step{self.step:06d}_prompt{self.prompt}_strength{self.strength}.png"
+
+    @classmethod
+    def parse(cls, name: str) -> SampleName | None:
+        """The parts of a sample's file name, or None for any other name."""
+        match = _SAMPLE_NAME.fullmatch(name)
+        return cls(int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def state_step(folder: Path) -> int | None:
+    """The step of a saved state's folder (`state/step_N`), or None for any other folder."""
+    match = _STATE_NAME.fullmatch(folder.name)
+    return int(match[1]) if match else None
 
 
 def write_json(path: Path, value) -> None:
@@ -141,7 +169,7 @@ def save_state(
 ) -> Path:
     """Write the full state after `step` as `state/step_N`, then drop older states."""
     files.states.mkdir(parents=True, exist_ok=True)
-    target = files.states / f"step_{step:06d}"
+    target = files.states / f"step_{step:06d}"  # `state_step` reads it back
     partial = files.states / f".partial_{step:06d}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from lora_space.train.checkpoint import JobFiles, read_json
+from lora_space.train.checkpoint import JobFiles, read_json, state_step
 
 
 class JobState(StrEnum):
@@ -67,7 +67,7 @@ def job_status(files: JobFiles, state: dict, *, position: int = 0, steps_ahead: 
     progress = read_json(files.progress, {}) or {}
     step = progress.get("step", 0)
     if state["state"] == JobState.INTERRUPTED:  # killed between saving its state and its progress: the state is the truth
-        step = max([step] + [int(path.name[5:]) for path in files.states.glob("step_*") if path.name[5:].isdigit()])
+        step = max([step] + [found for path in files.states.glob("step_*") if (found := state_step(path)) is not None])
     per_step = progress.get("seconds_per_step")
     eta = per_step * (state["total_steps"] - step + steps_ahead) if per_step and state["state"] in ACTIVE else None
     lora_file = Path(state["lora_file"]) if state.get("lora_file") else None

@@ -19,7 +19,7 @@ from PIL import Image
 from lora_space.core.errors import TrainConfigError
 from lora_space.generate.recipe import save_png
 from lora_space.train.cache import Cache
-from lora_space.train.checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
+from lora_space.train.checkpoint import SAMPLE_PROMPTS, JobFiles, SampleName, write_json
 from lora_space.train.config import TrainConfig
 from lora_space.train.samples import sample_recipe
 
@@ -270,7 +270,7 @@ def sample_image(pipe, layers, config: TrainConfig, prompts: list[str], number: 
             ).images[0]  # fmt: skip
     finally:
         set_enabled(layers, True)
-    path = files.samples / f"step{step:06d}_prompt{number}_strength{strength}.png"
+    path = files.samples / SampleName(step, number, strength).file_name
     recipe = sample_recipe(config, prompts[number], strength=strength, job_id=files.root.name, steps=SAMPLE_STEPS, guidance=GUIDANCE)
     save_png(image, path, recipe)  # A1111 `parameters` and the JSON recipe
     return path.name
