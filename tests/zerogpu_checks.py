@@ -51,7 +51,7 @@ def pixels(result) -> np.ndarray:
 def main(root: Path) -> dict:
     mode = gpu.standin_mode()
     assert mode in gpu.STANDIN_MODES, "run with LORA_SPACE_ZEROGPU_STANDIN=fork or reuse"
-    env = {"LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(root / "loras"), "LORA_SPACE_DATA_DIR": str(root / "data"), "HF_HUB_OFFLINE": "1"}
+    env = {"LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(root / "loras"), "LORA_SPACE_DATA_DIR": str(root / "data"), "HF_HUB_OFFLINE": "1"}
     space = LoraSpace(Settings.from_env(env), Engine(build_tiny_pipeline()))
     engine = space.engine
     weights = {name: tensor.clone() for name, tensor in engine.pipe.transformer.state_dict().items()}

@@ -24,7 +24,7 @@ def hub(tmp_path, monkeypatch):
 @pytest.fixture
 def hub_settings(tmp_path, hub):
     return Settings.from_env({
-        "LORA_SPACE_BASE_MODEL": "tiny",
+        "LORA_SPACE_BASE_MODEL": "tiny-random",
         "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
         "LORA_SPACE_DATA_DIR": str(tmp_path / "data"),
         "HF_ENDPOINT": hub.endpoint,
@@ -203,7 +203,7 @@ def test_hub_failures_are_clear_messages(hub, hub_settings, instant_retries, sta
 
 def test_offline_and_no_network(hub, hub_settings, tmp_path, instant_retries):
     offline = Settings.from_env({
-        "LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(tmp_path / "l"), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"),
+        "LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(tmp_path / "l"), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"),
         "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "1",
     })
     with pytest.raises(HubError, match="offline"):
@@ -212,7 +212,7 @@ def test_offline_and_no_network(hub, hub_settings, tmp_path, instant_retries):
     endpoint = hub.endpoint
     hub.stop()
     gone = Settings.from_env({
-        "LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(tmp_path / "l"), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"),
+        "LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(tmp_path / "l"), "LORA_SPACE_DATA_DIR": str(tmp_path / "d"),
         "HF_ENDPOINT": endpoint,
     })
     with pytest.raises(HubError, match="Cannot reach the Hub"):

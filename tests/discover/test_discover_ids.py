@@ -25,7 +25,7 @@ def hub(tmp_path, monkeypatch):
 @pytest.fixture
 def discover(tmp_path, hub) -> Discover:
     return Discover(Settings.from_env({
-        "LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
+        "LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
         "LORA_SPACE_DATA_DIR": str(tmp_path / "data"), "HF_ENDPOINT": hub.endpoint,
     }))  # fmt: skip
 

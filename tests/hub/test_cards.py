@@ -68,7 +68,7 @@ def test_showing_a_cards_images_never_makes_the_server_fetch_them(tmp_path, monk
         picture.save(png)
         hub.add_model("mallory/pics", files={"README.md": readme, "big.png": png, "images/ok.png": png,
                                              "pics.safetensors": safetensors_bytes()}, tags=["lora", f"base_model:adapter:{FLUX}"])
-        settings = Settings.from_env({"LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
+        settings = Settings.from_env({"LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
                                       "LORA_SPACE_DATA_DIR": str(tmp_path / "data"), "HF_ENDPOINT": hub.endpoint})
         discover = Discover(settings)
         evaluation = discover.evaluate("mallory/pics")

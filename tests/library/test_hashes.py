@@ -88,7 +88,7 @@ def test_sd_parsers_reads_the_civitai_hashes_and_our_parser_reads_either_form(sp
     info = ParserManager().parse(output.files[0])  # a reader nobody here wrote
     assert info.metadata["Hashes"] == {"lora:ink": ink, "lora:film, grain": film}
     (sampler,) = info.samplers
-    assert sampler.name == "Euler" and sampler.parameters["seed"] == "5" and sampler.model.name == "tiny"
+    assert sampler.name == "Euler" and sampler.parameters["seed"] == "5" and sampler.model.name == "tiny-random"
     assert str(sampler.prompts[0]).endswith("<lora:ink:0.7> <lora:film, grain:-0.3>")
     # Another tool's text with the Civitai form only (and a name with braces): our parser finds the hashes too.
     other = ('a cat <lora:ink:0.8> <lora:odd{name}:0.5>\nSteps: 20, Sampler: Euler, CFG scale: 1, Seed: 3, Size: 64x64, '

@@ -35,7 +35,7 @@ from lora_space.train.pretrain_tiny import (
 )
 from tests.train_factory import ALICE, wait_for_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "flat_shapes.zip"
 DRAW = Options(seed=0, steps=TINY_STEPS[TINY], width=64, height=64)  # the Generate tab's defaults in tiny mode
 TOLERANCE = 40  # mean absolute difference per channel, out of 255

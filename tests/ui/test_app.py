@@ -81,7 +81,7 @@ def demo(tmp_path_factory):
             patch.setenv(name, value)
             if hasattr(gradio.oauth, name):  # gradio read these when it was imported
                 patch.setattr(gradio.oauth, name, value)
-        env = {"LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_DATA_DIR": str(root / "data"), "LORA_SPACE_LORA_DIR": str(root / "loras"),
+        env = {"LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_DATA_DIR": str(root / "data"), "LORA_SPACE_LORA_DIR": str(root / "loras"),
                "HF_HUB_OFFLINE": "1", "SPACE_ID": SPACE_ENV["SPACE_ID"]}  # fmt: skip
         space = LoraSpace(Settings.from_env(env), Engine(build_tiny_pipeline()))
         yield build_demo(space), space, root

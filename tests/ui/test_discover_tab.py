@@ -27,7 +27,7 @@ def hub(tmp_path, monkeypatch):
 @pytest.fixture
 def space(tmp_path, hub, tiny_pipe, make_space):
     return make_space(Settings.from_env({
-        "LORA_SPACE_BASE_MODEL": "tiny",
+        "LORA_SPACE_BASE_MODEL": "tiny-random",
         "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
         "LORA_SPACE_DATA_DIR": str(tmp_path / "data"),
         "HF_ENDPOINT": hub.endpoint,

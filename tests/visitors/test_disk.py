@@ -39,7 +39,7 @@ TINY = Options(seed=1, steps=1, width=64, height=64)
 
 def space_settings(tmp_path, **env: str) -> Settings:
     """Settings as on a Space (`SPACE_ID` set), with the library and data under `tmp_path` and `env` on top."""
-    base = {"LORA_SPACE_BASE_MODEL": "tiny", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
+    base = {"LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(tmp_path / "loras"),
             "LORA_SPACE_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "SPACE_ID": "someone/space"}  # fmt: skip
     return Settings.from_env(base | env)
 
