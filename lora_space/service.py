@@ -154,7 +154,7 @@ class LoraSpace:
                 raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
         for source, _ in choices:
             if source not in found:
-                found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor)
+                found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor, fits_base=True)
         return parsed, [(found[source], strength) for source, strength in choices]
 
     @one_turn_per_call
@@ -222,10 +222,10 @@ class LoraSpace:
                 row_images.append(open_image(output.files[0]))
             rows.append(row_images)
         x_name = x_item[0].name
-        grid = labelled_grid(
+        grid = labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
             rows,
-            [f"{x_name} {value:g}" for value in x_strengths],
-            [f"{y_item[0].name} {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
+            [f"{x_item[0].label}\nstrength {value:g}" for value in x_strengths],
+            [f"{y_item[0].label}\nstrength {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
             title=f"seed {options.seed}",
         )
         grid_file = folder / "sweep_grid.png"

@@ -15,7 +15,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import hub, library
 from .errors import LoraFileError, UnsafeFileError
-from .lora.safefile import PICKLE_SUFFIXES, parse_header
+from .lora.safefile import PICKLE_SUFFIXES, SafetensorsHeader, parse_header
 from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 from .settings import Settings
 
@@ -30,6 +30,12 @@ class ResolvedSource:
     trigger_words: list[str] = field(default_factory=list)
     repo_id: str | None = None
     revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages and grids name it: a Hub LoRA by its repo (and file, when the source names
+        one), never by a file stem alone such as `pytorch_lora_weights`; a library LoRA by its name."""
+        return self.source if self.repo_id else self.name
 
     @property
     def key(self) -> str:
@@ -156,16 +162,35 @@ def resolve_local(source: str, *, settings: Settings, visitor: Visitor = LOCAL) 
     return _local_file(source, settings, visitor)
 
 
+def check_fits_base(header: SafetensorsHeader, *, label: str, settings: Settings, token: str | None = None) -> None:
+    """Refuse a LoRA none of whose modules lands on the base model the app runs (from its header alone).
+
+    Raises:
+        LoraFileError: it would do nothing on this base; the message names `label` and says why.
+    """
+    from .lora.inspect import inspect_header  # lora.inspect imports this module
+    from .lora.shapes import current_base
+
+    report = inspect_header(header, source=label, base=current_base(settings, token=token))
+    if not report.compatible:
+        raise LoraFileError(
+            f"{label} does not fit the base model {report.base_model}, so it was not downloaded: {report.reason} "
+            "Pick a LoRA made for this model (Discover lists them)."
+        )
+
+
 def resolve_source(
-    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL, fits_base: bool = False
 ) -> ResolvedSource:
     """Find the LoRA a source names, downloading it from the Hub when needed.
 
     Hub files are fetched with the caller's `token` only (never the Space's own). Library names
-    and local paths are looked up as `visitor` may see them (API.md "Who owns what").
+    and local paths are looked up as `visitor` may see them (API.md "Who owns what"). With
+    `fits_base` (Generate, Bake), a Hub file that fits no module of the base model is refused from
+    its header, before it is downloaded.
 
     Raises:
-        LoraFileError: nothing by that name, or not a `.safetensors` file.
+        LoraFileError: nothing by that name, not a `.safetensors` file, or (`fits_base`) made for another base.
         UnsafeFileError: a pickle file.
         HubError: the Hub cannot give it (not found, gated, offline).
     """
@@ -191,7 +216,9 @@ def resolve_source(
                 f"{repo_id}/{filename} is {size / 2**30:.1f} GiB, above the {limit / 2**30:.1f} GiB this Space downloads; "
                 "pick a smaller file (resize it in LoRA tools on your own machine)."
             )
-        parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
+        header = parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
+        if fits_base:
+            check_fits_base(header, label=source, settings=settings, token=token)
     file = hub.download_file(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes, **hub_options)
     card = card if card is not None else hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(

@@ -8,13 +8,13 @@ import gradio as gr
 import pytest
 
 from lora_space.engine import Engine
-from lora_space.errors import LimitError
+from lora_space.errors import LimitError, LoraFileError
 from lora_space.service import LoraSpace
 from lora_space.settings import Settings
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.ui import build_demo
-from lora_space.ui.generate import SLOTS, fill_next_slot
-from tests.discover_repos import GATED_TOKEN, GATED_USER, add_discover_repos, instant_retries  # noqa: F401 (a fixture)
+from lora_space.ui.generate import SLOTS, fill_next_slot, place_lora, placement_note, switch_others_off
+from tests.discover_repos import GATED_TOKEN, GATED_USER, add_discover_repos, add_wide_repo, instant_retries  # noqa: F401 (a fixture)
 from tests.hub_standin import isolated_hub
 
 EMPTY = [None, 0.8, True] * SLOTS
@@ -38,12 +38,13 @@ def space(tmp_path, hub, tiny_pipe):
     return LoraSpace(settings, Engine(build_tiny_pipeline()))
 
 
-def handler(demo: gr.Blocks, output_id: str):
-    """The event function whose outputs hold the component with `elem_id == output_id`."""
+def handler(demo: gr.Blocks, *output_ids: str):
+    """The first event function whose outputs hold a component with each `elem_id` of `output_ids`."""
     for function in demo.fns.values():
-        if any(getattr(block, "elem_id", None) == output_id for block in function.outputs):
+        ids = {getattr(block, "elem_id", None) for block in function.outputs}
+        if set(output_ids) <= ids:
             return function.fn
-    raise AssertionError(f"no event writes to #{output_id}")
+    raise AssertionError(f"no event writes to #{', #'.join(output_ids)}")
 
 
 def token(value: str) -> gr.OAuthToken:
@@ -64,21 +65,53 @@ def test_fill_next_slot_takes_the_first_empty_slot():
         fill_next_slot([f"lora{i}" if i % 3 == 0 else 0.8 for i in range(3 * SLOTS)], "alice/repo/file.safetensors")
 
 
+def test_a_placed_lora_says_where_it_went_and_the_others_can_be_switched_off():
+    values = ["watercolor", 0.7, True, "neon", 1.0, True, "film", 0.5, False] + EMPTY[9:]
+    placement = place_lora(values, "alice/repo/file.safetensors")
+    assert placement.slot == 3 and placement.values[9:12] == ["alice/repo/file.safetensors", 0.8, True]
+    assert placement.others_on == [(0, "watercolor"), (1, "neon")]  # "film" is off already
+    note = placement_note(placement, ["wtrclr"])
+    assert "LoRA slot 4 (the group *LoRA 3-6*, now open)" in note and "slot 1 (watercolor), slot 2 (neon)" in note
+    *slots, note, button = switch_others_off("alice/repo/file.safetensors", *placement.values)
+    assert [slots[index + 2] for index in range(0, 12, 3)] == [False, False, False, True]  # kept, but off
+    assert slots[:2] == ["watercolor", 0.7] and "Only **alice/repo/file.safetensors** is on now" in note
+    assert place_lora(EMPTY, "neon").others_on == [] and "Also on" not in placement_note(place_lora(EMPTY, "neon"))
+
+
+def test_a_lora_for_another_base_is_refused_before_its_download_naming_the_repo(space, hub):
+    wide = add_wide_repo(hub)
+    demo = build_demo(space)
+    opener = handler(demo, "discover-verdict")
+    verdict, chosen, use_button, *_ = opener("", None, None, None, no_progress, wide)
+    assert "Not compatible with tiny" in verdict and "**Use in Generate is off**" in verdict
+    assert chosen is None and use_button.interactive is False
+    hub.reset_log()
+    for prompt, loras in (("a castle", [{"source": wide, "strength": 0.8}]), (f"a castle <lora:{wide}:0.8>", [])):
+        with pytest.raises(LoraFileError, match=f"{wide} does not fit the base model tiny .*, so it was not downloaded"):
+            space.generate(prompt, loras)  # what /generate calls: the slots and the prompt's tags alike
+    with pytest.raises(LoraFileError, match=f"{wide}/pytorch_lora_weights.safetensors does not fit"):
+        space.bake([{"source": f"{wide}/pytorch_lora_weights.safetensors", "strength": 1.0}])
+    assert not [r for r in hub.requests if r.path.endswith(".safetensors") and r.method == "GET" and not r.range]
+
+
 def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, hub):
     demo = build_demo(space)
-    opener, use = handler(demo, "discover-verdict"), handler(demo, "discover-use-status")
+    opener, use = handler(demo, "discover-verdict"), handler(demo, "discover-use-status", "slot-note")
     # Opening needs the visitor's token: anonymously the card and header are refused.
     anonymous = opener("", None, None, None, no_progress, "dave/gated-lora")
     assert "gated: accept its licence on the Hub and log in" in anonymous[0]
     assert anonymous[1]["source"] == "dave/gated-lora/gated-lora.safetensors"
-    verdict, chosen, _, _, card, report = opener("", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
+    verdict, chosen, _, _, card, inspection, report, _ = opener("", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
     assert "Compatible with tiny" in verdict and report["compatible"]
+    assert "Fits `tiny" in inspection and "Trigger words: `gtd`" in inspection and "7.6 kB" in inspection  # the LoRA tools' summary, not raw JSON
     hub.reset_log()
     with pytest.raises(gr.Error, match="dave/gated-lora is gated"):  # Use without a login fails clearly ...
         use("", None, None, None, no_progress, chosen, "a castle", *EMPTY)
-    note, prompt, *slots, tabs = use("", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
+    status, prompt, *placed, tabs = use("", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
+    slots, (_, note, _, _) = placed[: 3 * SLOTS], placed[3 * SLOTS :]
     assert slots[:3] == ["dave/gated-lora/gated-lora.safetensors", 0.8, True]  # ... and works with it
     assert prompt == "gtd, a castle" and "slot 1" in note and "trigger words gtd go into the prompt" in note
+    assert status == ""  # the note is on Generate; nothing is left behind on Discover
     assert tabs.selected == "generate"  # the Generate tab opens
     downloads = [r for r in hub.requests if r.path.endswith("gated-lora.safetensors") and r.method == "GET" and not r.range]
     assert [(r.user, r.status) for r in downloads] == [(GATED_USER, 200)]  # anonymously refused at the size check
@@ -89,7 +122,7 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
     assert cached["format"] == "diffusers" and cached["owner"] == "hub cache"
     # Generating with it reads the cached file: no second download of its bytes.
     hub.reset_log()
-    generate = handler(demo, "gallery")
+    generate = handler(demo, "gallery", "generate-warnings")
     generate("", None, None, token(GATED_TOKEN), no_progress, "a castle", "", 1, 1, 3.5, "64x64 tiny", 1, 1, *slots)
     assert not [r for r in hub.requests if r.path.endswith("gated-lora.safetensors") and r.method == "GET" and not r.range]
 
@@ -97,7 +130,7 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
 def test_search_handler_shows_results_and_hub_errors_as_messages(space, hub, instant_retries):
     demo = build_demo(space)
     search = handler(demo, "discover-results")
-    results, status, _, _, _ = search("", None, None, None, no_progress, "", "downloads", 1)
+    results, status, *_ = search("", None, None, None, no_progress, "", "downloads", 1)
     assert [item["repo_id"] for item in results][:2] == ["alice/watercolor-flux", "dave/gated-lora"]
     assert "6 LoRAs on page 1, sorted by downloads" in status
     hub.outage = 429

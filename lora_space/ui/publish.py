@@ -19,7 +19,7 @@ from ..publish.card import FRONT_MATTER
 from ..publish.publish import PublishRequest, preview_card, publish, user_token
 from ..service import LoraSpace
 from .errors import api_errors
-from .visitors import token_of, visitor_of, with_caller
+from .visitors import on_visitor_known, token_of, visitor_of, with_caller
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "
@@ -191,7 +191,7 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropd
     )
     card.input(_body, card, card_view, api_visibility="private")
     refresh.click(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
-    browser_id.change(with_caller(settings, on_refresh), browser_id, source, api_visibility="private", show_progress="hidden")
+    on_visitor_known(browser_id, with_caller(settings, on_refresh), browser_id, source, api_visibility="private", show_progress="hidden")
     return source
 
 

@@ -27,8 +27,8 @@ from ..train.autocaption import autocaption
 from ..train.config import MIXED_PRECISIONS, OPTIMIZERS, QUANTIZATIONS, SCHEDULERS, default_preset, guidance, load_presets, merged, preset_values
 from ..train.dataset import add_trigger_word, has_word, ingest
 from .errors import user_errors
-from .generate import GenerateControls, fill_next_slot
-from .visitors import with_caller
+from .generate import GenerateControls, place_lora, placement_updates
+from .visitors import on_visitor_known, with_caller
 
 TRY_STRENGTH = 0.8
 THUMBNAILS = 24
@@ -317,6 +317,14 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         started = space.jobs.start(zip_path, settings_from_widgets(word, values), visitor=visitor, captions=captions)
         return job_view(started.job_id) | list_view(visitor, started.job_id) | {job_id: started.job_id}
 
+    def cleared_view() -> dict:
+        """The view with nothing of the previous job: Start calls it first, so that its progress,
+        loss, samples, files and buttons go before (or even if) the new job starts."""
+        return job_view("") | {
+            loss_plot: loss_figure({}), samples: [], checkpoints: None, lora_file: gr.File(value=None, visible=False),
+            lora_name: gr.Textbox(value="", visible=False), try_button: gr.Button(visible=False), publish_button: gr.Button(visible=False),
+        }  # fmt: skip
+
     def on_tick(job, seen, *, visitor, token):
         view = job_view(job, seen)
         if job and (seen or {}).get("state") not in (None, view[shown]["state"]):  # the job moved on: the list shows it
@@ -345,7 +353,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     add_trigger.click(on_add_trigger, [table, trigger], table, api_visibility="private")
     auto.click(with_caller(settings, on_autocaption), [browser_id, preview, trigger], table, api_visibility="private")
     preset.change(user_errors(on_preset), preset, [preset, *widgets], api_visibility="private")
-    start.click(
+    start.click(cleared_view, None, view_outputs, queue=False, show_progress="hidden", api_visibility="private").then(
         with_caller(settings, on_start), [browser_id, upload, table, preview, trigger, *widgets],
         [*view_outputs, *list_outputs, job_id], api_visibility="private", concurrency_limit=None, show_progress_on=status,
     )  # fmt: skip
@@ -355,24 +363,30 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private", show_progress_on=status)
     cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
     resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
-    browser_id.change(
-        with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
+    on_visitor_known(
+        browser_id, with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
     )
     return TrainHandles(browser_id, lora_name, try_button, publish_button, status, space)
 
 
 def wire_train_to_generate(handles: TrainHandles, controls: GenerateControls, tabs: gr.Tabs | None = None) -> None:
-    """"Try in Generate": the finished LoRA goes into the next free Generate slot at 0.8, and Generate shows."""
+    """"Try in Generate": the finished LoRA goes into the first free Generate slot at 0.8 (opening the
+    folded group when it lands there), and Generate shows, saying where it went and offering to switch
+    the other slots off. When a job's LoRA joins the library, the library and the pickers list it."""
 
     @user_errors
     def on_try(name, *slot_values):
         if not name:
             raise DatasetError("No finished LoRA is shown; pick a finished job in *Your jobs* first.")
-        values = fill_next_slot(list(slot_values), name, TRY_STRENGTH)
-        return values + ([gr.Tabs(selected="generate")] if tabs is not None else [])
+        placement = place_lora(list(slot_values), name, TRY_STRENGTH)
+        return placement_updates(placement) + ([gr.Tabs(selected="generate")] if tabs is not None else [])
 
-    outputs = [*controls.slots] + ([tabs] if tabs is not None else [])
-    handles.try_button.click(on_try, [handles.lora_name, *controls.slots], outputs, api_visibility="private")
+    outputs = [*controls.placement_outputs] + ([tabs] if tabs is not None else [])
+    controls.clear_stale_on(handles.try_button.click, own=[controls.slot_note, controls.solo_button])
+    handles.try_button.click(
+        on_try, [handles.lora_name, *controls.slots], outputs, api_visibility="private", show_progress="hidden"
+    )
+    controls.follow_library(handles.lora_name.change(lambda: None, None, None, api_visibility="private", show_progress="hidden"))
 
 
 def wire_train_to_publish(handles: TrainHandles, source: gr.components.Component, tabs: gr.Tabs | None = None) -> None:

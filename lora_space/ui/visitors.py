@@ -48,15 +48,62 @@ def visitor_of(
     return Visitor("session", new_browser_id())  # no way to find it again: a one-off visitor
 
 
+OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
+
+
+def sign_in_missing(settings: Settings) -> list[str]:
+    """What *Sign in with Hugging Face* lacks on a Space, as the variables' names ([] when it works).
+
+    Gradio's login button works on huggingface.co (`SYSTEM=spaces`) with the OAuth variables the
+    platform sets for a Space whose README says `hf_oauth: true` (gradio reads them at import).
+    Elsewhere gradio would mock the login with the machine's own Hub login (a `whoami()` call at
+    start, which fails offline or without a token), and on a Space without the variables it
+    refuses to start. Off a Space there is no button, by design: nothing is missing.
+    """
+    if not settings.on_space:
+        return []
+    from gradio import oauth, utils
+
+    missing = [] if utils.get_space() else ["SYSTEM=spaces"]
+    return missing + [name for name in OAUTH_VARIABLES if not getattr(oauth, name, None)]
+
+
+def sign_in_off_line(missing: list[str]) -> str:
+    """One line saying that visitors cannot sign in, why, and how a Space's owner turns it on."""
+    return (
+        f"Sign-in with Hugging Face is off ({', '.join(missing)} not set): visitors are anonymous, and Hub calls "
+        "from the page are made without a login (scripts can still pass oauth_token=). On huggingface.co, add "
+        "`hf_oauth: true` to the README's header (this repo's README has it); a local run with SPACE_ID has no sign-in."
+    )
+
+
 def first_browser_id(session_hash: str) -> str:
     """The id a browser without one gets: derived from its first page session."""
     return hashlib.sha256(f"browser-id:{session_hash}".encode()).hexdigest()[:32]
 
 
-def build_browser_id(settings: Settings) -> gr.BrowserState:
+def build_browser_id(settings: Settings, demo: gr.Blocks) -> gr.BrowserState:
     """The browser's anonymous visitor id, kept in its localStorage (encrypted with a secret
-    stored in the data folder, so it survives app restarts); `fill_browser_id` sets it on load."""
-    return gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
+    stored in the data folder, so it survives app restarts); `fill_browser_id` sets it when the
+    page loads, and `on_visitor_known` listeners run after that (call inside `demo`)."""
+    state = gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
+    state.visitor_known = demo.load(fill_browser_id, state, state, api_visibility="private")  # type: ignore[attr-defined]
+    return state
+
+
+def on_visitor_known(browser_id: gr.BrowserState, fn: Callable, inputs, outputs, **options):
+    """Run the event handler `fn` once a page knows its visitor (after its load event has stored
+    the browser's id): for what depends on who the visitor is (their LoRAs, their jobs).
+
+    Not on `browser_id.change`: gradio 6 fires a BrowserState's change again whenever an update
+    without a value (`gr.Dropdown(choices=...)`, `gr.Button(visible=...)`) re-renders the page, so
+    listeners sending such updates set each other off without end (10 requests a second from each
+    open page, each scanning the library).
+
+    Returns:
+        The event, for `.then`.
+    """
+    return browser_id.visitor_known.then(fn, inputs, outputs, **options)  # type: ignore[attr-defined]
 
 
 def fill_browser_id(current: str | None, request: gr.Request) -> str:
