@@ -13,7 +13,9 @@ at 512x512 (a 64x64 latent: 1024 image tokens, 512 text tokens), batch 1:
 - `fp8`: the base in fp8 weights (torchao, loaded the same way), 8-bit AdamW and checkpointing.
 
 It prints seconds per step, peak GPU memory (beyond what was allocated before the preset began),
-the time for 1000 steps, and the share of the card's dense bf16 rate reached, counting 2x the
+the time for 1000 steps, the cost of one preemption of a training chunk by a generation (the
+state saved, the adapter off and on, on a GPU the text encoders and VAE of FLUX.1-dev's size moved
+off it and back, and what a fresh worker adds: `preemption.py`) as a share of a step, and the share of the card's dense bf16 rate reached, counting 2x the
 forward FLOPs per step (forward, plus the backward pass to the activations; the frozen base
 gets no weight gradients; recomputation under checkpointing is not counted as useful work). Targets on one H200: 1000 steps in
 <= 3.5 minutes (bf16); <= 12 GB peak (low memory). `gpu_check.py` calls `run` for its
@@ -122,7 +124,9 @@ def run(preset: str, steps: int, peak_tflops: float, *, scale: Scale = FULL, dev
         saved: a folder for the random model saved once for the quantised presets (default: a temporary one).
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
 
+    from benchmarks.preemption import encoder_moves, preemption_parts
     from lora_space.train.config import TrainConfig
     from lora_space.train.trainer import attach_adapter, flow_matching_loss, make_optimizer
 
@@ -202,6 +206,18 @@ def run(preset: str, steps: int, peak_tflops: float, *, scale: Scale = FULL, dev
     print(f"{preset:<11} {seconds:8.3f} s/step  {figures['minutes_per_1000_steps']:6.2f} min per 1000 steps  {peak}  "
           f"{figures['tflops']:7.1f} TFLOP/s = {figures['share_of_peak']:.1%} of {peak_tflops:g} TFLOP/s bf16"
           + "".join(f"\n  note: {text}" for text in notes))  # fmt: skip
+    # One preemption of a chunk by a waiting generation, with the trainer's own code (benchmarks/preemption.py).
+    scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer, num_warmup_steps=0, num_training_steps=config.max_train_steps)
+    parts = preemption_parts(transformer, config, "bench", parameters, optimizer, scheduler, synchronize)
+    moves = encoder_moves(device, synchronize) if cuda else 0.0  # on a CPU nothing moves
+    warm = parts["save"] + parts["warm"]
+    figures |= {
+        "preemption_save_seconds": parts["save"], "preemption_adapter_seconds": parts["warm"], "preemption_encoders_seconds": moves,
+        "preemption_steps": (warm + moves) / seconds, "fresh_worker_extra_seconds": parts["cold"],
+    }  # fmt: skip
+    print(f"{'':<11} one preemption: state saved {parts['save']:.2f} s + adapter off/on {parts['warm'] * 1000:.1f} ms"
+          f" + encoders and VAE off the GPU and back {moves:.2f} s = {figures['preemption_steps']:.2f} steps;"
+          f" a fresh worker adds {parts['cold']:.2f} s (adapter attached, state read back) = {parts['cold'] / seconds:.2f} steps")  # fmt: skip
     del transformer, optimizer, parameters
     if cuda:
         torch.cuda.empty_cache()

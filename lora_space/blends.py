@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import library
+from .cleanup import check_quota
+from .disk import check_write
 from .errors import LoraFileError
 from .hashes import LORA_SHORT, is_hash_prefix
 from .lora.bake import BakePart, BakeReport, bake
 from .lora.export import TARGETS, save_lora
 from .lora.shapes import current_base
-from .lora.tools import read_lora_file
+from .lora.tools import check_tool_work, files_work, read_lora_file
 from .owners import LOCAL, Visitor, visitor_lora_dir
 from .recipe import Recipe
 from .sources import find_library_entry
@@ -102,6 +104,8 @@ def bake_blend(
     _, blend = space.resolve(prompt, loras, token=token, visitor=visitor)  # slots and the prompt's tags
     if not blend:
         raise LoraFileError("Give at least one LoRA to bake, e.g. [{'source': 'watercolor_style', 'strength': 0.8}].")
+    work = len(blend) * files_work([item.file for item, _ in blend])  # the summed rank's SVD: at most n x the parts'
+    check_tool_work(work, space.settings.limits, what=f"Baking {len(blend)} LoRAs")
     parts = []
     for index, (item, strength) in enumerate(blend):
         if progress is not None:
@@ -119,15 +123,19 @@ def bake_blend(
     if progress is not None:
         progress(len(blend) / (len(blend) + 1), desc="baking")
     baked, report = bake(parts, base=current_base(space.settings, token=token), rank=rank)
-    # 4. Write it (diffusers) and put it into the visitor's library; export a copy when asked.
+    # 4. Write it (diffusers) and put it into the visitor's library; export a copy when asked. The
+    #    quota and the disk bounds are checked for both copies before either is written.
+    size = sum(tensor.numel() * tensor.element_size() for module in baked.modules.values() for tensor in (module.A, module.B))
+    check_quota(space.settings, visitor, size)
+    check_write(space.settings, size * (3 if target != "diffusers" else 2))
     name = name.strip() or _default_name([part.name for part in parts], taken)
-    folder = space.new_output_dir()
-    path = folder / (re.sub(r"[^\w.()+-]+", "_", name) + library.SUFFIX)
-    warnings = list(report.warnings) + save_lora(baked, path, step=report.step())
-    returned = path
-    if target != "diffusers":  # before the library: a layout that cannot hold it leaves nothing behind
-        returned = path.with_name(f"{path.stem}-{target}.safetensors")
-        warnings += save_lora(baked, returned, target=target, step=report.step())
+    with space.output_dir() as folder:
+        path = folder / (re.sub(r"[^\w.()+-]+", "_", name) + library.SUFFIX)
+        warnings = list(report.warnings) + save_lora(baked, path, step=report.step())
+        returned = path
+        if target != "diffusers":  # before the library: a layout that cannot hold it leaves nothing behind
+            returned = path.with_name(f"{path.stem}-{target}.safetensors")
+            warnings += save_lora(baked, returned, target=target, step=report.step())
     entry = space.add_lora(path, visitor=visitor, name=name)
     logger.info("baked %s (%d parts, rank %d)", entry.name, len(parts), report.rank)
     return BakeResult(

@@ -10,7 +10,12 @@ cleans these folders and nothing else:
   sidecars, a folder) once untouched for `Storage.visitor_max_age_s`;
 - `jobs/<job id>/` on a Space: a finished, cancelled or failed training job, once untouched for
   `Storage.visitor_max_age_s` (queued, running and interrupted jobs never; a local run's never);
-- `<temp>/lora-space-previews/<visitor id>/`: the Train tab's dataset previews, aged as outputs.
+- `previews/<visitor id>/<random id>/`: the Train tab's dataset previews (`train.preview`), aged as outputs;
+- then, on a Space, outputs and the Hub cache down to their size bounds, least recently used
+  first (`disk.evict_outputs`, `disk.evict_hub_cache`; never the base model or the shared library).
+
+A visitor's quota (`check_quota`) counts their area, their training jobs (dataset included) and
+their previews.
 
 Gradio keeps its own copy of every returned and uploaded file; `build_demo` hands
 `gradio_delete_cache(settings)` to `gr.Blocks(delete_cache=...)` so that copy ages out too.
@@ -29,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .disk import evict_hub_cache, evict_outputs, tree_bytes
 from .errors import LimitError
 from .owners import Visitor, visitor_area
 from .settings import Settings
@@ -38,13 +44,14 @@ logger = logging.getLogger(__name__)
 OUTPUTS = "outputs"
 VISITORS = "visitors"
 JOBS = "jobs"
-PREVIEWS = "lora-space-previews"
+PREVIEWS = "previews"
+LEGACY_PREVIEWS = "lora-space-previews"  # earlier versions kept previews in the temp folder
 FINISHED_JOB_STATES = ("done", "cancelled", "failed")  # queued, running and interrupted jobs are never cleaned
 
 
-def preview_root() -> Path:
-    """The Train tab's dataset previews: `<temp>/lora-space-previews/<visitor id>/<random>`."""
-    return Path(tempfile.gettempdir()) / PREVIEWS
+def preview_root(settings: Settings) -> Path:
+    """The Train tab's dataset previews: `data_dir/previews/<visitor id>/<random id>` (`train.preview`)."""
+    return settings.data_dir / PREVIEWS
 
 
 @dataclass
@@ -62,17 +69,6 @@ def _files(path: Path) -> Iterator[Path]:
     for root, _, names in os.walk(path, followlinks=False):
         for name in names:
             yield Path(root) / name
-
-
-def tree_bytes(path: Path) -> int:
-    """Bytes of the regular files under `path` (symlinks are not followed)."""
-    total = 0
-    for file in _files(path):
-        try:
-            total += file.lstat().st_size
-        except OSError:
-            continue
-    return total
 
 
 def _newest(path: Path) -> float:
@@ -162,21 +158,22 @@ def clean(settings: Settings, *, now: float | None = None) -> CleanReport:
             finished = folder.is_dir() and not folder.is_symlink() and _job_state(folder) in (*FINISHED_JOB_STATES, None)
             if finished and now - _newest(folder) > storage.visitor_max_age_s:
                 _remove(folder, settings, report)
-    # 4. The Train tab's dataset previews (in the temp folder), aged as call outputs are.
-    previews = preview_root()
-    if previews.is_dir() and not previews.is_symlink():
+    # 4. The Train tab's dataset previews, aged as call outputs are (also those earlier versions left in the temp folder).
+    for previews in (preview_root(settings), Path(tempfile.gettempdir()) / LEGACY_PREVIEWS):
+        if not previews.is_dir() or previews.is_symlink():
+            continue
         for folder in previews.glob("*/*"):
             if not folder.is_symlink() and now - _newest(folder) > storage.output_max_age_s:
-                size = tree_bytes(folder)
-                if folder.is_dir():
-                    shutil.rmtree(folder, ignore_errors=True)
+                if folder.is_relative_to(settings.data_dir):
+                    _remove(folder, settings, report)
                 else:
-                    folder.unlink(missing_ok=True)
-                report.removed.append(f"{PREVIEWS}/{folder.relative_to(previews).as_posix()}")
-                report.freed_bytes += size
+                    shutil.rmtree(folder, ignore_errors=True)
         for area in previews.iterdir():
             if area.is_dir() and not area.is_symlink() and not any(area.iterdir()):
                 area.rmdir()
+    # 5. On a Space: outputs and the Hub cache down to their size bounds, least recently used first.
+    report.removed += [f"{OUTPUTS}/{name}" for name in evict_outputs(settings)]
+    report.removed += [f"hub cache: {repo}" for repo in evict_hub_cache(settings)]
     if report.removed:
         logger.info("cleanup removed %d entries, %.1f MB", len(report.removed), report.freed_bytes / 1e6)
     return report
@@ -190,10 +187,30 @@ def _job_state(folder: Path) -> str | None:
         return None
 
 
-def check_quota(settings: Settings, visitor: Visitor, incoming_bytes: int) -> None:
-    """Refuse adding `incoming_bytes` to a visitor's area past `settings.storage.visitor_quota_bytes`.
+def visitor_usage(settings: Settings, visitor: Visitor) -> int:
+    """Bytes a visitor holds: their area, their training jobs (dataset, checkpoints, samples) and previews."""
+    used = tree_bytes(visitor_area(settings.data_dir, visitor)) + tree_bytes(preview_root(settings) / visitor.id)
+    jobs = settings.data_dir / JOBS
+    for state in jobs.glob("*/job.json") if jobs.is_dir() else []:
+        try:
+            owner = json.loads(state.read_text(encoding="utf-8")).get("owner")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if owner == visitor.id:
+            used += tree_bytes(state.parent)
+    return used
 
-    The local user of a local run owns the disk and has no quota.
+
+def quota_left(settings: Settings, visitor: Visitor) -> int | None:
+    """Bytes `visitor` may still add (None: no quota, the local user of a local run)."""
+    return None if visitor.is_local else max(0, settings.storage.visitor_quota_bytes - visitor_usage(settings, visitor))
+
+
+def check_quota(settings: Settings, visitor: Visitor, incoming_bytes: int) -> None:
+    """Refuse adding `incoming_bytes` to what a visitor holds past `settings.storage.visitor_quota_bytes`.
+
+    What a visitor holds is `visitor_usage`: their area, their jobs and their previews. The local
+    user of a local run owns the disk and has no quota.
 
     Raises:
         LimitError: says how much the area holds and how to make room.
@@ -201,7 +218,7 @@ def check_quota(settings: Settings, visitor: Visitor, incoming_bytes: int) -> No
     if visitor.is_local:
         return
     quota = settings.storage.visitor_quota_bytes
-    used = tree_bytes(visitor_area(settings.data_dir, visitor))
+    used = visitor_usage(settings, visitor)
     if used + incoming_bytes > quota:
         raise LimitError(
             f"Your space on this Space holds {used / 2**20:.0f} MB of its {quota / 2**20:.0f} MB; adding "

@@ -6,8 +6,13 @@ an LRU cache of adapters), sets the mix, fuses it when the same mix repeats, run
 pipeline and returns images. Adapters that fall out of the cache are deleted from the
 model, so `set_adapters` costs what the active LoRAs cost, not what was ever used.
 
+Generations and training chunks take turns on the pipeline, first come, first served
+(`Turns`): a chunk that sees a generation waiting ends at its next step boundary, and the
+generation runs before the chunk's job gets the pipeline again.
+
 On ZeroGPU the GPU function runs in a forked worker whose module changes never reach the
-main process, so all adapter work happens inside it (`_run_locked`).
+main process, so all adapter work happens inside it (`_run_locked`); the turns are taken in
+the main process, around the GPU call.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from PIL import Image
 from .compiled import CompileOptions, CompiledTransformer
 from .errors import LimitError, LoraFileError
 from .gpu import gpu, on_zerogpu
+from .turns import Turns
 from .lora.formats import to_diffusers
 from .lora.safefile import load_lora_file
 from .lora.shapes import no_module_matched
@@ -137,6 +143,10 @@ class Adapter:
 class Engine:
     """Owns the pipeline and its adapter state; every change happens under `self._lock`.
 
+    Generations and training chunks take turns (`turn`, first come, first served); a chunk ends
+    at its next step boundary when `generation_waiting()`. Between the chunks of one job its
+    adapter may stay attached, switched off (`parked`), so that the next chunk resumes at once.
+
     Args:
         pipe: the base pipeline (already on its device).
         cache_size: how many adapters stay attached (LRU).
@@ -174,6 +184,10 @@ class Engine:
         self._compiled = CompiledTransformer(pipe, compile) if compile is not None else None
         self._eager_reason: str | None = None  # why the current mix runs eager in compiled mode
         self._eager_names: list[str] = []  # its adapters, attached for that request only
+        self._turns = Turns()
+        # What a training chunk left on the pipeline for the next chunk of its job (a training
+        # session whose adapter stays attached, switched off); only borrowers (`lend`) use it.
+        self.parked: object | None = None
         _ENGINES[id(self)] = self
 
     # -- public -------------------------------------------------------------------------
@@ -187,11 +201,33 @@ class Engine:
         return list(self.pipe.get_list_adapters().get("transformer", []))
 
     def generate(self, request: GenerationRequest, *, progress=None) -> GenerationResult:
-        """Run one request with its own LoRA mix; other requests wait for the lock."""
+        """Run one request with its own LoRA mix, in its turn (a training chunk ends at its next step for it)."""
         seed = request.options.seed if request.options.seed >= 0 else secrets.randbelow(MAX_SEED)
-        if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
-            return _generate_on_gpu(id(self), request, seed, None)
-        return _generate_on_gpu(id(self), request, seed, progress)
+        with self._turns.turn(generation=True):
+            if on_zerogpu():  # arguments are pickled into the GPU worker: pass the engine by id
+                return _generate_on_gpu(id(self), request, seed, None)
+            return _generate_on_gpu(id(self), request, seed, progress)
+
+    def turn(self) -> contextlib.AbstractContextManager[None]:
+        """A training chunk's turn on the pipeline: hold it around the chunk's GPU call (then `lend`).
+
+        Turns are first come, first served; a generation that arrives meanwhile waits at most
+        until the chunk's next step boundary (`generation_waiting`).
+        """
+        return self._turns.turn()
+
+    @property
+    def parks_training(self) -> bool:
+        """Whether a training chunk may leave its session parked on the pipeline (`parked`) for its job's
+        next chunk: not in compiled mode, whose compiled blocks must see the modules they were compiled with."""
+        return self._compiled is None
+
+    def generation_waiting(self) -> bool:
+        """A generation waits for its turn: a training chunk ends at its next step boundary.
+
+        Read from shared memory, so it also answers inside a forked GPU worker (ZeroGPU).
+        """
+        return self._turns.waiting_generations() > 0
 
     @contextlib.contextmanager
     def lend(self) -> Iterator[FluxPipeline]:
@@ -199,24 +235,29 @@ class Engine:
 
         The borrower gets the base model: the fused mix undone (exactly: originals copied
         back) and every cached adapter switched off. It may attach its own adapter under a
-        name of its own, train it (only that adapter's parameters), and must delete it before
-        returning. On return the engine puts back what it had: `requires_grad` of every
-        parameter, the active mix and its strengths, and the fused weights if the mix was fused.
-        Generations wait for the lock meanwhile, so a visitor waits at most one chunk.
+        name of its own and train it (only that adapter's parameters); before returning it
+        deletes the adapter, or leaves it attached for its job's next chunk in `parked`,
+        switched off here like every other adapter, so that generations never see it. On
+        return the engine puts back what it had: `requires_grad` of every parameter, the
+        active mix and its strengths, and the fused weights if the mix was fused.
+
+        The caller holds a `turn` around the chunk (in the main process; on ZeroGPU the chunk
+        itself runs in a forked worker), and the chunk ends at its next step boundary when
+        `generation_waiting()`, so a generation waits about one step.
         """
         with self._lock:
             fused_mix, mix = self._fused_mix, self._last_mix or ()
             self._unfuse()
             transformer = self.pipe.transformer
             grads = {parameter: parameter.requires_grad for parameter in transformer.parameters()}
-            wrapped = {name for name, module in transformer.named_modules() if isinstance(module, BaseTunerLayer)}
             self._activate([], [])
             try:
                 yield self.pipe
             finally:
-                # Layers the borrower's adapter wrapped, now empty, become plain layers again.
+                # Layers left without any adapter (the borrower's, or a parked one it deleted)
+                # become plain layers again.
                 for name, module in list(transformer.named_modules()):
-                    if isinstance(module, BaseTunerLayer) and name not in wrapped and not getattr(module, "lora_A", None):
+                    if isinstance(module, BaseTunerLayer) and not getattr(module, "lora_A", None):
                         parent, _, child = name.rpartition(".")
                         setattr(transformer.get_submodule(parent) if parent else transformer, child, module.get_base_layer())
                 self._layers = None

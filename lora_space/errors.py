@@ -48,6 +48,10 @@ class TrainConfigError(LoraSpaceError):
     """A training setting is unknown or out of range; the message names the key and the fix."""
 
 
+class GpuUnavailableError(LoraSpaceError):
+    """ZeroGPU gave no GPU for a call: the visitor's quota is spent, none was free, or the worker aborted."""
+
+
 class JobError(LoraSpaceError):
     """A training job is unknown or cannot be changed in its state."""
 

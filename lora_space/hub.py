@@ -94,6 +94,11 @@ def read_safetensors_header(
     return header, total
 
 
+def is_cached(repo_id: str, filename: str, *, revision: str | None = None, cache_dir: Path | None = None) -> bool:
+    """Whether the Hub cache already holds this file at this revision (no request is made)."""
+    return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str)
+
+
 def download_file(
     repo_id: str,
     filename: str,
@@ -129,9 +134,7 @@ def download_file(
             "and README, JSON, text or image files only."
         )
     with hub_errors(endpoint, repo_id=repo_id, filename=filename, revision=revision):
-        if max_bytes is not None and not offline and not isinstance(
-            try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision), str
-        ):
+        if max_bytes is not None and not offline and not is_cached(repo_id, filename, cache_dir=cache_dir, revision=revision):
             url = hf_hub_url(repo_id, filename, revision=revision, endpoint=base_url(endpoint))
             size = get_hf_file_metadata(url, token=caller_token(token), timeout=hub_http.TIMEOUT_S, endpoint=base_url(endpoint)).size
             if size is None or size > max_bytes:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .settings import Settings
@@ -33,10 +33,13 @@ class Visitor:
         kind: `local` (a local run: the one user), `hub` (signed in), `browser` (an anonymous
             id kept by the browser) or `session` (a `gradio_client` session).
         name: the Hub user name, the browser id or the session hash; empty for `local`.
+        address: the client address the request came from (`ui.visitors.client_address`), for
+            bounds no identity resets (`fairness.VisitorGate`); not part of who the visitor is.
     """
 
     kind: str
     name: str = ""
+    address: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,7 +65,10 @@ LOCAL = Visitor("local")
 
 
 def new_browser_id() -> str:
-    """A fresh anonymous visitor id (128 random bits) for the browser to keep."""
+    """A fresh anonymous visitor id (128 random bits, made here on the server) for the browser to keep.
+
+    It is a bearer credential: whoever holds it acts as that anonymous visitor (README "Who owns what").
+    """
     return secrets.token_hex(16)
 
 
@@ -99,7 +105,12 @@ def secret_file(settings: Settings) -> Path:
 
 
 def browser_secret(settings: Settings) -> str:
-    """A secret kept in the data folder, so browser ids survive an app restart; made once."""
+    """The key `gr.BrowserState` encrypts the stored id with, kept in the data folder so that the
+    id stays readable after an app restart; made once.
+
+    Not a secret: gradio publishes it in the page's `/config`. What protects a visitor is the id
+    itself (128 random bits, `new_browser_id`), which only their browser holds.
+    """
     path = secret_file(settings)
     try:
         value = path.read_text().strip()

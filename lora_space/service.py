@@ -8,16 +8,20 @@ from __future__ import annotations
 import functools
 import json
 import secrets
-import uuid
+import shutil
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import blends, library
 from .cleanup import check_quota
 from .discover import Discover
+from .disk import check_write, output_folder, record_write
 from .engine import MAX_SEED, Engine, Options, check_work
-from .errors import LimitError, LoraFileError, PromptError
+from .errors import DatasetError, LimitError, LoraFileError, PromptError
 from .fairness import VisitorGate, one_turn_per_call
 from .generation import (
     MAX_BATCH_PROMPTS,
@@ -35,11 +39,21 @@ from .generation import (
 )
 from .grid import labelled_grid
 from .hashes import HashCache
+from .lora.conflicts import ConflictReport
+from .lora.optimize import OptimizeReport
+from .lora.tools import ConvertResult, compare_sources, convert_source, optimize_source
 from .owners import LOCAL, Visitor, visitor_lora_dir
 from .prompts import ParsedPrompt, parse_prompt
 from .recipe import Recipe, recipe_to_json
 from .settings import Settings
-from .sources import ResolvedSource, resolve_source
+from .sources import ResolvedSource, check_distinct, resolve_source
+from .train import intake
+from .train.autocaption import autocaption
+from .train.config import merged
+from .train.dataset import IngestedDataset
+
+if TYPE_CHECKING:
+    from .train.jobs import JobStatus
 
 
 class LoraSpace:
@@ -65,11 +79,12 @@ class LoraSpace:
     def outputs_dir(self) -> Path:
         return self.settings.data_dir / "outputs"
 
-    def new_output_dir(self) -> Path:
-        """A fresh folder for one call's files, named so that only its caller can find it."""
-        folder = self.outputs_dir / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        return folder
+    @contextmanager
+    def output_dir(self) -> Iterator[Path]:
+        """A fresh folder for one call's files, named so that only its caller can find it, within
+        the disk bounds (`disk.output_folder`: checked before, what was written counted after)."""
+        with output_folder(self.settings) as folder:
+            yield folder
 
     # -- library ------------------------------------------------------------------------
 
@@ -113,8 +128,10 @@ class LoraSpace:
                 "a LoRA upload may have; resize it first (LoRA tools, Resize)."
             )
         check_quota(self.settings, visitor, size)  # a visitor's area has a quota (API.md)
+        check_write(self.settings, size)  # and the disk bounds no visitor identity resets
         folder = visitor_lora_dir(self.settings, visitor)
         entry = library.add_to_library(folder, path, name=name, overwrite=overwrite)
+        record_write(self.settings, size)
         words = [word.strip() for word in trigger_words if word.strip()]
         if words:
             library.write_sidecar(folder, entry.name, words)
@@ -155,6 +172,7 @@ class LoraSpace:
         for source, _ in choices:
             if source not in found:
                 found[source] = resolve_source(source, settings=self.settings, token=token, visitor=visitor, fits_base=True)
+        check_distinct([found[source] for source, _ in choices])  # one file under two names is one LoRA
         return parsed, [(found[source], strength) for source, strength in choices]
 
     @one_turn_per_call
@@ -170,7 +188,8 @@ class LoraSpace:
     ) -> GenerateOutput:
         """Generate images with a blend of LoRAs from slots (`loras`) and `<lora:...>` tags."""
         parsed, blend = self.resolve(prompt, loras_from_dicts(loras), token=token, visitor=visitor)
-        return self.run(parsed, blend, options, self.new_output_dir(), progress=progress)
+        with self.output_dir() as folder:
+            return self.run(parsed, blend, options, folder, progress=progress)
 
     def run(self, parsed: ParsedPrompt, blend: Blend, options: Options, folder: Path, *, progress=None, stem: str = "image") -> GenerateOutput:
         """Generate for a resolved blend and save each PNG with its recipe in `folder` (`generation.render`)."""
@@ -208,35 +227,35 @@ class LoraSpace:
         fixed, x_item = blend[: len(blend) - len(swept)], blend[len(blend) - len(swept)]
         y_item = blend[-1] if y_source.strip() else None
         options = replace(options, num_images=1, seed=options.seed if options.seed >= 0 else secrets.randbelow(MAX_SEED))
-        folder = self.new_output_dir()
-        outputs: list[GenerateOutput] = []
-        rows = []
-        for row, y_strength in enumerate(y_values):
-            row_images = []
-            for column, x_strength in enumerate(x_strengths):
-                if progress is not None:
-                    progress(len(outputs) / cells, desc=f"image {len(outputs) + 1} of {cells}")
-                cell_blend = fixed + [(x_item[0], x_strength)] + ([(y_item[0], y_strength)] if y_item else [])
-                output = self.run(parsed, cell_blend, options, folder, stem=f"cell_r{row}_c{column}")
-                outputs.append(output)
-                row_images.append(open_image(output.files[0]))
-            rows.append(row_images)
-        x_name = x_item[0].name
-        grid = labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
-            rows,
-            [f"{x_item[0].label}\nstrength {value:g}" for value in x_strengths],
-            [f"{y_item[0].label}\nstrength {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
-            title=f"seed {options.seed}",
-        )
-        grid_file = folder / "sweep_grid.png"
-        grid.save(grid_file)
-        metadata = {
-            "seed": options.seed,
-            "x": {"source": x_source, "name": x_name, "strengths": x_strengths},
-            "y": {"source": y_source, "name": y_item[0].name, "strengths": y_values} if y_item else None,
-            "cells": [output.metadata for output in outputs],
-        }
-        return SweepOutput(grid=grid_file, cells=outputs, metadata=metadata)
+        with self.output_dir() as folder:
+            outputs: list[GenerateOutput] = []
+            rows = []
+            for row, y_strength in enumerate(y_values):
+                row_images = []
+                for column, x_strength in enumerate(x_strengths):
+                    if progress is not None:
+                        progress(len(outputs) / cells, desc=f"image {len(outputs) + 1} of {cells}")
+                    cell_blend = fixed + [(x_item[0], x_strength)] + ([(y_item[0], y_strength)] if y_item else [])
+                    output = self.run(parsed, cell_blend, options, folder, stem=f"cell_r{row}_c{column}")
+                    outputs.append(output)
+                    row_images.append(open_image(output.files[0]))
+                rows.append(row_images)
+            x_name = x_item[0].name
+            grid = labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
+                rows,
+                [f"{x_item[0].label}\nstrength {value:g}" for value in x_strengths],
+                [f"{y_item[0].label}\nstrength {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
+                title=f"seed {options.seed}",
+            )
+            grid_file = folder / "sweep_grid.png"
+            grid.save(grid_file)
+            metadata = {
+                "seed": options.seed,
+                "x": {"source": x_source, "name": x_name, "strengths": x_strengths},
+                "y": {"source": y_source, "name": y_item[0].name, "strengths": y_values} if y_item else None,
+                "cells": [output.metadata for output in outputs],
+            }
+            return SweepOutput(grid=grid_file, cells=outputs, metadata=metadata)
 
     # -- batch and portfolio ----------------------------------------------------------------
 
@@ -261,27 +280,28 @@ class LoraSpace:
         check_work(self.settings.limits.work(options) * len(prompts), self.settings.limits, what=f"The batch of {len(prompts)} prompts")
         found: dict[str, ResolvedSource] = {}
         resolved = [self.resolve(prompt, choices, token=token, found=found, visitor=visitor) for prompt in prompts]  # all, before any GPU time
-        folder = self.new_output_dir()
-        outputs = []
-        for index, (parsed, blend) in enumerate(resolved):
-            if progress is not None:
-                progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
-            outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
-        archive = folder / "portfolio.zip"
-        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
-            for output in outputs:
-                for file in output.files:
-                    bundle.write(file, file.name)
-                    bundle.writestr(file.with_suffix(".json").name, json.dumps(output.metadata, indent=2))
-        return BatchOutput(archive=archive, outputs=outputs)
+        with self.output_dir() as folder:
+            outputs = []
+            for index, (parsed, blend) in enumerate(resolved):
+                if progress is not None:
+                    progress(index / len(prompts), desc=f"prompt {index + 1} of {len(prompts)}")
+                outputs.append(self.run(parsed, blend, options, folder, stem=f"portfolio_{index + 1:02d}"))
+            archive = folder / "portfolio.zip"
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+                for output in outputs:
+                    for file in output.files:
+                        bundle.write(file, file.name)
+                        bundle.writestr(file.with_suffix(".json").name, json.dumps(output.metadata, indent=2))
+            return BatchOutput(archive=archive, outputs=outputs)
 
     # -- recipes ----------------------------------------------------------------------------
 
     def save_recipe(self, metadata: dict) -> Path:
         """A blend recipe (sources, revisions, strengths, trigger words, seed) as a JSON file."""
         recipe = recipe_from_metadata(metadata)
-        path = self.new_output_dir() / "recipe.json"
-        path.write_text(recipe_to_json(recipe))
+        with self.output_dir() as folder:
+            path = folder / "recipe.json"
+            path.write_text(recipe_to_json(recipe))
         return path
 
     def link_recipe(self, recipe: Recipe, *, visitor: Visitor = LOCAL) -> tuple[Recipe, list[str]]:
@@ -292,8 +312,76 @@ class LoraSpace:
         """
         return blends.link_recipe(self, recipe, visitor=visitor)
 
+    # -- LoRA tools: one turn per call, their work bounded from the headers (`lora.tools`) ------
+
+    @one_turn_per_call
+    def convert(self, source: str, target: str = "kohya", *, visitor: Visitor = LOCAL, token: str | None = None) -> ConvertResult:
+        """Write a LoRA in another layout (`lora.tools.convert_source`)."""
+        return convert_source(source, target, settings=self.settings, token=token, visitor=visitor)
+
+    @one_turn_per_call
+    def resize(self, source: str, *, visitor: Visitor = LOCAL, token: str | None = None, **options) -> tuple[Path, OptimizeReport]:
+        """Resize, change dtype, prune (`lora.tools.optimize_source`; `options` are its keywords)."""
+        return optimize_source(source, settings=self.settings, token=token, visitor=visitor, **options)
+
+    @one_turn_per_call
+    def compare(
+        self, sources: list[str], strengths: list[float] | None = None, *, visitor: Visitor = LOCAL, token: str | None = None
+    ) -> ConflictReport:
+        """Which LoRAs of a mix compete (`lora.tools.compare_sources`)."""
+        return compare_sources(sources, settings=self.settings, token=token, visitor=visitor, strengths=strengths)
+
+    # -- training datasets: read once, within the visitor's quota (`train.intake`) ------------
+
+    @one_turn_per_call
+    def preview_dataset(self, zip_path: Path | str, *, visitor: Visitor = LOCAL) -> tuple[str, IngestedDataset]:
+        """Read a dataset zip into `visitor`'s preview; returns its id and the dataset the report shows."""
+        return intake.read_preview(self.settings, zip_path, visitor=visitor)
+
+    @one_turn_per_call
+    def start_training(
+        self, dataset: Path | str | None, config: dict | None = None, *, visitor: Visitor = LOCAL, preview: str = "", captions: dict | None = None
+    ) -> JobStatus:
+        """Queue a training job from `visitor`'s preview `preview`, else from the zip `dataset` (read once).
+
+        Raises:
+            DatasetError, TrainConfigError, JobError, LimitError: see `JobManager.start`, `train.intake`.
+        """
+        merged(None, config, is_tiny=self.settings.is_tiny)  # a bad setting is named before the zip is read
+        self.jobs.check_room(visitor)  # and a second job, or one past the Space's jobs
+        folder = intake.preview_folder(self.settings, visitor, preview)
+        made = folder is None
+        if made:
+            if not dataset:
+                raise DatasetError("Upload a dataset zip first (images plus captions), then press Start.")
+            folder = intake.preview_folder(self.settings, visitor, intake.read_preview(self.settings, dataset, visitor=visitor)[0])
+        try:
+            return self.jobs.start(folder, config or {}, visitor=visitor, captions=captions)
+        except BaseException:
+            if made:  # a preview read for this call only
+                shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
+            raise
+
+    @one_turn_per_call
+    def autocaption(self, preview: str, trigger_word: str = "", *, visitor: Visitor = LOCAL, progress=None) -> dict[str, str]:
+        """Caption every image of `visitor`'s preview with a vision-language model; the captions are kept with it.
+
+        Raises:
+            LimitError: more images than `Limits.max_caption_images`.
+            DatasetError: the preview is gone, or the model cannot be loaded.
+        """
+        images = intake.preview_images(self.settings, visitor, preview)
+        limit = self.settings.limits.max_caption_images
+        if len(images) > limit:
+            raise LimitError(f"The dataset has {len(images)} images; auto-captioning writes at most {limit} per call. Caption them in the zip instead.")
+        made = autocaption(images, trigger_word=trigger_word, endpoint=self.settings.hf_endpoint, offline=self.settings.hf_offline, progress=progress)
+        captions = intake.captions_of(self.settings, visitor, preview)[0] | made
+        intake.keep_captions(self.settings, visitor, preview, captions)
+        return captions
+
     # -- bake ---------------------------------------------------------------------------------
 
+    @one_turn_per_call
     def bake(
         self,
         loras: list[dict] | None,

@@ -91,6 +91,10 @@ class Limits:
     max_lora_bytes: int = 2 * 1024**3  # a Hub LoRA larger than this is not downloaded
     max_work: float = 600.0  # steps x images x megapixels x CFG passes of one call (FLUX.1-dev: ~0.3 GPU s each)
     max_requests_per_visitor: int = 2  # calls one visitor may have running at once (a Space's visitors)
+    max_requests_per_address: int = 6  # calls one client address may have running at once, whatever visitors it claims to be
+    max_tool_work: float = 150.0  # billions of SVD operations one LoRA tool call may do (`lora.tools.svd_work`)
+    max_caption_images: int = 100  # images one auto-caption call may caption
+    dataset_calls: int = 2  # dataset zips read at once (previews and Start), all visitors together
     queue_size: int = 64  # calls waiting in Gradio's queue; more are turned away at once
     max_sessions: int = 1000  # sessions whose state Gradio keeps in memory (~0.6 MB each); the oldest go first
 
@@ -116,6 +120,11 @@ class Storage:
         visitor_max_age_s: what in a visitor's area has not changed for this long is deleted.
         output_max_age_s: call outputs (`data_dir/outputs`) and Gradio's copies are deleted after this.
         clean_every_s: how often the cleaner runs.
+        write_bytes_per_hour: what calls may write to disk in one hour, all visitors together (a Space).
+        min_free_bytes: a write is refused while the data folder's disk has less free than this (a Space).
+        outputs_bytes: call outputs beyond this are deleted, least recently used first (a Space).
+        hub_cache_bytes: downloads in the Hub cache beyond this are deleted, least recently used first
+            (a Space; never the base model, never the shared library).
     """
 
     max_upload_bytes: int = 2 * 1024**3
@@ -123,11 +132,40 @@ class Storage:
     visitor_max_age_s: int = 7 * 24 * 3600
     output_max_age_s: int = 24 * 3600
     clean_every_s: int = 3600
+    write_bytes_per_hour: int = 10 * 1024**3
+    min_free_bytes: int = 2 * 1024**3
+    outputs_bytes: int = 10 * 1024**3
+    hub_cache_bytes: int = 20 * 1024**3
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "visitor_quota_bytes", "visitor_max_age_s", "output_max_age_s", "clean_every_s"):
+        for name in ("max_upload_bytes", "visitor_quota_bytes", "visitor_max_age_s", "output_max_age_s", "clean_every_s",
+                     "write_bytes_per_hour", "outputs_bytes", "hub_cache_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"Storage.{name} must be positive, not {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class Training:
+    """Bounds on training jobs, checked when a job is started or resumed, before any GPU time.
+
+    A job's work is bounded as a whole, not only each setting on its own (each is named in the
+    refusal, with the bound and how to get under it):
+
+    Args:
+        max_jobs: jobs waiting and running at once, over all visitors; more are refused at once.
+        max_images: images one job trains on (each is encoded once into the job's latent cache).
+        max_work: training work of one job: max_train_steps x train_batch_size x megapixels of the
+            training resolution (at least 0.25 each, as a generation counts its images).
+        max_sample_images: sample images of one job: sample prompts x 2 strengths x sampling points.
+        max_validation_images: held-out images x validation points: the images the validation
+            loss passes through over the whole job.
+    """
+
+    max_jobs: int = 10
+    max_images: int = 1000
+    max_work: float = 10_000.0
+    max_sample_images: int = 200
+    max_validation_images: int = 500
 
 
 @dataclass(frozen=True)
@@ -145,12 +183,15 @@ class Settings:
             restores them exactly; a mix that needs more runs unfused (0: never fuse).
         limits: request limits; settings may lower the API's.
         storage: upload size, visitor quota, ages and the cleaning schedule (`lora_space.cleanup`).
+        training: bounds on training jobs (`Training`).
         on_space: running as a Hugging Face Space (`SPACE_ID` is set): many visitors, each owning
             only what they add (API.md "Who owns what"); off a Space one local user owns everything.
         compile: run the transformer under torch.compile with LoRAs hot-swapped into fixed slots
             (`lora_space.compiled`); by default on where CUDA is, except on ZeroGPU.
         compile_slots: LoRAs one request may have on the compiled path (more run eager).
         compile_rank: the largest LoRA rank the compiled slots hold (higher ranks run eager).
+        proxy_hops: reverse proxies in front of the app that append the address they saw to
+            `X-Forwarded-For` (`ui.visitors.client_address`): 1 on a Space (Hugging Face's), else 0.
     """
 
     base_model: str
@@ -162,10 +203,12 @@ class Settings:
     fuse_memory_mb: int = 8192
     limits: Limits = field(default_factory=Limits)
     storage: Storage = field(default_factory=Storage)
+    training: Training = field(default_factory=Training)
     on_space: bool = False
     compile: bool = False
     compile_slots: int = 3
     compile_rank: int = 64
+    proxy_hops: int = 0
 
     @property
     def is_tiny(self) -> bool:
@@ -198,9 +241,14 @@ class Settings:
             max_images=_int(env, "LORA_SPACE_MAX_IMAGES", default_limits.max_images, 1, default_limits.max_images),
             max_work=_int(env, "LORA_SPACE_MAX_WORK", int(default_limits.max_work), 1, 100_000),
             max_requests_per_visitor=_int(env, "LORA_SPACE_VISITOR_REQUESTS", default_limits.max_requests_per_visitor, 1, 64),
+            max_requests_per_address=_int(env, "LORA_SPACE_ADDRESS_REQUESTS", default_limits.max_requests_per_address, 1, 1024),
+            max_tool_work=_int(env, "LORA_SPACE_MAX_TOOL_WORK", int(default_limits.max_tool_work), 1, 10**7),
+            max_caption_images=_int(env, "LORA_SPACE_MAX_CAPTION_IMAGES", default_limits.max_caption_images, 1, 100_000),
+            dataset_calls=_int(env, "LORA_SPACE_DATASET_CALLS", default_limits.dataset_calls, 1, 64),
             queue_size=_int(env, "LORA_SPACE_QUEUE_SIZE", default_limits.queue_size, 1, 10_000),
             max_sessions=_int(env, "LORA_SPACE_SESSIONS", default_limits.max_sessions, 10, 100_000),
         )
+        on_space = bool(env.get("SPACE_ID", "").strip())
         settings = cls(
             base_model=base_model,
             lora_dir=lora_dir,
@@ -216,11 +264,23 @@ class Settings:
                 visitor_max_age_s=_int(env, "LORA_SPACE_VISITOR_DAYS", 7, 1, 3650) * 24 * 3600,
                 output_max_age_s=_int(env, "LORA_SPACE_OUTPUT_HOURS", 24, 1, 24 * 3650) * 3600,
                 clean_every_s=_int(env, "LORA_SPACE_CLEAN_MINUTES", 60, 1, 7 * 24 * 60) * 60,
+                write_bytes_per_hour=_int(env, "LORA_SPACE_WRITE_MB_PER_HOUR", 10240, 1, 1024**3) * 2**20,
+                min_free_bytes=_int(env, "LORA_SPACE_MIN_FREE_MB", 2048, 0, 1024**3) * 2**20,
+                outputs_bytes=_int(env, "LORA_SPACE_OUTPUTS_MB", 10240, 1, 1024**3) * 2**20,
+                hub_cache_bytes=_int(env, "LORA_SPACE_HUB_CACHE_MB", 20480, 1, 1024**3) * 2**20,
             ),
-            on_space=bool(env.get("SPACE_ID", "").strip()),
+            training=Training(
+                max_jobs=_int(env, "LORA_SPACE_MAX_JOBS", Training.max_jobs, 1, 10_000),
+                max_images=_int(env, "LORA_SPACE_MAX_TRAIN_IMAGES", Training.max_images, 1, 100_000),
+                max_work=_int(env, "LORA_SPACE_MAX_TRAIN_WORK", int(Training.max_work), 1, 10_000_000),
+                max_sample_images=_int(env, "LORA_SPACE_MAX_SAMPLE_IMAGES", Training.max_sample_images, 2, 100_000),
+                max_validation_images=_int(env, "LORA_SPACE_MAX_VALIDATION_IMAGES", Training.max_validation_images, 0, 1_000_000),
+            ),
             compile=_compile(env),
             compile_slots=_int(env, "LORA_SPACE_COMPILE_SLOTS", 3, 1, default_limits.max_loras),
             compile_rank=_int(env, "LORA_SPACE_COMPILE_RANK", 64, 1, 1024),
+            on_space=on_space,
+            proxy_hops=_int(env, "LORA_SPACE_PROXY_HOPS", 1 if on_space else 0, 0, 16),
         )
         if check:
             settings.check()

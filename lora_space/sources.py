@@ -14,7 +14,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import hub, library
-from .errors import LoraFileError, UnsafeFileError
+from .disk import check_write, evict_hub_cache, note_hub_download, record_write
+from .errors import LoraFileError, PromptError, UnsafeFileError
 from .lora.safefile import PICKLE_SUFFIXES, SafetensorsHeader, parse_header
 from .owners import LOCAL, Visitor, readable_roots, visitor_lora_dir
 from .settings import Settings
@@ -41,6 +42,13 @@ class ResolvedSource:
     def key(self) -> str:
         stat = self.file.stat()
         return f"{self.file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def hub_cache_dir() -> Path:
+    """The Hub cache downloads go to (`HF_HUB_CACHE`)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 def _check_suffix(source: str) -> None:
@@ -219,7 +227,14 @@ def resolve_source(
         header = parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
         if fits_base:
             check_fits_base(header, label=source, settings=settings, token=token)
+    fresh = not settings.hf_offline and not hub.is_cached(repo_id, filename, revision=revision)
+    if fresh:  # a download: the disk bounds first (a Space's Hub cache is not any visitor's quota)
+        check_write(settings, size, where=hub_cache_dir())
     file = hub.download_file(repo_id, filename, revision=revision, max_bytes=settings.limits.max_lora_bytes, **hub_options)
+    if fresh:
+        record_write(settings, Path(file).stat().st_size)
+        note_hub_download(settings, repo_id)
+        evict_hub_cache(settings, keep={repo_id})  # the cache's least recently used LoRAs go past its bound
     card = card if card is not None else hub.model_card_data(repo_id, **hub_options)
     return ResolvedSource(
         source=source,
@@ -229,3 +244,22 @@ def resolve_source(
         repo_id=repo_id,
         revision=revision or (Path(file).parent.name if "snapshots" in Path(file).parts else None),
     )
+
+
+def check_distinct(resolved: list[ResolvedSource]) -> None:
+    """Refuse one file named twice (a library name and its path, `user/repo` and its file, a hard link).
+
+    Files are told apart by what they are on disk (device and inode), not by the names they were given.
+
+    Raises:
+        PromptError: two of `resolved` are the same file; the message names both.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    for item in resolved:
+        stat = item.file.stat()
+        identity = (stat.st_dev, stat.st_ino)
+        if identity in seen:
+            raise PromptError(
+                f"{seen[identity]!r} and {item.source!r} are the same LoRA file; give it once (with the strength you want)."
+            )
+        seen[identity] = item.source

@@ -98,16 +98,16 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
     demo = build_demo(space)
     opener, use = handler(demo, "discover-verdict"), handler(demo, "discover-use-status", "slot-note")
     # Opening needs the visitor's token: anonymously the card and header are refused.
-    anonymous = opener("", None, None, None, no_progress, "dave/gated-lora")
+    anonymous = opener("", "", None, None, None, no_progress, "dave/gated-lora")
     assert "gated: accept its licence on the Hub and log in" in anonymous[0]
     assert anonymous[1]["source"] == "dave/gated-lora/gated-lora.safetensors"
-    verdict, chosen, _, _, card, inspection, report, _ = opener("", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
+    verdict, chosen, _, _, card, inspection, report, _ = opener("", "", None, None, token(GATED_TOKEN), no_progress, "dave/gated-lora")
     assert "Compatible with tiny" in verdict and report["compatible"]
     assert "Fits `tiny" in inspection and "Trigger words: `gtd`" in inspection and "7.6 kB" in inspection  # the LoRA tools' summary, not raw JSON
     hub.reset_log()
     with pytest.raises(gr.Error, match="dave/gated-lora is gated"):  # Use without a login fails clearly ...
-        use("", None, None, None, no_progress, chosen, "a castle", *EMPTY)
-    status, prompt, *placed, tabs = use("", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
+        use("", "", None, None, None, no_progress, chosen, "a castle", *EMPTY)
+    status, prompt, *placed, tabs = use("", "", None, None, token(GATED_TOKEN), no_progress, chosen, "a castle", *EMPTY)
     slots, (_, note, _, _) = placed[: 3 * SLOTS], placed[3 * SLOTS :]
     assert slots[:3] == ["dave/gated-lora/gated-lora.safetensors", 0.8, True]  # ... and works with it
     assert prompt == "gtd, a castle" and "slot 1" in note and "trigger words gtd go into the prompt" in note
@@ -123,19 +123,19 @@ def test_a_gated_lora_opens_and_goes_into_a_slot_with_the_visitors_token(space, 
     # Generating with it reads the cached file: no second download of its bytes.
     hub.reset_log()
     generate = handler(demo, "gallery", "generate-warnings")
-    generate("", None, None, token(GATED_TOKEN), no_progress, "a castle", "", 1, 1, 3.5, "64x64 tiny", 1, 1, *slots)
+    generate("", "", None, None, token(GATED_TOKEN), no_progress, "a castle", "", 1, 1, 3.5, "64x64 tiny", 1, 1, *slots)
     assert not [r for r in hub.requests if r.path.endswith("gated-lora.safetensors") and r.method == "GET" and not r.range]
 
 
 def test_search_handler_shows_results_and_hub_errors_as_messages(space, hub, instant_retries):
     demo = build_demo(space)
     search = handler(demo, "discover-results")
-    results, status, *_ = search("", None, None, None, no_progress, "", "downloads", 1)
+    results, status, *_ = search("", "", None, None, None, no_progress, "", "downloads", 1)
     assert [item["repo_id"] for item in results][:2] == ["alice/watercolor-flux", "dave/gated-lora"]
     assert "6 LoRAs on page 1, sorted by downloads" in status
     hub.outage = 429
     with pytest.raises(gr.Error, match="rate-limiting"):
-        search("", None, None, None, no_progress, "water", "likes", 1)
+        search("", "", None, None, None, no_progress, "water", "likes", 1)
 
 
 def test_no_login_button_off_a_space(space):

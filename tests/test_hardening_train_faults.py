@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import re
 import signal
 import time
@@ -169,11 +170,18 @@ def test_a_full_disk_while_saving_keeps_the_last_state_and_resume_ends_as_an_uni
 # -- the app killed mid-job ------------------------------------------------------------------------
 
 
-def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in_the_train_tab(tmp_path, red_zip):
-    """A real `python app.py`: a job started through gradio_client, SIGKILL mid-run, the app started again.
+def preempt(client, chooser: random.Random) -> None:
+    """Wait a random moment, then generate: the running chunk ends at its next step for it."""
+    time.sleep(chooser.uniform(0.0, 0.4))
+    client.predict(prompt="a harbour", seed=chooser.randrange(1000), steps=2, width=64, height=64, api_name="/generate")
 
-    The API (API.md) has no resume endpoint: a job is resumed in the Train tab (a private event), so the
-    resume goes through a real browser. In a local run every request is the one local user's.
+
+def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in_the_train_tab(tmp_path, red_zip):
+    """A real `python app.py`: a job started through gradio_client, preempted by generations at random
+    steps, SIGKILL mid-run, the app started again, resumed in the Train tab, preempted again.
+
+    The resume goes through a real browser (the tab's event; scripts have `/resume_training`). In a
+    local run every request is the one local user's.
     """
     from gradio_client import Client, handle_file
     from playwright.sync_api import expect, sync_playwright
@@ -189,9 +197,11 @@ def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in
         job_id = client.predict(dataset=handle_file(str(red_zip)), config=config, api_name="/start_training")["job_id"]
         files = tmp_path / "data" / "jobs" / job_id
         deadline = time.monotonic() + 90
+        chooser = random.Random(14)
         while not [path for path in (files / "state").glob("step_*") if int(path.name[5:]) >= 6]:
             assert time.monotonic() < deadline, "the job saved no state in time"
-            time.sleep(0.05)
+            preempt(client, chooser)  # generations at random moments end chunks at random steps
+        preempt(client, chooser)
         PROCESSES[url].send_signal(signal.SIGKILL)
         PROCESSES[url].wait(timeout=30)
     states = sorted(path.name for path in (files / "state").glob("step_*"))
@@ -225,7 +235,7 @@ def test_the_app_killed_mid_job_shows_it_interrupted_and_the_owner_resumes_it_in
         deadline = time.monotonic() + 180
         while (status := client.predict(job_id=job_id, api_name="/training_status"))["state"] in ("interrupted", "queued", "running"):
             assert time.monotonic() < deadline, status["step"]
-            time.sleep(0.5)
+            preempt(client, chooser)
     # 3. It went on from its saved state (the checkpoints before it were not written again) to the end,
     #    with the weights of an uninterrupted run.
     assert status["state"] == "done", status["error"]

@@ -112,9 +112,8 @@ def test_aged_finished_jobs_are_cleaned_on_a_space_and_never_active_ones_nor_a_l
 
 
 def test_aged_dataset_previews_are_cleaned(settings, tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    root = cleanup.preview_root()
-    assert root == tmp_path / "tmp" / "lora-space-previews"
+    root = cleanup.preview_root(settings)
+    assert root == settings.data_dir / "previews"
     old = root / ALICE.id / "0123abcd"
     (old / "images").mkdir(parents=True)
     (old / "images" / "a.png").write_bytes(b"png")
@@ -122,9 +121,14 @@ def test_aged_dataset_previews_are_cleaned(settings, tmp_path, monkeypatch):
     fresh.mkdir(parents=True)
     (fresh / "a.png").write_bytes(b"png")
     age(old, 2 * DAY)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # previews earlier versions left in the temp folder go
+    legacy = tmp_path / "tmp" / "lora-space-previews" / ALICE.id / "0123abcd"
+    legacy.mkdir(parents=True)
+    age(legacy, 2 * DAY)
     report = cleanup.clean(settings)
     assert not old.exists() and not (root / ALICE.id).exists() and fresh.exists()
-    assert f"lora-space-previews/{ALICE.id}/0123abcd" in report.removed
+    assert f"previews/{ALICE.id}/0123abcd" in report.removed
+    assert not legacy.exists()
 
 
 # -- d. Discover checks Hub ids before any request ------------------------------------------------

@@ -11,6 +11,7 @@ from lora_space.lora.export import save_lora
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
+from lora_space.service import LoraSpace
 from lora_space.ui.lora_tools import (
     build_lora_tools,
     compare_handler,
@@ -20,6 +21,7 @@ from lora_space.ui.lora_tools import (
     parse_sources,
     resize_handler,
 )
+from lora_space.ui.visitors import build_browser_id
 
 
 @pytest.fixture
@@ -35,40 +37,41 @@ def library(settings):
 
 def test_panel_builds_and_leaves_the_api_to_the_typed_endpoints(settings) -> None:
     with gr.Blocks() as demo:
-        build_lora_tools(settings, gr.BrowserState(""))
+        build_lora_tools(LoraSpace(settings, engine=None), build_browser_id(settings, demo))
     visibility = [dependency.api_visibility for dependency in demo.fns.values()]
-    assert visibility == ["private"] * 4  # /convert_lora and friends are typed gr.api endpoints (ui/api.py)
+    assert visibility == ["private"] * 5  # the page's load event and the panel's four; /convert_lora and friends are typed gr.api endpoints (ui/api.py)
 
 
 def test_inspect_and_convert_handlers(library) -> None:
     summary, report = inspect_handler(library, "faces")
     assert report["format"] == "kohya" and "Fits" in summary and "rank 4" in summary
-    path, notes = convert_handler(library, "faces", "comfyui")
+    path, notes = convert_handler(LoraSpace(library, engine=None), "faces", "comfyui")
     assert path.endswith("-comfyui.safetensors") and "from **kohya** to **comfyui**" in notes
     tensors, _ = load_lora_file(path)
     assert all(key.startswith("diffusion_model.") for key in tensors)
 
 
 def test_resize_handler_plots_energy(library) -> None:
-    path, summary, frame, report = resize_handler(library, "style", 2, 0, "bf16", 0, "diffusers")
+    path, summary, frame, report = resize_handler(LoraSpace(library, engine=None), "style", 2, 0, "bf16", 0, "diffusers")
     assert path.endswith(".safetensors") and "Kept" in summary
     assert list(frame.columns) == ["module", "energy_kept"] and len(frame) == len(report["modules"])
     assert (frame["energy_kept"] < 1).all()
 
 
 def test_compare_handler_tables_blocks(library) -> None:
-    table, notes = compare_handler(library, "style\nfaces:0.5\n")
+    table, notes = compare_handler(LoraSpace(library, engine=None), "style\nfaces:0.5\n")
     assert {"double 0", "single 1", "embedders"} <= set(table["block"])
     assert "style" in notes and "faces" in notes
 
 
 def test_bad_file_gets_a_message_and_the_panel_keeps_serving(library) -> None:
+    space = LoraSpace(library, engine=None)
     with pytest.raises(gr.Error, match="NaN or Inf"):
-        convert_handler(library, "broken", "kohya")
+        convert_handler(space, "broken", "kohya")
     with pytest.raises(gr.Error, match="pickle"):
         inspect_handler(library, "user/repo/model.ckpt")
     with pytest.raises(gr.Error, match="Give 2 to"):
-        compare_handler(library, "style")
+        compare_handler(space, "style")
     _, report = inspect_handler(library, "style")
     assert report["compatible"]
 

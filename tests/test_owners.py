@@ -93,9 +93,11 @@ def test_visitor_of_follows_api_md(settings, space_settings) -> None:
     assert visitor_of(space_settings, request, profile, browser) == Visitor("hub", "carol")
     assert visitor_of(space_settings, request, None, browser) == Visitor("browser", browser)
     assert visitor_of(space_settings, request, None, None) == Visitor("session", "s3ss10n")  # an API call
-    # A page event before the load event stored an id gets the id the load event stores.
-    early = visitor_of(space_settings, request, None, "")
-    assert early.kind == "browser" and early == visitor_of(space_settings, request, None, fill_browser_id("", request))
+    # A page event before the load event stored an id gets the id the load event stores: the page session's fresh one.
+    fresh = new_browser_id()
+    early = visitor_of(space_settings, request, None, "", fresh)
+    assert early.kind == "browser" and early == visitor_of(space_settings, request, None, fill_browser_id("", fresh))
+    assert visitor_of(space_settings, request, None, browser, fresh) == Visitor("browser", browser)  # a stored id wins
     one_off = visitor_of(space_settings, None, None, "")
     assert one_off.kind == "session" and one_off != visitor_of(space_settings, None, None, "")
     token = gr.OAuthToken(token="hf_secret", scope="", expires_at=0)
@@ -104,7 +106,7 @@ def test_visitor_of_follows_api_md(settings, space_settings) -> None:
 
 def test_browser_ids_survive_reloads_and_restarts(settings) -> None:
     kept = new_browser_id()
-    assert fill_browser_id(kept, SimpleNamespace(session_hash="one")) == kept
-    fresh = fill_browser_id("", SimpleNamespace(session_hash="one"))
-    assert len(fresh) == 32 and fresh != fill_browser_id("", SimpleNamespace(session_hash="two"))
+    assert fill_browser_id(kept, new_browser_id()) == kept
+    fresh = new_browser_id()
+    assert fill_browser_id("", fresh) == fresh and fill_browser_id("not-an-id", fresh) == fresh
     assert browser_secret(settings) == browser_secret(settings)  # read back from the data folder

@@ -73,6 +73,14 @@ def test_app_stops_at_start_with_one_line(tmp_path, extra):
     assert next(iter(extra)) in lines[0]
 
 
+def test_training_bounds_are_read_and_a_bad_one_names_its_variable(tmp_path):
+    settings = Settings.from_env(env_for(tmp_path, LORA_SPACE_MAX_JOBS="3", LORA_SPACE_MAX_TRAIN_WORK="500", LORA_SPACE_MAX_SAMPLE_IMAGES="20"))
+    assert (settings.training.max_jobs, settings.training.max_work, settings.training.max_sample_images) == (3, 500, 20)
+    assert settings.training.max_images == 1000 and settings.training.max_validation_images == 500  # the defaults
+    with pytest.raises(SettingsError, match="LORA_SPACE_MAX_JOBS=0 is out of range"):
+        Settings.from_env(env_for(tmp_path, LORA_SPACE_MAX_JOBS="0"))
+
+
 def test_compiled_generation_is_off_on_a_cpu_and_on_zerogpu_unless_asked_for(tmp_path):
     assert Settings.from_env(env_for(tmp_path)).compile is False  # no CUDA here: `auto` is off
     assert Settings.from_env(env_for(tmp_path, SPACES_ZERO_GPU="true")).compile is False

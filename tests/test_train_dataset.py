@@ -249,8 +249,8 @@ def test_reading_stops_at_the_member_budget_even_if_the_header_says_little(tmp_p
 
     zip_path = make_zip(tmp_path / "big.zip", {"bomb.png": b"\0" * 3_000_000})
     with zipfile.ZipFile(zip_path) as archive:
-        data, problem = _read_bounded(archive, archive.infolist()[0], 100_000)
-    assert data is None and "inflates past" in problem
+        data, problem, inflated = _read_bounded(archive, archive.infolist()[0], 100_000)
+    assert data is None and "inflates past" in problem and inflated == 100_001
 
 
 def test_too_many_members_is_refused_before_reading(tmp_path):

@@ -60,7 +60,7 @@ def test_a_job_trains_into_the_library_while_generate_stays_the_same(space, red_
     assert done.step == 24 and done.loss[-1][0] == 24 and np.isfinite([v for _, v in done.loss]).all()
     assert done.samples and done.lora_file.exists() and done.eta_seconds is None
     folder = space.jobs.root / done.job_id
-    assert not (folder / "state").exists() and not (folder / "cache.safetensors").exists()  # only what a user keeps
+    assert not (folder / "state").exists() and not (folder / "cache").exists()  # only what a user keeps
     assert np.array_equal(pixels(space.generate("a lighthouse", [], TINY, visitor=ALICE)), before)
     # The LoRA joined Alice's library; its name is a Generate source and changes the image.
     names = [entry["name"] for entry in space.list_loras(visitor=ALICE)]

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_process import running_app
+from tests.app_process import SPACE_ENV, running_app
 from tests.browser import chromium
 from tests.lora_factory import write_lora
 from tests.test_app import write_library
 
-# As on a Space: SPACE_ID set, and the OAuth variables the Space would provide (never used: no one logs in).
-SPACE_ENV = {
-    "SPACE_ID": "lora-space/test",
-    "SYSTEM": "spaces",  # gradio's own test for a Space
-    "OAUTH_CLIENT_ID": "test-client",
-    "OAUTH_CLIENT_SECRET": "test-secret",
-    "OAUTH_SCOPES": "openid profile read-repos write-repos manage-repos",
-    "OPENID_PROVIDER_URL": "http://127.0.0.1:9",
-}
 
 
 @pytest.fixture(scope="module")

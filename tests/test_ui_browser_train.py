@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from tests.app_process import running_app
+from tests.app_process import SPACE_ENV, running_app
 from tests.browser import chromium
-from tests.test_ui_browser_owners import SPACE_ENV
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flat_shapes.zip"
 STEPS = 8
@@ -148,6 +147,9 @@ def test_cancel_then_resume_a_long_run(page):
     steps = page.locator("#train-max-train-steps input").first
     steps.fill("2000")
     steps.press("Enter")
+    sample_every = page.locator("#train-sample-every input").first  # the zip's 10 would make 400 samples, past the bound
+    sample_every.fill("100")
+    sample_every.press("Enter")
     page.locator("#train-start").click()
     progress = page.locator("#train-progress")
     expect(progress).to_contain_text("running · step", timeout=60_000)

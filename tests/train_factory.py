@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
 import io
+import struct
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,37 @@ def colour_zip(path: Path, colour: tuple[int, int, int] = RED, *, count: int = 6
             archive.writestr(f"images/picture_{index}.png", buffer.getvalue())
             archive.writestr(f"captions/picture_{index}.txt", f"{trigger}, a picture number {index}")
     return path
+
+
+def raw_zip(path: Path, members: list[tuple[str, int, bytes, int, int]]) -> Path:
+    """A zip written byte by byte, so that headers may lie: each member is
+    `(name, method, compressed bytes, declared uncompressed size, declared CRC-32)`."""
+    local, central = io.BytesIO(), io.BytesIO()
+    for name, method, data, size, crc in members:
+        encoded, offset = name.encode(), local.tell()
+        version = 46 if method == zipfile.ZIP_BZIP2 else 20
+        fields = (version, 0, method, 0, 0x21, crc, len(data), size, len(encoded))
+        local.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, *fields, 0) + encoded + data)
+        central.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 3 << 8 | 20, *fields, 0, 0, 0, 0, 0o100644 << 16, offset) + encoded)
+    count = len(members)
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, central.tell(), local.tell(), 0)
+    path.write_bytes(local.getvalue() + central.getvalue() + end)
+    return path
+
+
+def crc_bomb_zip(path: Path, *, bzip2: int = 200, deflate: int = 40, stored: int = 4000) -> Path:
+    """The zip of the CRC bomb (issue 14, hole 4): members whose declared CRC is wrong, so that each
+    fails its check only after it was inflated: `bzip2` members of 64 MiB of zeros (the issue's 39 KB
+    zip inflated 12.5 GiB), `deflate` members of 64 MiB, and `stored` small ones (many members)."""
+    zeros = bytes(64 * 2**20)
+    packed_bz2 = bz2.compress(zeros, 9)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed_deflate = deflater.compress(zeros) + deflater.flush()
+    wrong = zlib.crc32(zeros) ^ 1
+    members = [(f"images/b{index:04d}.png", zipfile.ZIP_BZIP2, packed_bz2, len(zeros), wrong) for index in range(bzip2)]
+    members += [(f"images/d{index:04d}.png", zipfile.ZIP_DEFLATED, packed_deflate, len(zeros), wrong) for index in range(deflate)]
+    members += [(f"images/s{index:05d}.png", zipfile.ZIP_STORED, bytes(1024), 1024, 1) for index in range(stored)]
+    return raw_zip(path, members)
 
 
 def job_folder(root: Path, zip_path: Path, **config) -> JobFiles:

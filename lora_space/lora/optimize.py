@@ -19,6 +19,7 @@ tens of milliseconds per tiny matrix on a busy CPU, which made a FLUX.1-dev LoRA
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from ..errors import LoraFileError
 from .formats import LoraModule, LoraSet
+from .safefile import SafetensorsHeader
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,24 @@ class OptimizeReport:
             "energy_kept": round(self.energy_kept, 6),
             "pruned_modules": len(self.pruned),
         }
+
+
+def svd_work(header: SafetensorsHeader) -> float:
+    """The work of `factorise` on every module of a LoRA, read from its header alone: billions of operations.
+
+    A module's A is (rank, in) and its B (out, rank); its factorisation costs about
+    (in + out) x rank^2 + rank^3 (Gram matrices, products on the large side, rank x rank
+    decompositions). Per tensor of shape (m, n) that is max(m, n) x r^2 + r^3 / 2 with
+    r = min(m, n), so no pairing of A with B (which differs by layout) is needed.
+    """
+    total = 0.0
+    for info in header.tensors.values():
+        if len(info.shape) < 2:
+            continue
+        rows, columns = info.shape[0], math.prod(info.shape[1:])
+        rank, wide = min(rows, columns), max(rows, columns)
+        total += wide * rank**2 + rank**3 / 2
+    return total / 1e9
 
 
 def orthonormal_basis(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

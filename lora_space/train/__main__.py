@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(**read_json(files.config))
         # 2. The model, the same on every rank; rank 0 encodes the dataset once.
         pipe = load_pipeline(config.model_name, config.quantize_base, accelerator.device)
-        if accelerator.is_main_process and config.cache_latents and not files.cache.exists():
+        if accelerator.is_main_process and config.cache_latents:
             from .cache import build_cache
 
-            build_cache(pipe, read_json(files.rows), files, config)
+            build_cache(pipe, read_json(files.rows), files, config)  # what is not in the cache yet
         accelerator.wait_for_everyone()
         # 3. Chunks until done: each saves the full state; all ranks read it at the next start.
         parallel = Parallel(

@@ -4,11 +4,15 @@ Each image is resized to cover its aspect-ratio bucket at the training resolutio
 centre-cropped, and encoded; its posterior mean and standard deviation are kept, already
 normalised with the VAE's shift and scale, so a step draws `mean + std * noise` as diffusers'
 recipe does from its cached `latent_dist`. Each distinct caption is encoded once.
+
+The cache is built one piece at a time (`CacheBuilder`: one image or one caption), each piece
+written at once as its own file in the job's `cache/` folder, so a training chunk can stop
+between pieces (a generation waits, its time is up) and the next chunk, in this process or a
+fresh one, goes on with the first piece missing.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,19 +53,6 @@ class Cache:
         move = lambda tensors: [tensor.to(device) for tensor in tensors]  # noqa: E731
         return Cache(move(self.means), move(self.stds), self.caption_of, self.embeds.to(device), self.pooled.to(device), self.ids.to(device))
 
-    def save(self, path: Path) -> None:
-        tensors = {f"mean.{i}": t.cpu() for i, t in enumerate(self.means)} | {f"std.{i}": t.cpu() for i, t in enumerate(self.stds)}
-        tensors |= {"embeds": self.embeds.cpu(), "pooled": self.pooled.cpu(), "ids": self.ids.cpu()}
-        save_tensors(path, tensors, {"caption_of": json.dumps(self.caption_of)})
-
-    @classmethod
-    def load(cls, path: Path, device) -> Cache:
-        tensors, metadata = load_lora_file(path)
-        caption_of = json.loads(metadata["caption_of"])
-        rows = range(len(caption_of))
-        cache = cls([tensors[f"mean.{i}"] for i in rows], [tensors[f"std.{i}"] for i in rows], caption_of, tensors["embeds"], tensors["pooled"], tensors["ids"])
-        return cache.to(device)
-
 
 def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """An image resized to cover `size` (width, height), centre-cropped, as (1, 3, H, W) in -1..1."""
@@ -75,28 +66,82 @@ def load_pixels(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)
 
 
+def caption_list(rows: list[dict]) -> list[str]:
+    """The job's distinct captions, in the cache's order."""
+    return sorted({row["caption"] for row in rows})
+
+
+class CacheBuilder:
+    """The job's cache, built one image or caption at a time (`build_next`), each piece kept on disk.
+
+    Args:
+        pipe: the pipeline whose VAE and text encoders encode (on their devices).
+        rows: the job's dataset rows.
+        files: the job folder; pieces go to `files.cache`.
+        config: the job's config (training resolution).
+    """
+
+    def __init__(self, pipe, rows: list[dict], files: JobFiles, config: TrainConfig) -> None:
+        self.pipe, self.rows, self.files, self.config = pipe, rows, files, config
+        self.captions = caption_list(rows)
+        pieces = [("image", index) for index in range(len(rows))] + [("caption", index) for index in range(len(self.captions))]
+        self.todo = [piece for piece in pieces if not self._path(*piece).exists()]
+        self._built: dict[tuple[str, int], dict[str, torch.Tensor]] = {}  # what this process encoded (no reading back)
+
+    @property
+    def complete(self) -> bool:
+        return not self.todo
+
+    def build_next(self) -> None:
+        """Encode the first missing image or caption and write its file."""
+        kind, index = self.todo[0]
+        with torch.no_grad():
+            tensors = self._image(self.rows[index]) if kind == "image" else self._caption(self.captions[index])
+        self.files.cache.mkdir(exist_ok=True)
+        save_tensors(self._path(kind, index), tensors, {"format": "pt"})
+        self._built[(kind, index)] = tensors
+        self.todo.pop(0)
+
+    def cache(self, device) -> Cache:
+        """The complete cache on `device` (pieces this process built are not read back)."""
+        if not self.complete:
+            raise RuntimeError("the cache is not complete yet")
+
+        def piece(kind: str, index: int) -> dict[str, torch.Tensor]:
+            return self._built.get((kind, index)) or load_lora_file(self._path(kind, index))[0]
+
+        images = [piece("image", index) for index in range(len(self.rows))]
+        texts = [piece("caption", index) for index in range(len(self.captions))]
+        cache = Cache(
+            [image["mean"] for image in images], [image["std"] for image in images],
+            [self.captions.index(row["caption"]) for row in self.rows],
+            torch.cat([text["embeds"] for text in texts]), torch.cat([text["pooled"] for text in texts]), texts[0]["ids"],
+        )  # fmt: skip
+        return cache.to(device)
+
+    def _path(self, kind: str, index: int) -> Path:
+        return self.files.cache / f"{kind}_{index:06d}.safetensors"
+
+    def _image(self, row: dict) -> dict[str, torch.Tensor]:
+        vae = self.pipe.vae
+        shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
+        pixels = load_pixels(self.files.root / row["image"], bucket_size(row["bucket"], self.config.resolution))
+        posterior = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return {"mean": ((posterior.mean.float() - shift) * scale).cpu(), "std": (posterior.std.float() * scale).cpu()}
+
+    def _caption(self, caption: str) -> dict[str, torch.Tensor]:
+        prompt_embeds, pooled_embeds, text_ids = self.pipe.encode_prompt(
+            prompt=caption, prompt_2=None, device=self.pipe.text_encoder.device, max_sequence_length=MAX_SEQUENCE_LENGTH
+        )
+        return {"embeds": prompt_embeds.float().cpu(), "pooled": pooled_embeds.float().cpu(), "ids": text_ids.float().cpu()}
+
+
 def build_cache(pipe, rows: list[dict], files: JobFiles, config: TrainConfig) -> Cache:
-    """Encode every image and caption of the job once and save the result in the job folder."""
-    vae, device = pipe.vae, pipe.vae.device
-    shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
-    means, stds = [], []
-    with torch.no_grad():
-        for row in rows:
-            pixels = load_pixels(files.root / row["image"], bucket_size(row["bucket"], config.resolution))
-            posterior = vae.encode(pixels.to(device, vae.dtype)).latent_dist
-            means.append(((posterior.mean.float() - shift) * scale).cpu())
-            stds.append((posterior.std.float() * scale).cpu())
-        captions = sorted({row["caption"] for row in rows})
-        embeds, pooled = [], []
-        for caption in captions:
-            prompt_embeds, pooled_embeds, text_ids = pipe.encode_prompt(
-                prompt=caption, prompt_2=None, device=pipe.text_encoder.device, max_sequence_length=MAX_SEQUENCE_LENGTH
-            )
-            embeds.append(prompt_embeds.float().cpu())
-            pooled.append(pooled_embeds.float().cpu())
-    cache = Cache(means, stds, [captions.index(row["caption"]) for row in rows], torch.cat(embeds), torch.cat(pooled), text_ids.float().cpu())
-    cache.save(files.cache)
-    return cache
+    """Encode every image and caption of the job not yet in `files.cache` (the CLI's first step)."""
+    builder = CacheBuilder(pipe, rows, files, config)
+    while not builder.complete:
+        builder.build_next()
+    return builder.cache("cpu")
 
 
 class LiveEncoder:

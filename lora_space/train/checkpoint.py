@@ -4,7 +4,7 @@ A job folder holds (see `JobFiles`):
 
     config.json        the TrainConfig
     rows.json          the dataset rows (image path relative to the folder, caption, split, size, bucket)
-    cache.safetensors  latents (mean, std) of every image and the embeddings of every caption
+    cache/             latents (mean, std) of each image and the embeddings of each caption, a file each
     state/step_N/      the full training state after step N: lora, optimizer and RNG tensors
                        (safetensors) and state.json (step, scheduler, data order); only the newest is kept
     checkpoints/       LoRA files kept every `checkpoint_every` steps (diffusers layout)
@@ -50,7 +50,8 @@ class JobFiles:
 
     @property
     def cache(self) -> Path:
-        return self.root / "cache.safetensors"
+        """A folder: one file per encoded image and caption (`cache.CacheBuilder`)."""
+        return self.root / "cache"
 
     @property
     def states(self) -> Path:
@@ -174,12 +175,22 @@ def _write_state(partial: Path, step: int, lora: dict, optimizer: dict, schedule
             os.fsync(opened.fileno())
 
 
+def _newest_state(files: JobFiles) -> Path | None:
+    found = sorted(path for path in files.states.glob("step_*") if (path / "state.json").exists()) if files.states.exists() else []
+    return found[-1] if found else None
+
+
+def saved_state_info(files: JobFiles) -> dict | None:
+    """The newest complete state's `state.json` alone (step, scheduler, extras), without its tensors; None if none."""
+    folder = _newest_state(files)
+    return read_json(folder / "state.json") if folder else None
+
+
 def load_state(files: JobFiles) -> dict | None:
     """The newest complete state: `step`, `lora`, `optimizer`, `scheduler`, `rng` and the extras; None if none."""
-    found = sorted(path for path in files.states.glob("step_*") if (path / "state.json").exists()) if files.states.exists() else []
-    if not found:
+    folder = _newest_state(files)
+    if folder is None:
         return None
-    folder = found[-1]
     info = read_json(folder / "state.json")
     tensors, _ = load_lora_file(folder / "state.safetensors")
     for name, dtype in info.pop("converted", {}).items():

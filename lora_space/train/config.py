@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import TrainConfigError
-from ..settings import FLUX_DEV, TINY
+from ..settings import FLUX_DEV, TINY, Training
 
 PRESETS_FILE = Path(__file__).with_name("presets.json")
 
@@ -117,6 +117,16 @@ class TrainConfig:
         """alpha / rank: the factor on the LoRA update."""
         return self.network_alpha / self.network_dim
 
+    @property
+    def validation_every(self) -> int:
+        """Steps between validation losses: `checkpoint_every`, else `sample_every`, else a tenth of the run."""
+        return self.checkpoint_every or self.sample_every or max(1, self.max_train_steps // 10)
+
+    @property
+    def sample_prompt_count(self) -> int:
+        """Prompts of the sample images: `validation_prompts`, else one caption of the dataset."""
+        return len(self.validation_prompts) or 1
+
     @classmethod
     def setting_names(cls) -> list[str]:
         return [item.name for item in fields(cls) if item.name != "notes"]
@@ -195,6 +205,67 @@ def merged(zip_config: dict | None, call_config: dict | None, *, is_tiny: bool, 
             raise TrainConfigError(f"Training settings in {label}: " + " ".join(problems))
     combined = _canonical_keys(zip_values)[0] | _canonical_keys(call_values)[0]
     return TrainConfig.from_dict(combined, is_tiny=is_tiny, bnb_available=bnb_available)
+
+
+def is_due(step: int, every: int, total: int) -> bool:
+    """Whether work done every `every` steps (0: only at the end) is due after `step` of `total`."""
+    return step == total or (every > 0 and step % every == 0)
+
+
+def due_count(every: int, total: int) -> int:
+    """How many of the steps 1..`total` work done every `every` steps falls on (the last one always)."""
+    return (total // every + (total % every != 0)) if every > 0 else 1
+
+
+def check_job_bounds(config: TrainConfig, *, images: int, validation_images: int, bounds: Training) -> None:
+    """Refuse a job whose work as a whole passes the Space's bounds (`settings.Training`).
+
+    Each setting is capped on its own by `TrainConfig`; this bounds what they add up to: the
+    images, steps x batch x megapixels, sample images (prompts x 2 strengths x sampling points)
+    and validation images (held-out images x validation points).
+
+    Args:
+        config: the job's final config.
+        images: usable images in its dataset.
+        validation_images: of those, the ones held out for the validation loss.
+        bounds: the Space's bounds.
+
+    Raises:
+        TrainConfigError: over a bound; the message names the settings, the bound and the fix.
+    """
+    problems = []
+    if images > bounds.max_images:
+        problems.append(
+            f"the dataset has {images} usable images; this Space trains on at most {bounds.max_images} per job "
+            "(LORA_SPACE_MAX_TRAIN_IMAGES): use fewer images."
+        )
+    megapixels = max(config.resolution**2 / 1_000_000, 0.25)
+    work = config.max_train_steps * config.train_batch_size * megapixels
+    if work > bounds.max_work:
+        problems.append(
+            f"max_train_steps {config.max_train_steps} x train_batch_size {config.train_batch_size} x {megapixels:.2f} megapixels "
+            f"(resolution {config.resolution}, at least 0.25) is {work:,.0f} units of training work; this Space allows "
+            f"{bounds.max_work:,.0f} per job (LORA_SPACE_MAX_TRAIN_WORK): lower max_train_steps, train_batch_size or resolution."
+        )
+    points = due_count(config.sample_every, config.max_train_steps)
+    samples = config.sample_prompt_count * 2 * points
+    if samples > bounds.max_sample_images:
+        problems.append(
+            f"sample_every {config.sample_every} with {config.sample_prompt_count} sample prompt(s) makes {samples} sample images "
+            f"(each prompt at strength 0 and 1, at {points} points of the run); this Space allows {bounds.max_sample_images} "
+            "per job (LORA_SPACE_MAX_SAMPLE_IMAGES): raise sample_every (0: only at the end) or give fewer validation_prompts."
+        )
+    points = due_count(config.validation_every, config.max_train_steps)
+    if validation_images * points > bounds.max_validation_images:
+        problems.append(
+            f"validation_split {config.validation_split} holds out {validation_images} images, each measured at {points} points "
+            f"of the run (every {config.validation_every} steps: checkpoint_every, else sample_every, else a tenth of "
+            f"max_train_steps), {validation_images * points} validation images in all; this Space allows "
+            f"{bounds.max_validation_images} per job (LORA_SPACE_MAX_VALIDATION_IMAGES): lower validation_split, or raise "
+            "checkpoint_every or sample_every."
+        )
+    if problems:
+        raise TrainConfigError("Training settings: " + " ".join(problems))
 
 
 @functools.cache

@@ -3,17 +3,18 @@
 Layouts (API.md): the course's `images/` + `captions/` (+ `config.json`), flat pairs
 (`x.jpg` + `x.txt`), or a `datasets` imagefolder with `metadata.jsonl` (`file_name` + `text`
 or `caption`), in the zip's root or under one top folder. Stems match case-insensitively.
-Images are opened with a pixel limit and normalised (EXIF rotation, RGB, alpha on white,
-first frame) into PNGs under `dest_dir`; nothing is written anywhere else. Problems with
-single files become report entries; a zip that is not a zip, or has no usable image, raises
-`DatasetError` (refused at the call).
+Images are opened with a pixel limit and normalised (`images.open_normalised`: EXIF rotation,
+RGB, alpha on white, first frame) into PNGs under `dest_dir`; nothing is written anywhere else.
+Problems with single files become report entries; a zip that is not a zip, or has no usable
+image, raises `DatasetError` (refused at the call). A zip is read once (`read_zip`) and finished
+(`finish`: trigger word, split, edited captions) as often as those change.
 """
 
 from __future__ import annotations
 
 import codecs
+import copy
 import hashlib
-import io
 import json
 import math
 import random
@@ -24,17 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import DatasetError
+from ..errors import DatasetError, LimitError
 from .archive import Member, Skipped, ZipLimits, display_name, is_junk, open_zip, read_members, safe_parts
+from .images import open_normalised
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CAPTION_SUFFIXES = (".txt", ".caption")
-PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG also opens MPO (phone photos)
 ROLE_FOLDERS = ("images", "captions")
-MAX_PIXELS = 64_000_000  # ~8000 x 8000; more is refused before decoding (below PIL's own bomb limit)
-MIN_SIDE = 16
 MAX_SAVED_SIDE = 2048  # the largest training resolution; bigger images are scaled down when saved
 MAX_CAPTION_CHARS = 2000
 MAX_CONFIG_BYTES = 64 * 1024
@@ -82,6 +81,25 @@ class IngestedDataset:
         return dict(zip(self.dataset["name"], self.dataset["caption"]))
 
 
+@dataclass
+class ZipRead:
+    """What a zip held once read (`read_zip`), before a trigger word, a split or edited captions
+    (`finish`): read once per job, finished again whenever those change.
+
+    Attributes:
+        report: the reading's part of the report (layout, counts, skipped files, duplicates, notes).
+        images: one row per usable image, in name order: `key` (matching key), `name`, `image`
+            (the saved PNG), `width`, `height`, `bucket`.
+        captions: the zip's captions by matching key (`.txt` files, then `metadata.jsonl`).
+        zip_config: the zip's config.json, if any.
+    """
+
+    report: DatasetReport
+    images: list[dict]
+    captions: dict[str, str]
+    zip_config: dict | None = None
+
+
 def ingest(
     zip_path: str | Path,
     dest_dir: str | Path,
@@ -92,7 +110,7 @@ def ingest(
     captions: Mapping[str, str] | None = None,
     limits: ZipLimits = ZipLimits(),
 ) -> IngestedDataset:
-    """Read a dataset zip into normalised PNGs under `dest_dir/images`.
+    """Read a dataset zip into normalised PNGs under `dest_dir/images` (`read_zip`, then `finish`).
 
     Args:
         zip_path: the uploaded zip.
@@ -110,7 +128,24 @@ def ingest(
     Raises:
         DatasetError: not a zip, too many members, a bad config.json, or no usable image.
     """
-    report = DatasetReport(trigger_word=trigger_word.strip())
+    read = read_zip(zip_path, dest_dir, limits=limits)
+    return finish(read, trigger_word=trigger_word, validation_split=validation_split, seed=seed, captions=captions)
+
+
+def read_zip(zip_path: str | Path, dest_dir: str | Path, *, limits: ZipLimits = ZipLimits(), max_output_bytes: int | None = None) -> ZipRead:
+    """Read a dataset zip once: its images normalised into PNGs under `dest_dir/images`, its captions and config.
+
+    Args:
+        zip_path: the uploaded zip.
+        dest_dir: the dataset folder (created); nothing is written outside it.
+        limits: bounds on members and bytes inflated.
+        max_output_bytes: the most the saved PNGs may take (the room a visitor has left); None: no bound.
+
+    Raises:
+        DatasetError: not a zip, too many members, a bad config.json, or no usable image.
+        LimitError: the saved images would take more than `max_output_bytes`.
+    """
+    report = DatasetReport()
     skipped: list[Skipped] = []
     images_dir = Path(dest_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +159,7 @@ def ingest(
     seen_pixels: dict[str, str] = {}
     all_parts: list[tuple[str, ...]] = []
     zip_config = None
+    written = 0
     with open_zip(zip_path) as archive:
         top = _common_top(archive.namelist())
         for member in read_members(archive, limits=limits, skipped=skipped, notes=report.notes):
@@ -141,6 +177,12 @@ def ingest(
                     continue
                 image_members[key] = member.name
                 saved[key] = _save_image(member.data, name=name, member_name=member.name, folder=images_dir, index=len(saved), seen=seen_pixels, report=report, skipped=skipped)
+                written += Path(saved[key]["image"]).stat().st_size if saved[key] else 0
+                if max_output_bytes is not None and written > max_output_bytes:
+                    raise LimitError(
+                        f"The zip's images take more than {max_output_bytes / 2**20:.0f} MB once saved as PNGs, more than the "
+                        "room left for your files here; upload fewer or smaller images, or delete some of your jobs or LoRAs first."
+                    )
             elif lower.endswith(CAPTION_SUFFIXES):
                 text_captions[key] = (name, member.data)
             else:
@@ -150,33 +192,52 @@ def ingest(
     report.images_found = len(image_members)
     report.captions_found = len(text_captions) + len(metadata)
 
-    # 3. Captions: .txt files, then metadata.jsonl for the rest, then the caller's edits.
+    # 3. Captions: .txt files, then metadata.jsonl for the rest.
     decoded: dict[str, str] = {}
     for key, (name, data) in text_captions.items():
         decoded[key] = decode_caption(data, name=name, notes=report.notes)
     for key, text in metadata.items():
         decoded.setdefault(key, _clean_caption(text, name=key, notes=report.notes))
     report.captions_without_images = sorted(text_captions[key][0] if key in text_captions else key for key in decoded if key not in image_members)
-    overrides = {str(name).lower(): str(text) for name, text in (captions or {}).items()}
-
-    # 4. The rows in name order, each with its caption.
-    rows = []
-    for key in sorted(key for key, row in saved.items() if row is not None):
-        row = saved[key]
-        caption = overrides.get(key, decoded.get(key))
-        if caption is None:
-            report.images_without_captions.append(row["name"])
-        elif key in overrides:
-            caption = _clean_caption(caption, name=row["name"], notes=report.notes)
-        rows.append(row | {"caption": caption or "", "has_caption": caption is not None})
-
     report.skipped = [{"file": display_name(item.file), "reason": item.reason} for item in skipped]
-    if not rows:
+    images = [{"key": key} | saved[key] for key in sorted(key for key, row in saved.items() if row is not None)]  # type: ignore[operator]
+    if not images:
         reasons = "; ".join(f"{item['file']}: {item['reason']}" for item in report.skipped[:5]) or "the zip holds no files"
         raise DatasetError(
             f"The zip has no usable image ({reasons}). Put JPEG/PNG/WebP images in an `images/` folder "
             "(with captions as `captions/NAME.txt`) or as `NAME.jpg` + `NAME.txt` pairs, then zip it again."
         )
+    return ZipRead(report=report, images=images, captions=decoded, zip_config=zip_config)
+
+
+def finish(
+    read: ZipRead, *, trigger_word: str = "", validation_split: float = 0.2, seed: int = 0, captions: Mapping[str, str] | None = None
+) -> IngestedDataset:
+    """The dataset of a zip read once (`read_zip`), for a trigger word, a split and edited captions.
+
+    `read` is left as it was, so the same reading can be finished again with other values.
+
+    Args:
+        read: what `read_zip` returned.
+        trigger_word: reported for each caption that lacks it (not added: see `add_trigger_word`).
+        validation_split: share of images held out (none when fewer than 5 images).
+        seed: makes the split deterministic.
+        captions: edited captions by image name (case-insensitive); they replace the zip's.
+    """
+    report = copy.deepcopy(read.report)
+    report.trigger_word = trigger_word.strip()
+    overrides = {str(name).lower(): str(text) for name, text in (captions or {}).items()}
+
+    # 4. The rows in name order, each with its caption.
+    rows = []
+    for image in read.images:
+        key, row = image["key"], {name: value for name, value in image.items() if name != "key"}
+        caption = overrides.get(key, read.captions.get(key))
+        if caption is None:
+            report.images_without_captions.append(row["name"])
+        elif key in overrides:
+            caption = _clean_caption(caption, name=row["name"], notes=report.notes)
+        rows.append(row | {"caption": caption or "", "has_caption": caption is not None})
 
     # 5. The report's counts, then a split that is the same for the same seed.
     report.images_used = len(rows)
@@ -191,7 +252,7 @@ def ingest(
     if report.small_images:
         report.notes.append(f"{len(report.small_images)} image(s) are under the course's {GUIDANCE_SIDE} px guidance; they are used, but fine detail suffers.")
     dataset = datasets.Dataset.from_list(rows)
-    return IngestedDataset(report=report, dataset=dataset, zip_config=zip_config)
+    return IngestedDataset(report=report, dataset=dataset, zip_config=read.zip_config)
 
 
 def add_trigger_word(captions, word: str):
@@ -267,55 +328,6 @@ def decode_text(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return data.decode("latin-1"), True
-
-
-def open_normalised(data: bytes, *, name: str = "", notes: list[str] | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode image bytes into an RGB image (EXIF rotation applied, alpha on white, first frame).
-
-    Returns:
-        The image and its size before any scaling (after rotation).
-
-    Raises:
-        ValueError: not a supported image, too many pixels, too small, or truncated/corrupt;
-            the message is the report's reason.
-    """
-    try:
-        image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-    except Image.DecompressionBombError:
-        raise ValueError(f"more than {MAX_PIXELS:,} pixels (a decompression bomb?): not decoded") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ValueError("not a readable JPEG, PNG, WebP, BMP, GIF or TIFF image") from None
-    with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"{width}x{height} is more than {MAX_PIXELS:,} pixels (a decompression bomb?): not decoded")
-        if min(width, height) < MIN_SIDE:
-            raise ValueError(f"{width}x{height} is too small; images need at least {MIN_SIDE} px a side")
-        if getattr(image, "n_frames", 1) > 1 and notes is not None:
-            notes.append(f"{name}: an animated image; its first frame is used.")
-        try:
-            image.seek(0)
-            image.load()
-            rotated = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(rotated)
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-            raise ValueError(f"truncated or corrupt ({type(error).__name__}): re-export it") from None
-    return rgb, rgb.size
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with transparency flattened on white; 16-bit and float scaled to 8-bit; CMYK converted."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = image.convert("I") if image.mode.startswith("I;16") else image
-        high = 65535 if image.mode == "I" and (image.getextrema()[1] or 0) > 255 else 255
-        image = image.point(lambda value: value * (255 / high)).convert("L") if image.mode == "I" else image.convert("L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _clean_caption(text: str, *, name: str, notes: list[str] | None) -> str:

@@ -1,10 +1,18 @@
 """Training jobs: on disk, one at a time, chunk by chunk, restart-safe (API.md `/start_training`).
 
 `JobManager` (reachable as `space.jobs`) takes a dataset zip and a config, checks both at the
-call (bad input is refused there), and queues the job. One worker thread trains one job at a
-time; each chunk borrows the engine's pipeline (`Engine.lend`) for a bounded time, so
-generations and chunks take turns. On ZeroGPU each chunk is one `@gpu` call; the chunk reads
-its state from the job folder and writes it back, so nothing depends on which worker ran it.
+call (bad input, and a job whose work as a whole passes the Space's bounds, are refused there;
+so is a job past the Space's number of jobs waiting and running), and queues the job. Jobs
+train one at a time, chunk after chunk; each chunk takes a turn on the engine's pipeline
+(`Engine.turn`, then `Engine.lend`) and ends at its next step when a generation waits, so
+generations wait about one step. On ZeroGPU each chunk is one `@gpu` call; the chunk reads its
+state from the job folder and writes it back, so nothing depends on which worker ran it.
+
+Who trains: off ZeroGPU (a dedicated GPU, the CPU) one worker thread trains the queued jobs.
+On ZeroGPU every GPU call must run inside a Gradio request of the visitor who owns the job, so
+that their quota pays (`spaces` schedules a call with the request current in its context): the
+job trains inside its owner's request (`follow`, a streaming event), and pauses, its state
+saved, when that request goes away, until its owner resumes it.
 
 A job's folder is `data_dir/jobs/<job id>` (the files of `checkpoint.JobFiles`, plus
 `job.json`, written atomically, and `report.json`). Job ids are 128 random bits: whoever holds
@@ -21,20 +29,21 @@ import secrets
 import shutil
 import threading
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..engine import engine_by_id
-from ..errors import JobError, LimitError, LoraSpaceError
-from ..gpu import gpu, on_zerogpu
+from ..errors import GpuUnavailableError, JobError, LimitError, LoraSpaceError
+from ..gpu import on_zerogpu
 from ..owners import Visitor
+from . import chunk
 from .checkpoint import JobFiles, log_line, read_json, write_json
-from .config import merged
+from .config import check_job_bounds, merged
 from .prepare import prepare_job
 from .samples import lora_name_for
-from .trainer import ChunkResult, check_rank, run_chunk
+from .status import JobStatus
+from .trainer import ChunkResult, check_rank
 
 if TYPE_CHECKING:
     from ..service import LoraSpace
@@ -43,54 +52,8 @@ logger = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "cancelled", "failed")
-ZEROGPU_CHUNK_SECONDS = 90  # training time per ZeroGPU call; the call asks for this plus a margin
-CHUNK_SECONDS = 60  # elsewhere: a generation waits at most about this long for a chunk
+QUEUE_POLL_SECONDS = 2.0  # a job waiting for its turn inside its owner's request reports its place this often
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass
-class JobStatus:
-    """What `/training_status` returns (`to_dict`), plus queue position, ETA and warnings."""
-
-    job_id: str
-    state: str
-    step: int = 0
-    total_steps: int = 0
-    loss: list[list[float]] = field(default_factory=list)
-    val_loss: list[list[float]] = field(default_factory=list)
-    samples: list[Path] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-    lora_file: Path | None = None
-    lora_name: str = ""
-    dataset_report: dict = field(default_factory=dict)
-    error: str = ""
-    queue_position: int = 0  # 1 = next; 0 when not queued
-    eta_seconds: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        values = asdict(self)
-        values["samples"] = [str(path) for path in self.samples]
-        values["checkpoints"] = [str(path) for path in self.checkpoints]
-        values["lora_file"] = str(self.lora_file) if self.lora_file else None
-        return values
-
-
-def _chunk_seconds(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> int:
-    """ZeroGPU duration of one chunk: its training time plus loading, samples and saving."""
-    return int((max_seconds or ZEROGPU_CHUNK_SECONDS) + 30)
-
-
-@gpu(duration=_chunk_seconds)
-def _train_chunk(engine_id: int, job_dir: str, adapter_name: str, max_steps: int | None, max_seconds: float | None) -> ChunkResult:
-    """One chunk on the engine's pipeline; a stop file in the job folder ends it within one step."""
-    files = JobFiles(Path(job_dir))
-    with engine_by_id(engine_id).lend() as pipe:
-        return run_chunk(
-            pipe, files.root, adapter_name=adapter_name, max_steps=max_steps, max_seconds=max_seconds,
-            should_stop=files.stop_flag.exists,
-        )  # fmt: skip
 
 
 class JobManager:
@@ -100,17 +63,23 @@ class JobManager:
         space: the app (settings, engine, `add_lora`).
         chunk_steps: at most this many steps per chunk (None: bounded by time only).
         chunk_seconds: training seconds per chunk (default: 90 on ZeroGPU, else 60).
+        in_requests: jobs train inside their owners' requests (`follow`), as ZeroGPU needs; else
+            a worker thread trains them (default: on ZeroGPU).
     """
 
-    def __init__(self, space: LoraSpace, *, chunk_steps: int | None = None, chunk_seconds: float | None = None) -> None:
+    def __init__(
+        self, space: LoraSpace, *, chunk_steps: int | None = None, chunk_seconds: float | None = None, in_requests: bool | None = None
+    ) -> None:
         self.space = space
         self.root = space.settings.data_dir / "jobs"
         self.chunk_steps = chunk_steps
-        self.chunk_seconds = chunk_seconds or (ZEROGPU_CHUNK_SECONDS if on_zerogpu() else CHUNK_SECONDS)
+        self.chunk_seconds = chunk_seconds or (chunk.ZEROGPU_CHUNK_SECONDS if on_zerogpu() else chunk.CHUNK_SECONDS)
+        self.in_requests = on_zerogpu() if in_requests is None else in_requests
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[str] = deque()
         self._running: str | None = None
+        self._followers: Counter[str] = Counter()  # requests following each job (`in_requests`: here to train it)
         self._visitors: dict[str, Visitor] = {}
         self._closing = False
         self._worker: threading.Thread | None = None
@@ -129,14 +98,15 @@ class JobManager:
             captions: edited captions by image name, replacing the zip's.
 
         Returns:
-            The job's status (`queued`, with its place in the queue).
+            The job's status (`queued`, with its place in the queue). On ZeroGPU it trains once its
+            owner's request follows it (`follow`).
 
         Raises:
             DatasetError: not a readable zip, or no usable image.
-            TrainConfigError: a bad setting (named).
-            JobError: the visitor already has a job queued or running.
+            TrainConfigError: a bad setting, or the job's work past a bound of the Space (named).
+            JobError: the visitor already has a job queued or running, or the Space has its most jobs.
         """
-        self._refuse_second_job(visitor)
+        self.check_room(visitor)  # at once, before any file work
         settings = self.space.settings
         merged(None, config, is_tiny=settings.is_tiny)  # the call's own values, before any file work
         job_id = secrets.token_hex(16)
@@ -146,6 +116,8 @@ class JobManager:
             prepared = prepare_job(files, zip_path, config, is_tiny=settings.is_tiny, captions=captions)
             final, rows = prepared.config, prepared.rows
             check_rank(self.space.engine.pipe.transformer, final)  # the bound of the base this Space runs
+            held_out = sum(row["split"] == "validation" for row in rows)
+            check_job_bounds(final, images=len(rows), validation_images=held_out, bounds=settings.training)
             notes = list(final.notes)
             if final.quantize_base != "none":
                 notes.append(
@@ -160,16 +132,24 @@ class JobManager:
                 "lora_name": "", "lora_file": "",
             }  # fmt: skip
             self._write_state(files, state)
+            with self._lock:
+                self._refuse_when_full()
+                self._enqueue(job_id, visitor)
         except BaseException:
             shutil.rmtree(files.root, ignore_errors=True)
             raise
         log_line(files, f"job created: {len(rows)} images, {final.max_train_steps} steps")
-        with self._lock:
-            self._visitors[job_id] = visitor
-            self._queue.append(job_id)
-            self._ensure_worker()
-            self._wake.notify_all()
         return self.status(job_id)
+
+    def check_room(self, visitor: Visitor) -> None:
+        """Refuse at once, before a zip is read, what `start` would refuse for the visitor and the Space.
+
+        Raises:
+            JobError: the visitor has a job queued or running, or the Space has its most jobs.
+        """
+        self._refuse_second_job(visitor)
+        with self._lock:
+            self._refuse_when_full()
 
     def status(self, job_id: str) -> JobStatus:
         """The job's state, progress, files and warnings.
@@ -224,10 +204,12 @@ class JobManager:
         return self.status(job_id)
 
     def resume(self, job_id: str, *, visitor: Visitor) -> JobStatus:
-        """Queue an interrupted, cancelled or failed job again; it continues from its last state.
+        """Queue an interrupted, cancelled or failed job again; it continues from its last state
+        (on ZeroGPU once its owner's request follows it, `follow`).
 
         Raises:
-            JobError: no such job, not this visitor's, not resumable, or the visitor has a job running.
+            JobError: no such job, not this visitor's, not resumable, the visitor has a job running,
+                or the Space has its most jobs.
         """
         files, state = self._load(job_id)
         if state["owner"] != visitor.id:
@@ -237,14 +219,56 @@ class JobManager:
         self._refuse_second_job(visitor)
         files.stop_flag.unlink(missing_ok=True)
         with self._lock:
+            self._refuse_when_full()
             state.update(state="queued", error="")
             self._write_state(files, state)
-            self._visitors[job_id] = visitor
-            self._queue.append(job_id)
-            self._ensure_worker()
-            self._wake.notify_all()
+            self._enqueue(job_id, visitor)
         log_line(files, "job resumed")
         return self.status(job_id)
+
+    def follow(self, job_id: str) -> Iterator[JobStatus]:
+        """The job's status as it goes: first at once, then after each chunk.
+
+        On ZeroGPU (`in_requests`) the job trains here, inside the caller's request, so that every
+        GPU call of the job is scheduled with that request (the owner's quota pays): it waits for
+        its turn among the queued jobs, then runs chunk after chunk. When the caller goes away
+        (the generator is closed: the page or script disconnected) the job pauses: it is
+        `interrupted`, its state saved at its last chunk, until its owner resumes it. Elsewhere the
+        worker thread trains the job, and this yields its status once.
+
+        Raises:
+            JobError: no such job.
+        """
+        files, _ = self._load(job_id)
+        if not self.in_requests:
+            yield self.status(job_id)
+            return
+        driver: Iterator[ChunkResult] | None = None
+        with self._lock:
+            self._followers[job_id] += 1
+        try:
+            yield self.status(job_id)
+            # 1. Wait for the job's turn: one job trains at a time, in the order they were queued.
+            while True:
+                with self._lock:
+                    if job_id not in self._queue:  # cancelled meanwhile, or not queued
+                        break
+                    head = next((queued for queued in self._queue if queued in self._followers), None)
+                    if self._running is None and head == job_id:
+                        self._queue.remove(job_id)
+                        self._running = job_id
+                        driver = self._run(job_id)
+                        break
+                    self._wake.wait(QUEUE_POLL_SECONDS)
+                yield self.status(job_id)
+            # 2. Chunk after chunk, inside this request.
+            for _ in driver or ():
+                yield self.status(job_id)
+            yield self.status(job_id)
+        finally:
+            if driver is not None:
+                driver.close()  # closed mid-job: the running slot is given back
+            self._leave(files, job_id, trained_here=driver is not None)
 
     def list_jobs(self, visitor: Visitor) -> list[JobStatus]:
         """The visitor's own jobs, newest first."""
@@ -268,6 +292,14 @@ class JobManager:
 
     # -- the worker -------------------------------------------------------------------------
 
+    def _enqueue(self, job_id: str, visitor: Visitor) -> None:
+        """Queue the job (call under the lock); off ZeroGPU the worker thread picks it up."""
+        self._visitors[job_id] = visitor
+        self._queue.append(job_id)
+        if not self.in_requests:
+            self._ensure_worker()
+        self._wake.notify_all()
+
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._work, name="lora-space-trainer", daemon=True)
@@ -282,44 +314,77 @@ class JobManager:
                     return
                 job_id = self._running = self._queue.popleft()
             try:
-                self._train(job_id)
+                for _ in self._run(job_id):
+                    pass
             except Exception:  # a bug: the job fails, the worker lives on
                 logger.exception("training job %s failed", job_id)
-            finally:
-                with self._lock:
-                    self._running = None
 
-    def _train(self, job_id: str) -> None:
-        files, state = self._load(job_id)
-        state["state"] = "running"
-        self._write_state(files, state)
-        log_line(files, "running")
-        adapter_name = f"train_{job_id[:12]}"
+    def _run(self, job_id: str) -> Iterator[ChunkResult]:
+        """Train the job (claimed as running) chunk after chunk, each in a turn on the engine; yields
+        between chunks, outside the turn. The running slot is given back when it ends or is closed."""
         try:
-            while True:
-                # One chunk: the engine is lent for at most chunk_seconds (or chunk_steps).
-                self._chunks += 1
-                result = _train_chunk(id(self.space.engine), str(files.root), adapter_name, self.chunk_steps, self.chunk_seconds)
-                if result.finished or result.stopped:
-                    break
-        except Exception as error:
-            message = str(error) if isinstance(error, (LoraSpaceError, FloatingPointError)) else f"internal error ({type(error).__name__})"
-            if not isinstance(error, (LoraSpaceError, FloatingPointError)):
-                logger.exception("training job %s failed", job_id)
-            state.update(state="failed", error=message)
+            files, state = self._load(job_id)
+            state["state"] = "running"
             self._write_state(files, state)
-            log_line(files, f"failed: {message}")
-            return
-        if result.stopped:
-            reason = files.stop_flag.read_text() if files.stop_flag.exists() else "cancel"
-            files.stop_flag.unlink(missing_ok=True)
-            if reason == "shutdown":
-                return  # left as running on disk: the next start marks it interrupted
-            state["state"] = "cancelled"
+            log_line(files, "running")
+            adapter_name = f"train_{job_id[:12]}"
+            engine = self.space.engine
+            try:
+                while True:
+                    # One chunk: at most chunk_seconds (or chunk_steps); it ends sooner when a generation waits.
+                    self._chunks += 1
+                    with engine.turn():
+                        result = chunk.train_chunk(id(engine), str(files.root), adapter_name, self.chunk_steps, self.chunk_seconds)
+                    if result.finished or result.stopped:
+                        break
+                    yield result
+            except GpuUnavailableError as error:  # ZeroGPU gave no GPU (the owner's quota is spent): pause, not fail
+                state.update(state="interrupted", error=f"{error} The job is paused with its state saved; resume it later.")
+                self._write_state(files, state)
+                log_line(files, f"paused: {error}")
+                return
+            except Exception as error:
+                message = str(error) if isinstance(error, (LoraSpaceError, FloatingPointError)) else f"internal error ({type(error).__name__})"
+                if not isinstance(error, (LoraSpaceError, FloatingPointError)):
+                    logger.exception("training job %s failed", job_id)
+                state.update(state="failed", error=message)
+                self._write_state(files, state)
+                log_line(files, f"failed: {message}")
+                return
+            if result.stopped:
+                reason = files.stop_flag.read_text() if files.stop_flag.exists() else "cancel"
+                files.stop_flag.unlink(missing_ok=True)
+                if reason == "shutdown":
+                    return  # left as running on disk: the next start marks it interrupted
+                state["state"] = "cancelled"
+                self._write_state(files, state)
+                log_line(files, f"cancelled at step {result.step}")
+                return
+            self._finish(files, state)
+        finally:
+            with self._lock:
+                if self._running == job_id:
+                    self._running = None
+                self._wake.notify_all()
+
+    def _leave(self, files: JobFiles, job_id: str, *, trained_here: bool) -> None:
+        """A request that followed the job went away: a job it was training, or one queued that no
+        request follows any more, pauses (`interrupted`, its state saved at its last chunk)."""
+        with self._lock:
+            self._followers[job_id] -= 1
+            if self._followers[job_id] <= 0:
+                del self._followers[job_id]
+            unfollowed = job_id in self._queue and job_id not in self._followers
+            if unfollowed:
+                self._queue.remove(job_id)
+            if trained_here and self._running == job_id:
+                self._running = None
+            self._wake.notify_all()
+        state = read_json(files.root / "job.json", {})
+        if (trained_here or unfollowed) and state.get("state") in ACTIVE:
+            state["state"] = "interrupted"
             self._write_state(files, state)
-            log_line(files, f"cancelled at step {result.step}")
-            return
-        self._finish(files, state)
+            log_line(files, "paused: the request that trained it went away; resume it to go on")
 
     def _finish(self, files: JobFiles, state: dict) -> None:
         """Put the final LoRA into the owner's library; its name is then a Generate source."""
@@ -340,7 +405,7 @@ class JobManager:
             state["notes"] = list(state.get("notes", [])) + [note]
             self._write_state(files, state)
             shutil.rmtree(files.states, ignore_errors=True)
-            files.cache.unlink(missing_ok=True)
+            shutil.rmtree(files.cache, ignore_errors=True)
             log_line(files, "done: kept in the job folder (library quota)")
             return
         except LoraSpaceError as error:
@@ -352,7 +417,7 @@ class JobManager:
         self._write_state(files, state)
         # A finished job cannot resume: its training state and encodings only took disk space.
         shutil.rmtree(files.states, ignore_errors=True)
-        files.cache.unlink(missing_ok=True)
+        shutil.rmtree(files.cache, ignore_errors=True)
         log_line(files, f"done: {entry.name}")
 
     # -- helpers ----------------------------------------------------------------------------
@@ -363,6 +428,16 @@ class JobManager:
         except JobError:
             return 0
         return state["total_steps"] - (read_json(files.progress, {}) or {}).get("step", 0)
+
+    def _refuse_when_full(self) -> None:
+        """Refuse one more job past the Space's jobs waiting and running (call under the lock)."""
+        active = len(self._queue) + (self._running is not None)
+        limit = self.space.settings.training.max_jobs
+        if active >= limit:
+            raise JobError(
+                f"This Space already has {active} training jobs waiting or running, the most it takes at once; "
+                "try again when one has finished."
+            )
 
     def _refuse_second_job(self, visitor: Visitor) -> None:
         for path in self.root.glob("*/job.json") if self.root.exists() else []:

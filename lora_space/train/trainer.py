@@ -1,10 +1,13 @@
 """The LoRA trainer: flow matching on the FLUX transformer, one chunk at a time.
 
-`run_chunk` trains a job for a bounded number of steps or seconds on a pipeline it is lent
-(the engine's own, see `Engine.lend`, or the CLI's), from the job folder's last full state
-to a new one. Every chunk reads its state from disk and writes it back, so chunks can run in
-different processes (ZeroGPU workers) and a job killed at any moment resumes from its last
-state and ends with the same weights as an uninterrupted run.
+`run_chunk` trains a job on a pipeline it is lent (the engine's own, see `Engine.lend`, or
+the CLI's) in pieces (a step, an image encoded, a validation image, a sample image), from the
+job folder's last full state to a new one, and ends between pieces when its time is up, when
+it is cancelled or when a generation waits. Every chunk writes its state back, so chunks can
+run in different processes (ZeroGPU workers) and a job killed at any moment resumes from its
+last state and ends with the same weights as an uninterrupted run. Within one process the
+job's session (`session.Session`: adapter, optimizer, cache) may stay parked between chunks,
+so that a chunk ended for a generation resumes without reading anything back.
 
 The maths follows diffusers' FLUX DreamBooth LoRA recipe (`train_dreambooth_lora_flux.py`):
 latents normalised with the VAE's shift and scale; t drawn uniformly from the scheduler's
@@ -17,28 +20,30 @@ rank on the attention and feed-forward Linear layers, A Gaussian and B zero.
 from __future__ import annotations
 
 import errno
-import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_density_for_timestep_sampling
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from ..errors import JobError, TrainConfigError
 from ..recipe import save_png
-from .cache import Cache, LiveEncoder, build_cache
-from .checkpoint import SAMPLE_PROMPTS, JobFiles, load_state, log_line, read_json, save_state, write_json
+from .cache import Cache
+from .checkpoint import SAMPLE_PROMPTS, JobFiles, write_json
 from .config import TrainConfig
 from .lora_file import save_trained_lora
 from .samples import sample_recipe
+
+if TYPE_CHECKING:
+    from .session import Parking, Session
 
 # diffusers' FLUX DreamBooth LoRA recipe: attention (image and text streams) and feed-forward layers.
 TARGET_MODULES = [
@@ -69,12 +74,23 @@ class Parallel:
 
 @dataclass
 class ChunkResult:
+    """What one chunk did: where the job is, why the chunk ended, its pieces and their times.
+
+    `yielded`: it ended because a generation waited; `pieces`: how many of each kind it did
+    (`step`, `cache`, `validation`, `sample`, `checkpoint`); `resumed`: `memory` (the parked
+    session) or `disk`; `timings`: seconds to open the session, do the pieces, and save.
+    """
+
     step: int
     total_steps: int
     finished: bool
     stopped: bool
     seconds_per_step: float | None = None
     warnings: list[str] = field(default_factory=list)
+    yielded: bool = False
+    pieces: dict[str, int] = field(default_factory=dict)
+    resumed: str = "disk"
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def epoch_batches(rows: list[dict], train_indices: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -145,13 +161,6 @@ def attach_adapter(transformer, config: TrainConfig, adapter_name: str, seed: in
         r=config.network_dim, lora_alpha=config.network_alpha, init_lora_weights="gaussian", target_modules=TARGET_MODULES
     )
     transformer.add_adapter(lora_config, adapter_name=adapter_name)
-    transformer.set_adapter(adapter_name)
-    for module in transformer.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.enable_adapters(True)
-            module.set_adapter(adapter_name)  # trainable: ours only
-    for parameter in transformer.parameters():
-        parameter.requires_grad_(False)
     parameters = lora_parameters(transformer, adapter_name)
     generator = torch.Generator().manual_seed(seed)  # our own RNG: the global one is the process's
     with torch.no_grad():
@@ -161,8 +170,38 @@ def attach_adapter(transformer, config: TrainConfig, adapter_name: str, seed: in
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / config.network_dim)
             else:
                 parameter.zero_()
-            parameter.requires_grad_(True)
+    activate_adapter(transformer, adapter_name, parameters)
     return parameters
+
+
+def activate_adapter(transformer, adapter_name: str, parameters: dict[str, torch.nn.Parameter]) -> None:
+    """Make `adapter_name` the only active adapter and its `parameters` the only trainable ones.
+
+    Done when the adapter is attached, and again when a parked session resumes: generations in
+    between switched it off and may have toggled `requires_grad` (peft's `set_adapter`).
+    """
+    transformer.set_adapter(adapter_name)
+    for module in transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.enable_adapters(True)
+            module.set_adapter(adapter_name)  # trainable: ours only
+    for parameter in transformer.parameters():
+        parameter.requires_grad_(False)
+    for parameter in parameters.values():
+        parameter.requires_grad_(True)
+
+
+def reactivate_adapter(transformer, layers: list[BaseTunerLayer], adapter_name: str, parameters: dict[str, torch.nn.Parameter]) -> None:
+    """`activate_adapter` for a parked adapter whose pipeline was lent again (`Engine.lend`), in a
+    fraction of its time: the lend switched every adapter off, so only our layers and the
+    `requires_grad` flags (set back by the lend, toggled by generations' adapter loads) need setting."""
+    for parameter in transformer.parameters():
+        parameter.requires_grad_(False)
+    for layer in layers:
+        layer._active_adapter = [adapter_name]  # peft's own fields behind `set_adapter`, as `Engine._activate` sets them
+        layer._disable_adapters = False
+    for parameter in parameters.values():
+        parameter.requires_grad_(True)
 
 
 def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig, device: torch.device) -> tuple[torch.optim.Optimizer, str | None]:
@@ -227,8 +266,8 @@ def overfitting_warning(loss: list[list[float]], val_loss: list[list[float]]) ->
     return None
 
 
-class _Devices:
-    """Moves the VAE and text encoders off the GPU for the loop and back for samples (CPU: no-op)."""
+class Devices:
+    """Moves the VAE and text encoders off the GPU for the loop and back for encoding and samples (CPU: no-op)."""
 
     def __init__(self, pipe: FluxPipeline) -> None:
         self.pipe = pipe
@@ -249,50 +288,52 @@ class _Devices:
             self.away = False
 
 
-def _set_enabled(layers: list[BaseTunerLayer], enabled: bool) -> None:
+def set_enabled(layers: list[BaseTunerLayer], enabled: bool) -> None:
+    """Switch the job's adapter on or off in its layers (a sample at strength 0, a parked session)."""
     for layer in layers:
         layer._disable_adapters = not enabled
 
 
-def save_samples(pipe, layers, config: TrainConfig, prompts: list[str], files: JobFiles, step: int) -> list[str]:
-    """The validation prompts at LoRA strength 0 and 1, same seed: whether the LoRA is learning shows.
+def sample_image(pipe, layers, config: TrainConfig, prompts: list[str], number: int, strength: int, files: JobFiles, step: int) -> str:
+    """One sample image: prompt `number` at LoRA strength 0 or 1 with the job's seed; returns its file name.
 
-    `samples/prompts.json` lists the prompts by number (`..._prompt<number>_...png`), for Publish.
+    Each prompt is drawn at strength 0 and 1 with the same seed, so whether the LoRA is learning
+    shows. `samples/prompts.json` lists the prompts by number (`..._prompt<number>_...png`), for Publish.
     """
     files.samples.mkdir(exist_ok=True)
     write_json(files.samples / SAMPLE_PROMPTS, prompts)
     side = config.resolution
-    saved = []
-    with torch.no_grad():
-        for number, prompt in enumerate(prompts):
-            for strength in (0, 1):
-                _set_enabled(layers, strength == 1)
-                generator = torch.Generator("cpu").manual_seed(config.seed)
-                image: Image.Image = pipe(
-                    prompt=prompt, num_inference_steps=SAMPLE_STEPS, guidance_scale=GUIDANCE, width=side, height=side,
-                    generator=generator,
-                ).images[0]  # fmt: skip
-                path = files.samples / f"step{step:06d}_prompt{number}_strength{strength}.png"
-                recipe = sample_recipe(config, prompt, strength=strength, job_id=files.root.name, steps=SAMPLE_STEPS, guidance=GUIDANCE)
-                save_png(image, path, recipe)  # A1111 `parameters` and the JSON recipe
-                saved.append(path.name)
-    _set_enabled(layers, True)
-    return saved
+    set_enabled(layers, strength == 1)
+    try:
+        with torch.no_grad():
+            generator = torch.Generator("cpu").manual_seed(config.seed)
+            image: Image.Image = pipe(
+                prompt=prompts[number], num_inference_steps=SAMPLE_STEPS, guidance_scale=GUIDANCE, width=side, height=side,
+                generator=generator,
+            ).images[0]  # fmt: skip
+    finally:
+        set_enabled(layers, True)
+    path = files.samples / f"step{step:06d}_prompt{number}_strength{strength}.png"
+    recipe = sample_recipe(config, prompts[number], strength=strength, job_id=files.root.name, steps=SAMPLE_STEPS, guidance=GUIDANCE)
+    save_png(image, path, recipe)  # A1111 `parameters` and the JSON recipe
+    return path.name
 
 
-def validation_loss(transformer, cache: Cache, indices: list[int], schedule, config: TrainConfig) -> float:
-    """Mean loss over the held-out images at `VALIDATION_SIGMAS`, with the same noise every time."""
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    total, count = 0.0, 0
+def validation_image_loss(transformer, cache: Cache, index: int, schedule, config: TrainConfig) -> float:
+    """Held-out image `index`'s loss summed over `VALIDATION_SIGMAS`, with the same noise every time.
+
+    The noise comes from a generator of the image's own, so the images can be measured in any
+    chunks and the validation loss (their mean) is the same.
+    """
+    generator = torch.Generator().manual_seed((config.seed + 1) * 1_000_003 + index)
     points = [int(round((1 - sigma) * (len(schedule.timesteps) - 1))) for sigma in VALIDATION_SIGMAS]
+    total = 0.0
     with torch.no_grad():
-        for index in indices:
-            latents = cache.latents(index, generator=None)
-            for point in points:
-                noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-                loss = flow_matching_loss(transformer, latents, noise, torch.tensor([point]), schedule, cache.text([index]))
-                total, count = total + float(loss), count + 1
-    return total / max(count, 1)
+        latents = cache.latents(index, generator=None)
+        for point in points:
+            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+            total += float(flow_matching_loss(transformer, latents, noise, torch.tensor([point]), schedule, cache.text([index])))
+    return total
 
 
 def run_chunk(
@@ -303,157 +344,73 @@ def run_chunk(
     max_steps: int | None = None,
     max_seconds: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    should_yield: Callable[[], bool] = lambda: False,
     parallel: Parallel | None = None,
+    parking: Parking | None = None,
 ) -> ChunkResult:
-    """Train the job in `job_dir` from its last state for up to `max_steps` steps or `max_seconds`.
+    """Train the job in `job_dir` from its last state, piece by piece, until it is done or the chunk must end.
 
-    The caller owns `pipe` for the call (under the engine's lock); on return the adapter is
-    deleted and the pipeline is as it was (gradient checkpointing, modes, devices).
+    A piece is one training step, one image or caption encoded for the cache, one held-out
+    image's validation loss, one sample image, or a kept checkpoint. Before each piece (after the
+    first) the chunk ends when `should_stop()` (cancel, shutdown: `stopped`), when `max_seconds`
+    have passed, when `should_yield()` (a generation waits: `yielded`), or before a step when
+    `max_steps` steps are done. It then saves the full state, with the pieces still due after
+    the last step, so the next chunk goes on from there in this process or any other.
+
+    The caller owns `pipe` for the call (`Engine.lend`); on return the pipeline is as it was
+    (gradient checkpointing, modes, devices), and the adapter is deleted, or kept attached and
+    switched off with the job's optimizer, schedule and cache in `parking.parked` (the engine),
+    where the job's next chunk takes them back without reading its state from disk.
 
     Raises:
         TrainConfigError: the job's config cannot run here (a quantised base on a CPU).
+        JobError: out of GPU memory or a full disk; the message says what the job keeps.
     """
+    from .session import Session  # the session is made of this module's maths
+
     parallel = parallel or Parallel()
     files = JobFiles(Path(job_dir))
-    config = TrainConfig(**read_json(files.config))
-    rows = read_json(files.rows)
-    transformer = pipe.transformer
-    device = transformer.device
-    if config.quantize_base != "none" and device.type != "cuda":
-        raise TrainConfigError(f"quantize_base {config.quantize_base} needs a CUDA GPU; set it to none on this machine.")
-    check_rank(transformer, config)
-    devices = _Devices(pipe)
-    was_checkpointing = transformer.is_gradient_checkpointing
-    modes = {module: module.training for module in transformer.modules()}
-    step = 0
+    started = time.perf_counter()
+    session: Session | None = None
+    keep = False
     try:
-        # 1. The cached latents and caption embeddings (made by the first chunk), on the device.
-        if config.cache_latents:
-            cache = build_cache(pipe, rows, files, config) if not files.cache.exists() else Cache.load(files.cache, device)
-            cache = cache.to(device)
-            devices.park()
-        else:  # encoded again at every step, the encoders stay on the device
-            cache = LiveEncoder(pipe, rows, files, config)
-        # 2. Our adapter, optimizer and schedule, then the last state if there is one.
-        parameters = attach_adapter(transformer, config, adapter_name, config.seed)
-        layers = [module for module in transformer.modules() if isinstance(module, BaseTunerLayer) and adapter_name in module.lora_A]
-        optimizer, note = make_optimizer(list(parameters.values()), config, device)
-        scheduler = get_scheduler(
-            config.lr_scheduler, optimizer=optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_train_steps
-        )
-        schedule = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)  # training timesteps, unshifted
-        generator = torch.Generator().manual_seed(config.seed * 7919 + parallel.rank)
-        progress = read_json(files.progress, {}) or {}
-        state = load_state(files)
-        step = 0
-        if state is not None:
-            step = state["step"]
-            with torch.no_grad():
-                for name, parameter in parameters.items():
-                    parameter.copy_(state["lora"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["rng"][f"train{parallel.rank}"])
-        # Metrics past the state (from a chunk that was killed) are dropped: those steps run again.
-        progress = {
-            "loss": [item for item in progress.get("loss", []) if item[0] <= step],
-            "val_loss": [item for item in progress.get("val_loss", []) if item[0] <= step],
-            "samples": progress.get("samples", []),
-            "checkpoints": [name for name in progress.get("checkpoints", []) if int(name[5:11]) <= step],
-            "warnings": sorted(set(progress.get("warnings", []) + ([note] if note else []))),
-        }
-        if config.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.train()
-        train_indices = [index for index, row in enumerate(rows) if row["split"] == "train"]
-        val_indices = [index for index, row in enumerate(rows) if row["split"] == "validation"]
-        prompts = config.validation_prompts or [rows[(val_indices or train_indices)[0]]["caption"] or config.trigger_word or "a picture"]
-        val_every = config.checkpoint_every or config.sample_every or max(1, config.max_train_steps // 10)
-        precision = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
-        autocast = torch.autocast("cuda", dtype=precision, enabled=device.type == "cuda" and config.mixed_precision != "no")
-        started, stopped, done_here, saved_step = time.perf_counter(), False, 0, step
-
-        def save_full_state(at: int, order: list[list[int]]) -> int:
-            """The full state after step `at` (all ranks hold the same weights; rank 0 writes)."""
-            states = parallel.gather([generator.get_state()]) if parallel.gather else [generator.get_state()]
-            if parallel.is_main:
-                rng = {f"train{rank}": state for rank, state in enumerate(states)}
-                extra = {"data_order": order, "epoch_batches": len(order)}
-                lora = {k: v.detach() for k, v in parameters.items()}
-                save_state(files, at, lora, optimizer.state_dict(), scheduler.state_dict(), rng, extra)
-                log_line(files, f"step {at}/{config.max_train_steps}: state saved (loss {progress['loss'][-1][1]:.4f})")
-            return at
-
-        # 3. The loop: one numbered step per optimisation step.
-        while step < config.max_train_steps:
+        # 1. The job's session: the parked one, or set up again from the job folder.
+        session = Session.open(pipe, files, adapter_name=adapter_name, parallel=parallel, parking=parking)
+        session.begin()
+        timings = {"open": time.perf_counter() - started}
+        # 2. Pieces, at least one, until the job is done or the chunk must end.
+        counts: Counter[str] = Counter()
+        stopped = yielded = False
+        while not session.done:
             if should_stop():
                 stopped = True
                 break
-            if (max_steps is not None and done_here >= max_steps) or (
-                max_seconds is not None and done_here and time.perf_counter() - started > max_seconds
-            ):
-                break
-            # 3a. This rank's batch (one bucket), its latents drawn from the cached posteriors, noise and t.
-            batch, order = batch_for_step(rows, train_indices, config, step, parallel)
-            latents = torch.cat([cache.latents(index, generator=generator) for index in batch])
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            u = compute_density_for_timestep_sampling("none", batch_size=len(batch), generator=generator)
-            indices = (u * schedule.config.num_train_timesteps).long()
-            # 3b. Loss, backward, averaged gradients (data parallel), clip, step.
-            with autocast:
-                loss = flow_matching_loss(transformer, latents, noise, indices, schedule, cache.text(batch))
-            loss.backward()
-            if parallel.average is not None:
-                for parameter in parameters.values():
-                    parameter.grad = parallel.average(parameter.grad)
-                loss = parallel.average(loss.detach())
-            torch.nn.utils.clip_grad_norm_(list(parameters.values()), MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, done_here = step + 1, done_here + 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"The loss became {value} at step {step}; lower the learning rate and start again.")
-            progress["loss"].append([step, round(value, 6)])
-            # 3c. At intervals: validation loss, overfitting check, samples, a kept LoRA.
-            final = step == config.max_train_steps
-            if parallel.is_main and val_indices and (step % val_every == 0 or final):
-                transformer.eval()
-                progress["val_loss"].append([step, round(validation_loss(transformer, cache, val_indices, schedule, config), 6)])
-                transformer.train()
-                warning = overfitting_warning(progress["loss"], progress["val_loss"])
-                if warning and warning not in progress["warnings"]:
-                    progress["warnings"].append(warning)
-            if parallel.is_main and ((config.sample_every and step % config.sample_every == 0) or final):
-                transformer.eval()
-                devices.restore()
-                progress["samples"] += save_samples(pipe, layers, config, prompts, files, step)
-                devices.park()
-                transformer.train()
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and not final:
-                if parallel.is_main:
-                    files.checkpoints.mkdir(exist_ok=True)
-                    name = f"step_{step:06d}.safetensors"
-                    save_trained_lora(files.checkpoints / name, parameters, config, rows, step=step)
-                    progress["checkpoints"].append(name)
-                # With each kept LoRA the full state too: a job killed mid-chunk resumes from here.
-                saved_step = save_full_state(step, order)
-            progress["step"] = step
-            progress["seconds_per_step"] = (time.perf_counter() - started) / done_here
-            if parallel.is_main:
-                write_json(files.progress, progress)
-        # 4. The full state (all ranks hold the same weights; rank 0 writes), and the LoRA when done.
-        finished = step >= config.max_train_steps
-        if done_here and saved_step != step:
-            save_full_state(step, order)
-        if parallel.is_main and finished:
-            save_trained_lora(files.final, parameters, config, rows, step=step)
-        spent = progress.get("seconds_per_step") if done_here else None
-        return ChunkResult(step, config.max_train_steps, finished, stopped, spent, progress["warnings"])
+            if counts:
+                if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                    break
+                if should_yield():
+                    yielded = True
+                    break
+                if max_steps is not None and counts["step"] >= max_steps and session.next_is_step:
+                    break
+            counts[session.next_piece()] += 1
+        # 3. The full state if anything changed, and the LoRA when done.
+        saving = time.perf_counter()
+        timings["pieces"] = saving - started - timings["open"]
+        session.save_if_changed()
+        if session.done and parallel.is_main:
+            save_trained_lora(files.final, session.parameters, session.config, session.rows, step=session.step)
+        timings["save"] = time.perf_counter() - saving
+        keep = parking is not None and not session.done and not stopped
+        return ChunkResult(
+            session.step, session.config.max_train_steps, session.done, stopped, session.seconds_per_step(counts["step"]),
+            session.progress["warnings"], yielded=yielded, pieces=dict(counts), resumed=session.resumed, timings=timings,
+        )  # fmt: skip
     except torch.OutOfMemoryError:
+        step = session.step if session else 0
+        total = session.config.max_train_steps if session else 0
         raise JobError(
-            f"The GPU ran out of memory at training step {step + 1} of {config.max_train_steps}; the job stopped and "
+            f"The GPU ran out of memory at training step {step + 1} of {total}; the job stopped and "
             f"keeps {_kept(files)}. Resume it when the GPU is less busy, or start a new job with a lower resolution, "
             "train_batch_size or network_dim, or with gradient_checkpointing on."
         ) from None
@@ -461,20 +418,15 @@ def run_chunk(
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise JobError(
-            f"The disk is full: training step {step} could not be saved; the job stopped and keeps {_kept(files)} "
-            "(nothing half-written). Free disk space (delete old jobs, LoRAs or outputs), then resume the job."
+            f"The disk is full: training step {session.step if session else 0} could not be saved; the job stopped and keeps "
+            f"{_kept(files)} (nothing half-written). Free disk space (delete old jobs, LoRAs or outputs), then resume the job."
         ) from None
     finally:
-        # 5. Give the pipeline back: adapter deleted, checkpointing, modes and devices as they were.
-        if adapter_name in getattr(transformer, "peft_config", {}):
-            transformer.delete_adapters(adapter_name)
-        if config.gradient_checkpointing and not was_checkpointing:
-            transformer.disable_gradient_checkpointing()
-        for module, training in modes.items():
-            module.training = training
-        devices.restore()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # what a failed step held goes back to generation
+        # 4. Give the pipeline back: adapter deleted or parked, checkpointing, modes and devices as they were.
+        if session is not None:
+            session.end(keep=keep)
+        if parking is not None:
+            parking.parked = session if keep else None
 
 
 def _kept(files: JobFiles) -> str:
@@ -485,3 +437,4 @@ def _kept(files: JobFiles) -> str:
     if kept:
         parts.append(f"its checkpoints up to step {int(kept[-1].stem[5:])}")
     return " and ".join(parts)
+

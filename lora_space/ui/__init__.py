@@ -7,7 +7,7 @@ import sys
 
 import gradio as gr
 
-from ..cleanup import gradio_delete_cache, start_cleaner
+from ..cleanup import gradio_delete_cache, preview_root, start_cleaner
 from ..errors import LoraSpaceError
 from ..service import LoraSpace
 from ..settings import Settings
@@ -50,7 +50,7 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
             with gr.Tab("Generate", id="generate"):
                 controls, last_metadata, pickers = generate.build_generate_tab(space, browser_id)
                 blend_tools.build_blend_tools(space, controls, last_metadata, pickers, browser_id)
-                lora_tools.build_lora_tools(space.settings, browser_id)
+                lora_tools.build_lora_tools(space, browser_id)
             with gr.Tab("Train", id="train"):
                 trained = train.build_train_tab(space, browser_id)
             with gr.Tab("Publish", id="publish"):
@@ -97,6 +97,7 @@ def launch() -> None:
     demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(
         max_file_size=settings.storage.max_upload_bytes,
         state_session_capacity=settings.limits.max_sessions,  # each session's state costs memory until evicted
-        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve())],  # job ids are random
+        # Output, job and preview folders are named with 128 random bits: only their caller finds them.
+        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve()), str(preview_root(settings).resolve())],
         theme=gr.themes.Soft(),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gradio as gr
 
 from ..lora.inspect import inspect_source
-from ..lora.tools import compare_sources, convert_source, optimize_source
 from ..service import LoraSpace, Options
 from .errors import api_errors
 from .visitors import token_of, visitor_of
@@ -150,8 +149,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"file": the converted .safetensors, "source_format", "target", "num_modules", "warnings"}
         """
-        token = token_of(oauth_token)
-        result = convert_source(source, target, settings=space.settings, token=token, visitor=who(request))
+        result = space.convert(source, target, token=token_of(oauth_token), visitor=who(request))
         return {
             "file": _file(result.file),
             "source_format": result.source_format,
@@ -183,9 +181,8 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"file": the new .safetensors, "report": energy kept overall and per module, pruned modules, sizes}
         """
-        path, report = optimize_source(
+        path, report = space.resize(
             source,
-            settings=space.settings,
             token=token_of(oauth_token),
             visitor=who(request),
             rank=rank or None,
@@ -211,8 +208,7 @@ def register_endpoints(space: LoraSpace) -> None:
         Returns:
             {"pairs": [...], "blocks": [...], "modules": [...], "warnings": [...]}
         """
-        token = token_of(oauth_token)
-        return compare_sources(sources, settings=space.settings, token=token, visitor=who(request), strengths=strengths).to_dict()
+        return space.compare(sources, strengths, token=token_of(oauth_token), visitor=who(request)).to_dict()
 
     gr.api(list_loras, api_name="list_loras")
     gr.api(inspect_lora, api_name="inspect_lora")

@@ -13,11 +13,11 @@ from ..service import LoraSpace
 from .errors import user_errors
 from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
 from .lora_tools import energy_frame
-from .visitors import with_caller
+from .visitors import BrowserId, with_caller
 
 
 def build_blend_tools(
-    space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown], browser_id: gr.BrowserState
+    space: LoraSpace, controls: GenerateControls, last_metadata: gr.JSON, pickers: list[gr.Dropdown], browser_id: BrowserId
 ) -> None:
     """Three accordions that reuse the Generate tab's prompt, slots and settings."""
     with gr.Accordion("Strength sweep: where does a LoRA start to break?", open=False):
@@ -142,13 +142,13 @@ def build_blend_tools(
     controls.clear_stale_on(bake_button.click, own=[baked_file, bake_summary])
     sweep_button.click(
         with_caller(space.settings, on_sweep),
-        [browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
+        [*browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
         sweep_grid,
         api_visibility="private",
     )
     batch_button.click(
         with_caller(space.settings, on_batch),
-        [browser_id, prompts, *controls.slots, *option_inputs],
+        [*browser_id, prompts, *controls.slots, *option_inputs],
         [batch_gallery, batch_zip, batch_warnings],
         api_visibility="private",
         show_progress_on=batch_gallery,  # a failure's badge on the gallery alone
@@ -156,7 +156,7 @@ def build_blend_tools(
     save_button.click(on_save, last_metadata, saved, api_visibility="private")
     loaded.upload(
         with_caller(space.settings, on_load),
-        [browser_id, loaded],
+        [*browser_id, loaded],
         [controls.prompt, controls.negative, controls.seed, controls.steps, controls.guidance, *controls.slots, load_notes],
         api_visibility="private",
         show_progress_on=load_notes,  # never badges over the form's fields and pickers
@@ -164,12 +164,12 @@ def build_blend_tools(
     all_pickers = [*pickers, x_source, y_source]
     bake_button.click(
         with_caller(space.settings, on_bake),
-        [browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
+        [*browser_id, controls.prompt, bake_rank, bake_name, bake_target, *controls.slots],
         [baked_file, bake_summary, bake_plot, controls.library_table, *all_pickers],
         api_visibility="private",
         show_progress_on=[baked_file, bake_summary],  # not on the pickers (see generate.py's library events)
     )
     for event in controls.library_events:  # the sweep's pickers follow the library, as the slots do
         event.then(
-            with_caller(space.settings, pickers_refreshed), browser_id, [x_source, y_source], api_visibility="private", show_progress="hidden"
+            with_caller(space.settings, pickers_refreshed), [*browser_id], [x_source, y_source], api_visibility="private", show_progress="hidden"
         )

@@ -23,7 +23,7 @@ from ..sources import resolve_source
 from .errors import api_errors
 from .generate import GenerateControls, Placement, place_lora, placement_updates, size_text
 from .lora_tools import summary_markdown
-from .visitors import token_of, with_caller
+from .visitors import BrowserId, token_of, with_caller
 
 DEFAULT_STRENGTH = 0.8
 PAGE_SIZE = 12
@@ -35,7 +35,7 @@ STARTER_COLUMNS = ["category", "repo", "what it does"]
 class DiscoverHandles:
     """What other tabs connect to: the opened LoRA and the button that uses it."""
 
-    browser_id: gr.BrowserState
+    browser_id: BrowserId
     selected: gr.State  # {"source", "repo_id", "trigger_words"} of the opened LoRA, or None
     use_button: gr.Button
     use_status: gr.Markdown
@@ -117,7 +117,7 @@ def card_html(evaluation: Evaluation) -> str:
     return f'<div class="prose" style="max-height:600px;overflow:auto">{body}</div>'
 
 
-def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> DiscoverHandles:
+def build_discover_tab(space: LoraSpace, browser_id: BrowserId) -> DiscoverHandles:
     """Lay out the Discover tab inside the caller's `gr.Tab`; returns the handles Generate connects to."""
     settings = space.settings
     gr.Markdown(
@@ -200,7 +200,7 @@ def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> Discove
         return shown[event.index]["repo_id"] if 0 <= event.index < len(shown) else gr.skip()
 
     search_outputs = [results, status, gallery, table, starter_box, previous_button, next_button]
-    search_inputs = [browser_id, query, sort, page]
+    search_inputs = [*browser_id, query, sort, page]
     open_outputs = [verdict, selected, use_button, images, card, inspection, report, use_status]
     searcher = with_caller(settings, on_search)
     opener = with_caller(settings, on_open)
@@ -213,14 +213,14 @@ def build_discover_tab(space: LoraSpace, browser_id: gr.BrowserState) -> Discove
         button.click(
             lambda number, step=step: max(int(number or 1) + step, 1), page, page, api_visibility="private", show_progress="hidden"
         ).then(searcher, search_inputs, search_outputs, **shown_on)
-    open_button.click(opener, [browser_id, open_box], open_outputs, api_visibility="private")
-    open_box.submit(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+    open_button.click(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
+    open_box.submit(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
     for event in (
         table.select(pick_row, results, open_box, api_visibility="private"),
         gallery.select(pick_preview, results, open_box, api_visibility="private"),
         starter.select(pick_starter, None, open_box, api_visibility="private"),
     ):
-        event.then(opener, [browser_id, open_box], open_outputs, api_visibility="private")
+        event.then(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
     return DiscoverHandles(browser_id, selected, use_button, use_status, space)
 
 
@@ -273,7 +273,7 @@ def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateContro
     controls.clear_stale_on(handles.use_button.click, own=[controls.slot_note, controls.solo_button])
     used = handles.use_button.click(
         with_caller(space.settings, on_use),
-        [handles.browser_id, handles.selected, controls.prompt, *controls.slots],
+        [*handles.browser_id, handles.selected, controls.prompt, *controls.slots],
         outputs,
         api_visibility="private",
         show_progress_on=handles.use_status,  # the download's progress; never an overlay left on Generate's slots

@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..markdown_text import md_text
 from ..service import LoraSpace, Options
-from .visitors import on_visitor_known, with_caller
+from .visitors import BrowserId, on_visitor_known, with_caller
 
 SLOTS = 6
 VISIBLE_SLOTS = 2  # the rest fold away until needed
@@ -239,7 +239,7 @@ def library_heading(space: LoraSpace) -> str:
     return f"Library ({space.settings.lora_dir})"
 
 
-def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
+def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[GenerateControls, gr.JSON, list[gr.Dropdown]]:
     """Lay out the tab; returns its controls, the recipe JSON of the last run and the LoRA pickers.
 
     The pickers and the library table start with the shared library; once the page has its
@@ -357,7 +357,7 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
         def refreshed_all(*, visitor, token):
             return library_updates(visitor, len(pickers))
 
-        event.then(with_caller(settings, refreshed_all), browser_id, [table, *pickers], api_visibility="private", show_progress="hidden")
+        event.then(with_caller(settings, refreshed_all), [*browser_id], [table, *pickers], api_visibility="private", show_progress="hidden")
 
     controls.follow_library = follow_library
     controls.clear_stale_on(run.click, own=[gallery, metadata])
@@ -366,7 +366,7 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     controls.clear_stale_on(upload_name.submit, own=[upload_status])
     run.click(
         with_caller(settings, on_generate),
-        [browser_id, prompt, *controls.option_inputs, *slots],
+        [*browser_id, prompt, *controls.option_inputs, *slots],
         [gallery, warnings, metadata],
         api_visibility="private",
         show_progress_on=gallery,  # progress, and a failure's badge, on the gallery alone (not over the recipe)
@@ -376,14 +376,14 @@ def build_generate_tab(space: LoraSpace, browser_id: gr.BrowserState) -> tuple[G
     )
     # The pickers update in the background: their progress shows on the table, never as an overlay
     # on the pickers (an overlay that two such events leave behind blocks the picker's clicks).
-    upload_inputs = [browser_id, upload, upload_name, upload_words]
+    upload_inputs = [*browser_id, upload, upload_name, upload_words]
     upload_outputs = [upload, upload_status, table, *dropdowns]
     controls.library_events += [
         refresh.click(
-            with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+            with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
         on_visitor_known(
-            browser_id, with_caller(settings, refreshed), browser_id, [table, *dropdowns], api_visibility="private", show_progress_on=table
+            browser_id, with_caller(settings, refreshed), [*browser_id], [table, *dropdowns], api_visibility="private", show_progress_on=table
         ),
         upload.upload(
             with_caller(settings, on_upload), upload_inputs, upload_outputs, api_visibility="private", show_progress_on=[upload_status, table]

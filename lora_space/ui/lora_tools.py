@@ -1,8 +1,9 @@
 """The "LoRA tools" panel: inspect, convert, resize and compare LoRAs.
 
-`build_lora_tools(settings, browser_id)` lays the panel out inside the caller's `gr.Blocks`.
-The handlers are small module functions that call `lora_space.lora` for the calling visitor
-with their own Hub token (`with_caller`) and only format its results; `user_errors` turns
+`build_lora_tools(space, browser_id)` lays the panel out inside the caller's `gr.Blocks`.
+The handlers are small module functions that call the `LoraSpace` (one turn of the caller's
+per call, work bounded: `fairness`, `lora.tools`) or `lora.inspect` for the calling visitor
+with their own Hub token (`with_caller`) and only format the results; `user_errors` turns
 problems into messages.
 """
 
@@ -15,13 +16,13 @@ import pandas as pd
 
 from ..errors import LoraFileError
 from ..lora.inspect import inspect_source
-from ..lora.tools import compare_sources, convert_source, optimize_source
 from ..markdown_text import md_code, md_text
 from ..owners import LOCAL, Visitor
+from ..service import LoraSpace
 from ..settings import Settings
 from .errors import user_errors
 from .generate import size_text, warnings_markdown
-from .visitors import with_caller
+from .visitors import BrowserId, with_caller
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block
@@ -83,24 +84,24 @@ def parse_sources(text: str) -> tuple[list[str], list[float]]:
 def inspect_handler(
     settings: Settings, source: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """Inspect a LoRA from its header: a short summary and the full report."""
+    """Inspect a LoRA from its header (a few ranged reads, no math): a short summary and the full report."""
     report = inspect_source(source, settings=settings, token=token, visitor=visitor).to_dict()
     return summary_markdown(report), report
 
 
 @user_errors
 def convert_handler(
-    settings: Settings, source: str, target: str, *, visitor: Visitor = LOCAL, token: str | None = None
+    space: LoraSpace, source: str, target: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, str]:
     """Convert a LoRA to the diffusers, kohya (A1111/Forge) or ComfyUI layout."""
-    result = convert_source(source, target, settings=settings, token=token, visitor=visitor)
+    result = space.convert(source, target, token=token, visitor=visitor)
     note = f"Converted {result.num_modules} modules from **{md_text(result.source_format)}** to **{md_text(result.target)}**."
     return str(result.file), "\n\n".join([note, warnings_markdown(result.warnings)])
 
 
 @user_errors
 def resize_handler(
-    settings: Settings,
+    space: LoraSpace,
     source: str,
     rank: float | None,
     energy: float,
@@ -114,9 +115,8 @@ def resize_handler(
     """Resize (rank cap and/or target energy), change dtype, prune; plot the energy kept."""
     if rank is not None and rank != int(rank):
         raise LoraFileError(f"rank={rank} is not a whole number; use e.g. 16, or 0 for no cap.")
-    path, report = optimize_source(
+    path, report = space.resize(
         source,
-        settings=settings,
         token=token,
         visitor=visitor,
         rank=int(rank) if rank else None,
@@ -136,11 +136,11 @@ def resize_handler(
 
 @user_errors
 def compare_handler(
-    settings: Settings, text: str, *, visitor: Visitor = LOCAL, token: str | None = None
+    space: LoraSpace, text: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[pd.DataFrame, str]:
     """Compare 2+ LoRAs: a table per block and the pairs that fight or overshoot."""
     sources, strengths = parse_sources(text)
-    report = compare_sources(sources, settings=settings, token=token, visitor=visitor, strengths=strengths)
+    report = space.compare(sources, strengths, token=token, visitor=visitor)
     rows = [
         [row.block, row.lora_a, row.lora_b, row.shared_modules, round(row.cosine, 3),
          None if row.norm_ratio is None else round(row.norm_ratio, 3)]
@@ -154,7 +154,7 @@ def compare_handler(
     return pd.DataFrame(rows, columns=BLOCK_COLUMNS), "\n\n".join([*lines, warnings_markdown(report.warnings)])
 
 
-def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:
+def build_lora_tools(space: LoraSpace, browser_id: BrowserId) -> None:
     """Lay out the "LoRA tools" accordion inside the caller's `gr.Blocks` context."""
     with gr.Accordion("LoRA tools: inspect, convert, resize, compare", open=False):
         with gr.Tab("Inspect"):
@@ -191,22 +191,22 @@ def build_lora_tools(settings: Settings, browser_id: gr.BrowserState) -> None:
             compare_button = gr.Button("Compare")
             compare_notes = gr.Markdown()
             compare_table = gr.Dataframe(headers=BLOCK_COLUMNS, label="Per block", interactive=False)
-    def handler(function):
-        return with_caller(settings, lambda *values, visitor, token: function(settings, *values, visitor=visitor, token=token))
+    def handler(function, first: LoraSpace | Settings = space):
+        return with_caller(space.settings, lambda *values, visitor, token: function(first, *values, visitor=visitor, token=token))
 
     inspect_button.click(
-        handler(inspect_handler), [browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
+        handler(inspect_handler, space.settings), [*browser_id, inspect_source_box], [inspect_summary, inspect_report], api_visibility="private"
     )
     convert_button.click(
-        handler(convert_handler), [browser_id, convert_source_box, convert_target], [convert_file, convert_notes],
+        handler(convert_handler), [*browser_id, convert_source_box, convert_target], [convert_file, convert_notes],
         api_visibility="private",
     )
     resize_button.click(
         handler(resize_handler),
-        [browser_id, resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
+        [*browser_id, resize_source_box, resize_rank, resize_energy, resize_dtype, resize_prune, resize_target],
         [resize_file, resize_summary, resize_plot, resize_report],
         api_visibility="private",
     )
     compare_button.click(
-        handler(compare_handler), [browser_id, compare_box], [compare_table, compare_notes], api_visibility="private"
+        handler(compare_handler), [*browser_id, compare_box], [compare_table, compare_notes], api_visibility="private"
     )

@@ -19,7 +19,7 @@ from ..publish.card import FRONT_MATTER
 from ..publish.publish import PublishRequest, preview_card, publish, user_token
 from ..service import LoraSpace
 from .errors import api_errors
-from .visitors import on_visitor_known, token_of, visitor_of, with_caller
+from .visitors import BrowserId, on_visitor_known, token_of, visitor_of, with_caller
 
 INTRO = (
     "Push a LoRA you trained, baked or uploaded here to your Hugging Face account, with a model card "
@@ -104,7 +104,7 @@ def _own_names(space: LoraSpace, visitor) -> list[str]:
     return [entry.name for entry in scan_library(visitor_lora_dir(space.settings, visitor)) if entry.problem is None]
 
 
-def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropdown:
+def build_publish_tab(space: LoraSpace, browser_id: BrowserId) -> gr.Dropdown:
     """The Publish tab (call inside a `gr.Tab`); returns its LoRA field, which other tabs fill."""
     settings = space.settings
     gr.Markdown(INTRO)
@@ -182,16 +182,16 @@ def build_publish_tab(space: LoraSpace, browser_id: gr.BrowserState) -> gr.Dropd
     def on_refresh(*, visitor, token):
         return gr.update(choices=_own_names(space, visitor))
 
-    render.click(with_caller(settings, on_render), [browser_id, *fields], [card, card_view], api_visibility="private")
+    render.click(with_caller(settings, on_render), [*browser_id, *fields], [card, card_view], api_visibility="private")
     send.click(
         with_caller(settings, on_publish),
-        [browser_id, *fields, private, overwrite, card, rights, token],
+        [*browser_id, *fields, private, overwrite, card, rights, token],
         status,
         api_visibility="private",
     )
     card.input(_body, card, card_view, api_visibility="private")
-    refresh.click(with_caller(settings, on_refresh), browser_id, source, api_visibility="private")
-    on_visitor_known(browser_id, with_caller(settings, on_refresh), browser_id, source, api_visibility="private", show_progress="hidden")
+    refresh.click(with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private")
+    on_visitor_known(browser_id, with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private", show_progress="hidden")
     return source
 
 

@@ -2,36 +2,38 @@
 
 `build_train_tab` lays the tab out and returns its handles; `wire_train_to_generate` connects
 "Try in Generate" to the Generate tab's slots once both tabs exist. Handlers only format what
-`lora_space.train` returns: the dataset preview comes from `dataset.ingest`, jobs from
-`space.jobs` (`JobManager`). A `gr.Timer` polls the shown job while it is queued or running;
-the job list is the visitor's own (`with_caller`), so it survives a page reload.
+`lora_space.train` returns: the dataset preview comes from `space.preview_dataset` (kept on
+disk, `train.intake`; the session holds its id and the first `TABLE_ROWS` captions), jobs from
+`space.start_training` and `space.jobs` (`JobManager`). A `gr.Timer` polls the shown job while
+it is queued or running; the job list is the visitor's own (`with_caller`), so it survives a
+page reload. *Start* and *Resume* stream the job's view: on ZeroGPU
+the job trains inside that event (the visitor's quota pays) and pauses when the page closes.
 """
 
 from __future__ import annotations
 
 import html
 import re
-import secrets
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 from matplotlib.figure import Figure
 
-from ..cleanup import preview_root
 from ..errors import DatasetError, LoraSpaceError
 from ..markdown_text import md_code, md_text
 from ..service import LoraSpace
-from ..train.autocaption import autocaption
+from ..train import intake
 from ..train.config import MIXED_PRECISIONS, OPTIMIZERS, QUANTIZATIONS, SCHEDULERS, default_preset, guidance, load_presets, merged, preset_values
-from ..train.dataset import add_trigger_word, has_word, ingest
+from ..train.dataset import add_trigger_word, has_word
 from .errors import user_errors
 from .generate import GenerateControls, place_lora, placement_updates
-from .visitors import on_visitor_known, with_caller
+from .train_api import DATASET_CALLS
+from .visitors import BrowserId, on_visitor_known, with_caller
 
 TRY_STRENGTH = 0.8
 THUMBNAILS = 24
+TABLE_ROWS = 200  # captions the table shows (and the session keeps); the preview on disk holds them all
 POLL_SECONDS = 1.0
 ACTIVE = ("queued", "running")
 # The settings shown beside the course's guidance, in this order (trigger_word sits with the captions).
@@ -48,7 +50,7 @@ LOSS_COLOURS = {"train": "#2563eb", "validation": "#ea580c"}
 class TrainHandles:
     """What other tabs connect to: the finished LoRA's library name and the buttons that use it."""
 
-    browser_id: gr.BrowserState
+    browser_id: BrowserId
     lora_name: gr.Textbox  # the finished LoRA (a library name, usable as a Generate source or in Publish)
     try_button: gr.Button
     publish_button: gr.Button  # `wire_train_to_publish` puts `lora_name` into the Publish tab
@@ -155,6 +157,11 @@ def sample_caption(path: str) -> str:
     return f"step {step} · prompt {int(prompt) + 1} · strength {strength}"
 
 
+def table_rows(captions: dict[str, str]) -> list[list[str]]:
+    """The caption table's rows: the first `TABLE_ROWS` images and their captions."""
+    return [[name, caption] for name, caption in list(captions.items())[:TABLE_ROWS]]
+
+
 def job_rows(statuses) -> list[list]:
     return [[item.job_id, item.state, f"{item.step}/{item.total_steps}", item.lora_name or "-"] for item in statuses]
 
@@ -171,7 +178,7 @@ def status_markdown(status: dict) -> str:
     return "\n\n".join(lines)
 
 
-def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandles:
+def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
     """The Train tab (call inside a `gr.Tab`); returns the handles other tabs connect to."""
     settings = space.settings
     presets = load_presets()["presets"]
@@ -183,7 +190,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         "`x.jpg` + `x.txt` pairs, or `metadata.jsonl`), check the report and captions, pick the settings, then *Start*."
     )
     job_id = gr.State("")
-    preview = gr.State({})  # {"captions": {name: caption}, "images": {name: path}} of the uploaded zip
+    preview = gr.State({})  # {"id": the uploaded zip's preview (`train.intake`)}: the images and captions stay on disk
     shown = gr.State({})  # what the page shows of the job: its samples, checkpoints, done
     with gr.Row():
         with gr.Column(scale=3):
@@ -227,9 +234,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         if not zip_path:
             return {report: "", thumbs: gr.Gallery(visible=False), table: [], preview: {}}
         progress(0.1, desc="Reading the zip")
-        folder = preview_root() / visitor.id  # one preview per visitor, served from the temp dir
-        shutil.rmtree(folder, ignore_errors=True)
-        result = ingest(zip_path, folder / secrets.token_hex(8), seed=0)
+        preview_id, result = space.preview_dataset(zip_path, visitor=visitor)  # kept on disk; the session keeps its id
         zip_config = result.zip_config or {}
         notes, updates = [], {}
         try:
@@ -244,30 +249,44 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
         report_dict["trigger_word"] = report_dict["trigger_word"] or updates.get(trigger, "")
         if report_dict["trigger_word"]:
             report_dict["captions_missing_trigger"] = [name for name, text in result.captions.items() if not has_word(text, report_dict["trigger_word"])]
-        rows = result.dataset
-        images = dict(zip(rows["name"], rows["image"]))
+        if len(result.captions) > TABLE_ROWS:
+            notes.append(
+                f"The table shows the first {TABLE_ROWS} of {len(result.captions)} captions; *Add trigger word to all* and "
+                "*Auto-caption* change every caption, and Start uses them all."
+            )
+        rows = result.dataset[:THUMBNAILS]
         return updates | {
             report: report_markdown(report_dict, notes),
-            thumbs: gr.Gallery(value=[(path, name) for name, path in list(images.items())[:THUMBNAILS]], visible=True),
-            table: [[name, caption] for name, caption in result.captions.items()],
-            preview: {"captions": result.captions, "images": images},
+            thumbs: gr.Gallery(value=list(zip(rows["image"], rows["name"])), visible=True),
+            table: table_rows(result.captions),
+            preview: {"id": preview_id},
         }
 
-    @user_errors
-    def on_add_trigger(rows, word):
+    def on_add_trigger(rows, word, state, *, visitor, token):
         if not (word or "").strip():
             raise DatasetError("Type the trigger word first (a unique word such as `wtrclr_style`), then press the button.")
-        captions = add_trigger_word({row[0]: row[1] for row in rows or [] if row and row[0]}, word)
-        return [[name, caption] for name, caption in captions.items()]
+        edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
+        try:  # every caption of the preview, not only the rows the table shows
+            captions = add_trigger_word(intake.captions_of(settings, visitor, state.get("id", ""))[0] | edited, word)
+            intake.keep_captions(settings, visitor, state["id"], captions)
+        except DatasetError:  # no preview (gone, or used by Start): the table's rows
+            captions = add_trigger_word(edited, word)
+        return table_rows(captions)
 
     def on_autocaption(state, word, *, visitor, token, progress):
-        if not state.get("images"):
+        if not state.get("id"):
             raise DatasetError("Upload a dataset zip first; auto-captioning writes a caption for each of its images.")
-        captions = autocaption(
-            state["images"], trigger_word=word or "", endpoint=settings.hf_endpoint, offline=settings.hf_offline,
-            progress=lambda fraction, text: progress(fraction, desc=text),
-        )  # fmt: skip
-        return [[name, caption] for name, caption in captions.items()]
+        captions = space.autocaption(state["id"], word or "", visitor=visitor, progress=lambda fraction, text: progress(fraction, desc=text))
+        return table_rows(captions)
+
+    def start_captions(rows, state, visitor) -> dict | None:
+        """The captions that differ from the zip's: the preview's (every image) with the table's edits over them."""
+        edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
+        try:
+            current, original = intake.captions_of(settings, visitor, state.get("id", ""))
+        except DatasetError:  # no preview: the zip is read again, and the table's captions replace its own
+            return {name: text for name, text in edited.items() if text} or None
+        return {name: text for name, text in (current | edited).items() if text != original.get(name, "")} or None
 
     def on_preset(name):
         values = preset_values(name)
@@ -311,11 +330,15 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
     def on_start(zip_path, rows, state, word, *values, visitor, token):
         if not zip_path:
             raise DatasetError("Upload a dataset zip first (images plus captions), then press Start.")
-        edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
-        original = state.get("captions", {})
-        captions = {name: text for name, text in edited.items() if text != original.get(name, "")} or None
-        started = space.jobs.start(zip_path, settings_from_widgets(word, values), visitor=visitor, captions=captions)
-        return job_view(started.job_id) | list_view(visitor, started.job_id) | {job_id: started.job_id}
+        captions = start_captions(rows, state, visitor)
+        started = space.start_training(zip_path, settings_from_widgets(word, values), visitor=visitor, preview=state.get("id", ""), captions=captions)
+        yield from follow_view(started.job_id, visitor)
+
+    def follow_view(job: str, visitor):
+        """The job's view as it goes: once off ZeroGPU (the timer polls), after each chunk on ZeroGPU,
+        where the job trains inside this event (`JobManager.follow`) and pauses when the page closes."""
+        for _ in space.jobs.follow(job):
+            yield job_view(job) | list_view(visitor, job) | {job_id: job}
 
     def cleared_view() -> dict:
         """The view with nothing of the previous job: Start calls it first, so that its progress,
@@ -340,7 +363,7 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
 
     def on_resume(job, *, visitor, token):
         space.jobs.resume(job, visitor=visitor)
-        return job_view(job) | list_view(visitor, job)
+        yield from follow_view(job, visitor)
 
     def on_visitor(*, visitor, token):
         """On page load: the visitor's jobs, and the live view of one still queued or running."""
@@ -349,22 +372,26 @@ def build_train_tab(space: LoraSpace, browser_id: gr.BrowserState) -> TrainHandl
 
     view_outputs = [progress, status, loss_plot, samples, checkpoints, cancel, resume, lora_file, lora_name, try_button, publish_button, timer, shown]
     list_outputs = [jobs, pick]
-    upload.upload(with_caller(settings, on_upload), [browser_id, upload, preset], [report, thumbs, table, preview, trigger, *widgets], api_visibility="private")
-    add_trigger.click(on_add_trigger, [table, trigger], table, api_visibility="private")
-    auto.click(with_caller(settings, on_autocaption), [browser_id, preview, trigger], table, api_visibility="private")
+    reading = {"concurrency_id": DATASET_CALLS, "concurrency_limit": settings.limits.dataset_calls}  # shared with /start_training
+    upload.upload(with_caller(settings, on_upload), [*browser_id, upload, preset], [report, thumbs, table, preview, trigger, *widgets], api_visibility="private", **reading)
+    add_trigger.click(with_caller(settings, on_add_trigger), [*browser_id, table, trigger, preview], table, api_visibility="private")
+    auto.click(with_caller(settings, on_autocaption), [*browser_id, preview, trigger], table, api_visibility="private")
     preset.change(user_errors(on_preset), preset, [preset, *widgets], api_visibility="private")
     start.click(cleared_view, None, view_outputs, queue=False, show_progress="hidden", api_visibility="private").then(
-        with_caller(settings, on_start), [browser_id, upload, table, preview, trigger, *widgets],
-        [*view_outputs, *list_outputs, job_id], api_visibility="private", concurrency_limit=None, show_progress_on=status,
+        with_caller(settings, on_start), [*browser_id, upload, table, preview, trigger, *widgets],
+        [*view_outputs, *list_outputs, job_id], api_visibility="private", show_progress_on=status, **reading,
     )  # fmt: skip
     # Progress shows on the status line, never as overlays on the job picker and buttons, which a
     # background event (load, timer) could leave behind and which would block their clicks.
-    timer.tick(with_caller(settings, on_tick), [browser_id, job_id, shown], [*view_outputs, *list_outputs], api_visibility="private", show_progress="hidden")
-    pick.input(with_caller(settings, on_pick), [browser_id, pick], [*view_outputs, job_id], api_visibility="private", show_progress_on=status)
-    cancel.click(with_caller(settings, on_cancel), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
-    resume.click(with_caller(settings, on_resume), [browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
+    timer.tick(with_caller(settings, on_tick), [*browser_id, job_id, shown], [*view_outputs, *list_outputs], api_visibility="private", show_progress="hidden")
+    pick.input(with_caller(settings, on_pick), [*browser_id, pick], [*view_outputs, job_id], api_visibility="private", show_progress_on=status)
+    cancel.click(with_caller(settings, on_cancel), [*browser_id, job_id], [*view_outputs, *list_outputs], api_visibility="private", show_progress_on=status)
+    resume.click(
+        with_caller(settings, on_resume), [*browser_id, job_id], [*view_outputs, *list_outputs, job_id], api_visibility="private",
+        concurrency_limit=None, show_progress_on=status,
+    )  # fmt: skip
     on_visitor_known(
-        browser_id, with_caller(settings, on_visitor), [browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
+        browser_id, with_caller(settings, on_visitor), [*browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
     )
     return TrainHandles(browser_id, lora_name, try_button, publish_button, status, space)
 

@@ -1,17 +1,24 @@
 """Who a request is for, as the UI and the API see it (API.md "Who owns what").
 
 Off a Space every request is the one local user's. On a Space a visitor is the signed-in Hub
-user, else the anonymous id their browser keeps across reloads (a `gr.BrowserState` filled on
-page load), else the `gradio_client` session. Handlers declare `request: gr.Request` and
-`profile: gr.OAuthProfile | None` (gradio injects both) and take the browser id as an input.
+user, else the anonymous id their browser keeps across reloads, else the `gradio_client`
+session. The browser's id is 128 random bits made here on the server (`owners.new_browser_id`):
+each page session gets one in a `gr.State`, and the page's load event stores it in the
+browser's `gr.BrowserState` when the browser has none yet (`BrowserId`). Handlers declare
+`request: gr.Request` and `profile: gr.OAuthProfile | None` (gradio injects both) and take the
+two parts of the browser id as their first inputs.
+
+Each visitor also carries the client address the request came from (`client_address`), which
+the bounds no identity resets count by (`fairness.VisitorGate`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import gradio as gr
 
@@ -22,30 +29,66 @@ from .errors import user_errors
 STORAGE_KEY = "lora_space_visitor"
 
 
+def client_address(request: gr.Request | None, proxy_hops: int) -> str:
+    """The address a request came from, as far as it can be trusted ("" when unknown).
+
+    Which `X-Forwarded-For` value to trust: a client may send the header with any addresses
+    it likes, and each reverse proxy in front of the app appends the address *it* saw connect.
+    So only the last `proxy_hops` entries were written by proxies we run behind, and the entry
+    `proxy_hops` from the right is the address that connected to the outermost of them; every
+    entry left of it is the client's own claim and is ignored (taking the first entry, as many
+    apps do, would let one script be any number of addresses). On a Space the app is reached
+    only through Hugging Face's proxy, which appends the address that connected to it, as
+    proxies do (`proxy_hops` 1, `Settings.proxy_hops`; a deployment behind more proxies sets
+    `LORA_SPACE_PROXY_HOPS`). With no proxy (`proxy_hops` 0), or fewer entries than proxies, the
+    address is the TCP peer, `request.client.host` (uvicorn already replaces it by the header's
+    last entry when the peer is in its `FORWARDED_ALLOW_IPS`, 127.0.0.1 by default: a proxy on
+    the same host). IPv6 addresses count by their /64, which one subscriber usually holds whole.
+    """
+    if request is None:
+        return ""
+    headers = getattr(request, "headers", None) or {}
+    # Every X-Forwarded-For line, in order: a proxy may append a line rather than extend the first.
+    lines = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else [headers.get("x-forwarded-for", "")]
+    entries = [entry.strip() for line in lines if line for entry in line.split(",") if entry.strip()]
+    client = getattr(request, "client", None)
+    address = entries[-proxy_hops] if proxy_hops and len(entries) >= proxy_hops else str(getattr(client, "host", "") or "")
+    try:
+        parsed = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address[:64]
+    return str(ipaddress.ip_network(f"{parsed}/64", strict=False)) if parsed.version == 6 else str(parsed)
+
+
 def visitor_of(
     settings: Settings,
     request: gr.Request | None,
     profile: gr.OAuthProfile | None = None,
     browser_id: str | None = None,
+    fresh_id: str | None = None,
 ) -> Visitor:
-    """The owner of this request (see the module docstring).
+    """The owner of this request (see the module docstring), with the address it came from.
 
-    `browser_id` is None for API calls; from the page it is the stored id, or "" for an event
-    that runs before the page's load event has stored one: that event gets the id the load
-    event will store (`fill_browser_id`), so a visitor's first upload is theirs after the load too.
+    `browser_id` is None for API calls; from the page it is the id the browser stored, or ""
+    for an event that runs before the page's load event has stored one: that event gets the
+    page session's `fresh_id`, which the load event stores (`fill_browser_id`), so a visitor's
+    first upload is theirs after the load too.
     """
     if not settings.on_space:
         return LOCAL
-    if profile is not None and getattr(profile, "username", None):
-        return Visitor("hub", profile.username)
-    if is_browser_id(browser_id):
-        return Visitor("browser", browser_id)  # type: ignore[arg-type]
+    address = client_address(request, settings.proxy_hops)
     session = getattr(request, "session_hash", None) if request is not None else None
-    if session and browser_id is not None:
-        return Visitor("browser", first_browser_id(session))
-    if session:
-        return Visitor("session", session)
-    return Visitor("session", new_browser_id())  # no way to find it again: a one-off visitor
+    if profile is not None and getattr(profile, "username", None):
+        visitor = Visitor("hub", profile.username)
+    elif is_browser_id(browser_id):
+        visitor = Visitor("browser", browser_id)  # type: ignore[arg-type]
+    elif browser_id is not None and is_browser_id(fresh_id):
+        visitor = Visitor("browser", fresh_id)  # type: ignore[arg-type]
+    elif session:
+        visitor = Visitor("session", session)
+    else:
+        visitor = Visitor("session", new_browser_id())  # no way to find it again: a one-off visitor
+    return replace(visitor, address=address)
 
 
 OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
@@ -77,41 +120,70 @@ def sign_in_off_line(missing: list[str]) -> str:
     )
 
 
-def first_browser_id(session_hash: str) -> str:
-    """The id a browser without one gets: derived from its first page session."""
-    return hashlib.sha256(f"browser-id:{session_hash}".encode()).hexdigest()[:32]
+@dataclass(frozen=True)
+class BrowserId:
+    """The page's anonymous visitor id, in two parts that every page event takes first (`[*browser_id, ...]`).
+
+    Attributes:
+        stored: the id the browser keeps in its localStorage across reloads and app restarts
+            (encrypted with `owners.browser_secret`, which gradio publishes: the id itself, 128
+            random bits, is what protects a visitor).
+        fresh: a new id made on the server for this page session (`owners.new_browser_id`); the
+            load event stores it when the browser has none (`fill_browser_id`).
+        known: that load event, which `on_visitor_known` listeners follow.
+    """
+
+    stored: gr.BrowserState
+    fresh: gr.State
+    known: Any = field(default=None, compare=False)  # the page's load event (`build_browser_id`)
+
+    def __iter__(self) -> Iterator[gr.components.Component]:
+        return iter((self.stored, self.fresh))
 
 
-def build_browser_id(settings: Settings, demo: gr.Blocks) -> gr.BrowserState:
-    """The browser's anonymous visitor id, kept in its localStorage (encrypted with a secret
-    stored in the data folder, so it survives app restarts); `fill_browser_id` sets it when the
-    page loads, and `on_visitor_known` listeners run after that (call inside `demo`)."""
-    state = gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
-    state.visitor_known = demo.load(fill_browser_id, state, state, api_visibility="private")  # type: ignore[attr-defined]
-    return state
+class FreshId(str):
+    """A new visitor id (`owners.new_browser_id`) that is a new one again in every copy.
+
+    `gr.State` gives each page session its own deep copy of its initial value, made on the
+    session's first event: with this value, each page session gets its own fresh id, made on the
+    server, whichever of its events runs first. (A callable initial value would be called again
+    by a load event of gradio's own, racing the events that already saw the first value.)
+    """
+
+    def __new__(cls) -> FreshId:
+        return super().__new__(cls, new_browser_id())
+
+    def __deepcopy__(self, memo: dict) -> FreshId:
+        return FreshId()
 
 
-def on_visitor_known(browser_id: gr.BrowserState, fn: Callable, inputs, outputs, **options):
+def build_browser_id(settings: Settings, demo: gr.Blocks) -> BrowserId:
+    """The two parts of the page's visitor id (see `BrowserId`) and the load event that stores a
+    new browser's fresh id; `on_visitor_known` listeners run after it (call inside `demo`)."""
+    stored = gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
+    fresh = gr.State(FreshId())
+    known = demo.load(fill_browser_id, [stored, fresh], stored, api_visibility="private")  # a new browser keeps its fresh id
+    return BrowserId(stored, fresh, known)
+
+
+def on_visitor_known(browser_id: BrowserId, fn: Callable, inputs, outputs, **options):
     """Run the event handler `fn` once a page knows its visitor (after its load event has stored
     the browser's id): for what depends on who the visitor is (their LoRAs, their jobs).
 
-    Not on `browser_id.change`: gradio 6 fires a BrowserState's change again whenever an update
-    without a value (`gr.Dropdown(choices=...)`, `gr.Button(visible=...)`) re-renders the page, so
-    listeners sending such updates set each other off without end (10 requests a second from each
-    open page, each scanning the library).
+    Not on `browser_id.stored.change`: gradio 6 fires a BrowserState's change again whenever an
+    update without a value (`gr.Dropdown(choices=...)`, `gr.Button(visible=...)`) re-renders the
+    page, so listeners sending such updates set each other off without end (10 requests a second
+    from each open page, each scanning the library).
 
     Returns:
         The event, for `.then`.
     """
-    return browser_id.visitor_known.then(fn, inputs, outputs, **options)  # type: ignore[attr-defined]
+    return browser_id.known.then(fn, inputs, outputs, **options)
 
 
-def fill_browser_id(current: str | None, request: gr.Request) -> str:
-    """On page load: keep the browser's id, or give it its first one (see `visitor_of`)."""
-    if is_browser_id(current):
-        return current  # type: ignore[return-value]
-    session = getattr(request, "session_hash", None)
-    return first_browser_id(session) if session else new_browser_id()
+def fill_browser_id(stored: str | None, fresh: str) -> str:
+    """On page load: keep the browser's id, or store this page session's fresh one (see `visitor_of`)."""
+    return stored if is_browser_id(stored) else str(fresh)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -128,8 +200,9 @@ def caller_of(
     profile: gr.OAuthProfile | None = None,
     browser_id: str | None = None,
     oauth_token: gr.OAuthToken | None = None,
+    fresh_id: str | None = None,
 ) -> Caller:
-    return Caller(visitor_of(settings, request, profile, browser_id), token_of(oauth_token))
+    return Caller(visitor_of(settings, request, profile, browser_id, fresh_id), token_of(oauth_token))
 
 
 def token_of(oauth_token: gr.OAuthToken | None) -> str | None:
@@ -140,14 +213,14 @@ def token_of(oauth_token: gr.OAuthToken | None) -> str | None:
 def with_caller(settings: Settings, handler: Callable) -> Callable:
     """Make `handler(*values, visitor=..., token=...)` a UI event handler that knows its caller.
 
-    The event's first input must be the browser id (`build_browser_id`); gradio injects the
-    request, the signed-in profile and the OAuth token. A `progress` parameter of `handler`
+    The event's first two inputs must be the browser id's parts (`[*browser_id, ...]`, see
+    `BrowserId`); gradio injects the request, the signed-in profile and the OAuth token. A `progress` parameter of `handler`
     gets the event's progress bar. Errors become messages (`user_errors`).
     """
     takes_progress = "progress" in inspect.signature(handler).parameters
 
-    def call(browser_id, request, profile, oauth_token, progress, values):
-        caller = caller_of(settings, request, profile, browser_id, oauth_token)
+    def call(browser_id, fresh_id, request, profile, oauth_token, progress, values):
+        caller = caller_of(settings, request, profile, browser_id, oauth_token, fresh_id)
         extra = {"progress": progress} if takes_progress else {}
         return handler(*values, visitor=caller.visitor, token=caller.token, **extra)
 
@@ -155,24 +228,26 @@ def with_caller(settings: Settings, handler: Callable) -> Callable:
 
         def stream(
             browser_id,
+            fresh_id,
             request: gr.Request,
             profile: gr.OAuthProfile | None,
             oauth_token: gr.OAuthToken | None,
             progress=gr.Progress(),
             *values,
         ):
-            yield from call(browser_id, request, profile, oauth_token, progress, values)
+            yield from call(browser_id, fresh_id, request, profile, oauth_token, progress, values)
 
         return user_errors(stream)
 
     def run(
         browser_id,
+        fresh_id,
         request: gr.Request,
         profile: gr.OAuthProfile | None,
         oauth_token: gr.OAuthToken | None,
         progress=gr.Progress(),
         *values,
     ):
-        return call(browser_id, request, profile, oauth_token, progress, values)
+        return call(browser_id, fresh_id, request, profile, oauth_token, progress, values)
 
     return user_errors(run)
