@@ -82,7 +82,7 @@ def test_a_lora_for_another_base_is_refused_before_its_download_naming_the_repo(
     wide = add_wide_repo(hub)
     demo = build_demo(space)
     opener = handler(demo, "discover-verdict")
-    verdict, chosen, use_button, *_ = opener("", None, None, None, no_progress, wide)
+    verdict, chosen, use_button, *_ = opener("", "", None, None, None, no_progress, wide)
     assert "Not compatible with tiny" in verdict and "**Use in Generate is off**" in verdict
     assert chosen is None and use_button.interactive is False
     hub.reset_log()

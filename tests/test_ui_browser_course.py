@@ -78,7 +78,7 @@ def header_lines(page, table: str) -> dict[str, int]:
 
 def test_the_page_refreshes_its_lists_once_when_it_loads(page, app):
     """The handlers that list what the visitor owns (library and pickers, jobs, Publish's list) run
-    once the page knows its visitor, then stop: as `browser_id.change` listeners, their updates set
+    once the page knows its visitor, then stop: as `browser_id.stored.change` listeners, their updates set
     the change off again, endlessly (about 10 requests a second from every open page)."""
     fresh = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
     joined: list[str] = []
@@ -87,7 +87,7 @@ def test_the_page_refreshes_its_lists_once_when_it_loads(page, app):
     expect(fresh.locator("#discover-starter")).to_contain_text("quality", timeout=60_000)
     fresh.locator("#discover-search").click()  # a round trip, during which a loop would go on
     expect(fresh.locator("#discover-status")).to_contain_text("LoRAs on page 1", timeout=30_000)
-    by_visitor = [body for body in joined if re.match(r'\{"data":\["[0-9a-f]{32}"\],', body)]  # the browser id alone
+    by_visitor = [body for body in joined if re.match(r'\{"data":\["[0-9a-f]{32}",[^,\]]*\],', body)]  # the browser id's two parts alone
     fresh.close()
     assert 4 <= len(by_visitor) <= 8, f"{len(by_visitor)} requests of the handlers that list the visitor's things"
 
