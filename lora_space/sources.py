@@ -66,10 +66,43 @@ def not_found(source: str) -> LoraFileError:
     A missing file and a file outside the library get the same words, so nobody learns what
     exists on the server by probing paths; no server path is ever named.
     """
-    return LoraFileError(
+    text = (
         f"No LoRA named {source!r} in your library; use a library name, a Hub repo 'user/repo', or a "
         "Hub file 'user/repo/file.safetensors' (files on this server must be in the LoRA library)."
     )
+    if is_plain_name(source):  # the lesson's names (watercolor_style, ...) stand for LoRAs each user picks
+        text += (
+            f" To find one, search Discover for {source!r} (the Discover tab, or /search_loras with query={source!r}), "
+            f"then use its Hub id, or add its file to the library under the name {source!r}."
+        )
+    return LoraFileError(text)
+
+
+def is_plain_name(source: str) -> bool:
+    """A bare name such as `watercolor_style`: no Hub id (`user/repo`), no path."""
+    return bool(source) and "/" not in source and not looks_like_path(source)
+
+
+def unknown_names(sources: list[str], *, settings: Settings, visitor: Visitor = LOCAL) -> list[str]:
+    """The bare names among `sources` that are no LoRA of the visitor's library (in order, each once):
+    the ones Discover can help find (`not_found` says so).
+
+    Args:
+        sources: LoRA sources as a prompt's tags and the slots give them.
+        settings: where the library is.
+        visitor: whose library to look in (the shared one and the visitor's own).
+    """
+    unknown = []
+    for source in dict.fromkeys(str(item or "").strip() for item in sources):
+        if not is_plain_name(source):
+            continue
+        try:
+            found = resolve_local(source, settings=settings, visitor=visitor)
+        except LoraFileError:
+            found = None
+        if found is None:
+            unknown.append(source)
+    return unknown
 
 
 def looks_like_path(source: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -11,9 +12,10 @@ from lora_space.engine import Engine
 from lora_space.errors import LimitError, LoraFileError
 from lora_space.service import LoraSpace
 from lora_space.settings import Settings
+from lora_space.sources import unknown_names
 from lora_space.tiny import build_tiny_pipeline
 from lora_space.ui import build_demo
-from lora_space.ui.generate import SLOTS, fill_next_slot, place_lora, placement_note, switch_others_off
+from lora_space.ui.slots import SLOTS, fill_next_slot, place_lora, placement_note, switch_others_off
 from tests.discover_repos import GATED_TOKEN, GATED_USER, add_discover_repos, add_wide_repo, instant_retries  # noqa: F401 (a fixture)
 from tests.hub_standin import isolated_hub
 
@@ -176,3 +178,30 @@ def test_lora_tools_inspect_a_gated_lora_with_the_visitors_token(space):
         inspect_handler(space.settings, "dave/gated-lora")
     summary, report = inspect_handler(space.settings, "dave/gated-lora", token=GATED_TOKEN)
     assert report["compatible"] and report["trigger_words"] == ["gtd"]
+
+
+def test_the_lessons_example_names_point_to_discover_with_the_name_as_the_query(space):
+    """Issue 16, item 8: `examples/prompts.txt` and the lesson name LoRAs nobody has here
+    (`watercolor_style`, `detailed_eyes`); the answer says to search Discover for that name, and the
+    Generate tab's button opens Discover with it as the query."""
+    lesson = (Path(__file__).resolve().parents[1] / "examples" / "prompts.txt").read_text().splitlines()[1]
+    assert "<lora:watercolor_style:0.8> <lora:detailed_eyes:0.6>" in lesson
+    with pytest.raises(LoraFileError, match="search Discover for 'watercolor_style' .*query='watercolor_style'"):
+        space.generate(lesson, [])  # what /generate calls: a tag ...
+    with pytest.raises(LoraFileError, match="search Discover for 'detailed_eyes'"):
+        space.generate("a garden", [{"source": "detailed_eyes", "strength": 0.6}])  # ... and a slot alike
+    assert unknown_names(["watercolor_style", "alice/watercolor-flux", "./x.safetensors", "watercolor_style"], settings=space.settings) == [
+        "watercolor_style"
+    ]
+    demo = build_demo(space)
+    failed = next(
+        function.fn for function in demo.fns.values()
+        if [getattr(block, "elem_id", None) for block in function.outputs] == ["discover-hint", None]
+    )  # fmt: skip
+    button, name = failed("", "", None, None, None, no_progress, lesson, *EMPTY)
+    assert button.visible and "Search Discover for “watercolor_style”" in button.value and name == "watercolor_style"
+    button, name = failed("", "", None, None, None, no_progress, "a garden <lora:alice/watercolor-flux:0.8>", *EMPTY)
+    assert not button.visible and name == ""  # a Hub id that failed (gated, offline ...) has its own message
+    opener = handler(demo, "discover-query", "discover-page")
+    query, page, tabs = opener("watercolor_style")
+    assert (query, page, tabs.selected) == ("watercolor_style", 1, "discover")

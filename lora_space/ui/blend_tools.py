@@ -11,7 +11,8 @@ from ..markdown_text import md_text
 from ..recipe import read_recipe_file
 from ..service import LoraSpace
 from .errors import user_errors
-from .generate import SLOTS, GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
+from .generate import GenerateControls, library_rows, slot_values_to_loras, warnings_markdown
+from .slots import SLOTS
 from .lora_tools import energy_frame
 from .visitors import BrowserId, with_caller
 

@@ -10,6 +10,7 @@ request (`with_caller`), never a stored one.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,8 @@ from ..markdown_text import md_text
 from ..service import LoraSpace
 from ..sources import resolve_source
 from .errors import api_errors
-from .generate import GenerateControls, Placement, place_lora, placement_updates, size_text
+from .generate import GenerateControls, size_text
+from .slots import Placement, place_lora, placement_updates
 from .lora_tools import summary_markdown
 from .visitors import BrowserId, token_of, with_caller
 
@@ -40,6 +42,9 @@ class DiscoverHandles:
     use_button: gr.Button
     use_status: gr.Markdown
     space: LoraSpace
+    query: gr.Textbox | None = None  # the search box, and `search_after(event)`: after `event`, search for what it holds
+    page: gr.Number | None = None
+    search_after: Callable[[Any], None] | None = None
 
 
 def result_rows(results: list[dict[str, Any]]) -> list[list]:
@@ -221,7 +226,10 @@ def build_discover_tab(space: LoraSpace, browser_id: BrowserId) -> DiscoverHandl
         starter.select(pick_starter, None, open_box, api_visibility="private"),
     ):
         event.then(opener, [*browser_id, open_box], open_outputs, api_visibility="private")
-    return DiscoverHandles(browser_id, selected, use_button, use_status, space)
+    def search_after(event) -> None:
+        event.then(searcher, search_inputs, search_outputs, **shown_on)
+
+    return DiscoverHandles(browser_id, selected, use_button, use_status, space, query, page, search_after)
 
 
 def use_in_generate(
@@ -279,6 +287,15 @@ def wire_discover_to_generate(handles: DiscoverHandles, controls: GenerateContro
         show_progress_on=handles.use_status,  # the download's progress; never an overlay left on Generate's slots
     )
     controls.follow_library(used)  # the download is in the library now (a local run lists the Hub cache)
+    # A name Generate did not know (the lesson's `watercolor_style`): its button searches Discover for it.
+    hint = controls.discover_hint.click(
+        lambda name: [name, 1] + ([gr.Tabs(selected="discover")] if tabs is not None else []),
+        controls.hint_name,
+        [handles.query, handles.page] + ([tabs] if tabs is not None else []),
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    handles.search_after(hint)
 
 
 def register_discover_endpoints(space: LoraSpace) -> None:

@@ -8,12 +8,14 @@ from typing import Any
 
 import gradio as gr
 
+from ..errors import LoraSpaceError
 from ..markdown_text import md_text
+from ..prompts import parse_prompt
 from ..service import LoraSpace, Options
+from ..sources import unknown_names
+from .slots import SLOTS, VISIBLE_SLOTS, switch_others_off
 from .visitors import BrowserId, on_visitor_known, with_caller
 
-SLOTS = 6
-VISIBLE_SLOTS = 2  # the rest fold away until needed
 STRENGTH_INFO = "0 = off; the course's balanced range is 0.6-1.0; above ~1.2 artifacts appear"
 SIZE_PRESETS = {
     "1024x1024 square": (1024, 1024),
@@ -49,6 +51,10 @@ class GenerateControls:
     slot_note: gr.Markdown | None = None
     solo_button: gr.Button | None = None
     placed: gr.State | None = None  # the source last put in a slot, for `solo_button`
+    # After a failed run that named a LoRA nobody has (the lesson's `watercolor_style`): a button
+    # that searches Discover for that name (`discover.wire_discover_to_generate`), and the name.
+    discover_hint: gr.Button | None = None
+    hint_name: gr.State | None = None
     # Every LoRA picker of the tab (the slots', then the sweep's: blend_tools adds them).
     pickers: list[gr.Dropdown] = field(default_factory=list)
     # `follow_library(event)`: after `event`, the library table and every picker are listed again.
@@ -105,92 +111,6 @@ def slot_values_to_loras(values: list) -> list[dict]:
         if enabled and source and str(source).strip():
             loras.append({"source": str(source).strip(), "strength": float(strength)})
     return loras
-
-
-def fill_next_slot(slot_values: list, source: str, strength: float = 0.8) -> list:
-    """Put `source` in the first empty slot, at `strength` and switched on (Discover's and Train's
-    "Use in Generate"); a slot that already holds it is switched on at `strength` instead.
-
-    Args:
-        slot_values: the current (source, strength, enabled) x SLOTS values.
-        source: a library name, `user/repo` or `user/repo/file.safetensors`.
-        strength: the strength to set (the course's balanced default is 0.8).
-
-    Returns:
-        The new values for `GenerateControls.slots`, in the same order.
-
-    Raises:
-        LimitError: every slot holds another LoRA.
-    """
-    from ..errors import LimitError
-
-    values = list(slot_values)
-    sources = [str(values[index] or "").strip() for index in range(0, len(values), 3)]
-    slot = sources.index(source) if source in sources else next((i for i, name in enumerate(sources) if not name), None)
-    if slot is None:
-        raise LimitError(f"All {len(sources)} LoRA slots are taken; clear one in the Generate tab, then try again.")
-    values[3 * slot : 3 * slot + 3] = [source, strength, True]
-    return values
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a LoRA sent from Discover or Train went: its slot (0-based) and the other slots that are on."""
-
-    values: list
-    source: str
-    slot: int
-    strength: float
-    others_on: list[tuple[int, str]]
-
-
-def place_lora(slot_values: list, source: str, strength: float = 0.8) -> Placement:
-    """Put `source` in the first free slot (`fill_next_slot`: the visible ones come first) and say
-    which other slots are still on.
-
-    Raises:
-        LimitError: every slot holds another LoRA.
-    """
-    values = fill_next_slot(slot_values, source, strength)
-    sources = [str(values[index] or "").strip() for index in range(0, len(values), 3)]
-    slot = sources.index(source)
-    others = [(index, name) for index, name in enumerate(sources) if name and index != slot and values[3 * index + 2]]
-    return Placement(values, source, slot, strength, others)
-
-
-def placement_note(placement: Placement, trigger_words: list[str] = ()) -> str:
-    """The Generate tab's line about a placed LoRA: which slot, whether it was folded away, what else is on."""
-    where = f"LoRA slot {placement.slot + 1}"
-    if placement.slot >= VISIBLE_SLOTS:
-        where += f" (the group *LoRA {VISIBLE_SLOTS + 1}-{SLOTS}*, now open)"
-    text = f"➡️ **{md_text(placement.source)}** is in {where}, on, at strength {placement.strength:g}."
-    if trigger_words:
-        text += f" Its trigger words {md_text(', '.join(trigger_words))} go into the prompt."
-    if placement.others_on:
-        also = ", ".join(f"slot {index + 1} ({md_text(name)})" for index, name in placement.others_on)
-        text += f" Also on: {also}; *Switch the others off* tries it alone."
-    return text
-
-
-def placement_updates(placement: Placement, trigger_words: list[str] = ()) -> list:
-    """Values for `GenerateControls.placement_outputs`."""
-    return [
-        *placement.values,
-        gr.Accordion(open=True) if placement.slot >= VISIBLE_SLOTS else gr.skip(),
-        placement_note(placement, trigger_words),
-        gr.Button(visible=bool(placement.others_on)),
-        placement.source,
-    ]
-
-
-def switch_others_off(placed: str, *slot_values) -> list:
-    """"Switch the others off": every slot but the one holding `placed` is switched off (kept as it is)."""
-    values = list(slot_values)
-    for index in range(0, len(values), 3):
-        if values[index] and str(values[index]).strip() != placed:
-            values[index + 2] = False
-    note = f"Only **{md_text(placed)}** is on now; tick a slot's *on* box to bring it back." if placed else ""
-    return [*values, note, gr.Button(visible=False)]
 
 
 def size_text(size: int) -> str:
@@ -282,6 +202,8 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images", columns=2, height=420, format="png", elem_id="gallery")
             warnings = gr.Markdown(elem_id="generate-warnings")
+            discover_hint = gr.Button(visible=False, size="sm", elem_id="discover-hint")
+            hint_name = gr.State("")
             metadata = gr.JSON(label="Recipe of the last run", elem_id="recipe")
     # The library spans the page's width, so that its five columns and their headers fit.
     with gr.Accordion(library_heading(space), open=True, elem_id="library"):
@@ -311,6 +233,7 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
     controls = GenerateControls(prompt, negative, slots, seed, steps, guidance, size, num_images, true_cfg, presets)
     controls.library_table = table
     controls.extra_slots, controls.slot_note, controls.solo_button, controls.placed = extra_slots, slot_note, solo_button, placed
+    controls.discover_hint, controls.hint_name = discover_hint, hint_name
     controls.pickers = list(dropdowns)
     controls.stale = [
         (gallery, gr.skip),
@@ -318,6 +241,7 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
         (slot_note, lambda: ""),
         (solo_button, lambda: gr.Button(visible=False)),
         (upload_status, lambda: ""),
+        (discover_hint, lambda: gr.Button(visible=False)),
     ]
 
     def on_generate(prompt_text, *values, visitor, token, progress):
@@ -332,6 +256,18 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
         )
         captions = [(str(file), f"seed {output.metadata['seed'] + index}") for index, file in enumerate(output.files)]
         return captions, warnings_markdown(output.warnings), output.metadata
+
+    def on_failed(prompt_text, *slot_values, visitor, token):
+        """After a failed run: offer to search Discover for a LoRA name that nothing here has."""
+        try:
+            tags = [tag.name for tag in parse_prompt(prompt_text or "").tags]
+        except LoraSpaceError:  # the prompt itself was the problem; its message says so
+            tags = []
+        sources = [item["source"] for item in slot_values_to_loras(list(slot_values))] + tags
+        names = unknown_names(sources, settings=space.settings, visitor=visitor)
+        if not names:
+            return gr.Button(visible=False), ""
+        return gr.Button(value=f"🔎 Search Discover for “{names[0]}”", visible=True), names[0]
 
     def library_updates(visitor, pickers: int = len(dropdowns)) -> list:
         items = space.list_loras(visitor)
@@ -370,7 +306,7 @@ def build_generate_tab(space: LoraSpace, browser_id: BrowserId) -> tuple[Generat
         [gallery, warnings, metadata],
         api_visibility="private",
         show_progress_on=gallery,  # progress, and a failure's badge, on the gallery alone (not over the recipe)
-    )
+    ).failure(with_caller(settings, on_failed), [*browser_id, prompt, *slots], [discover_hint, hint_name], api_visibility="private", show_progress="hidden")
     solo_button.click(
         switch_others_off, [placed, *slots], [*slots, slot_note, solo_button], api_visibility="private", show_progress="hidden"
     )
