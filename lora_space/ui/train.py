@@ -107,7 +107,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
                 preset = gr.Dropdown(
                     list(presets), value=first_preset, label="Preset", info=preset_description(first_preset, is_tiny=settings.is_tiny), elem_id="train-preset"
                 )
-                with gr.Group(visible=False, elem_id="train-preset-ask") as ask:  # a preset asks before it replaces values
+                with gr.Column(visible=False, variant="panel", elem_id="train-preset-ask") as ask:  # a preset asks before it replaces values
                     ask_text = gr.Markdown(elem_id="train-preset-ask-text")
                     with gr.Row():
                         replace = gr.Button("Replace them", size="sm", variant="primary", elem_id="train-preset-replace")
@@ -158,7 +158,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
                 )
                 notes += ["The settings below now hold the zip's config.json (Preset: “from the zip”; the values you change win).", *config.notes]
                 updates = dict(zip(widgets, values)) | {
-                    trigger: word, ask: gr.Group(visible=False),
+                    trigger: word, ask: gr.Column(visible=False),
                     preset: gr.Dropdown(choices=[FROM_ZIP, *presets], value=FROM_ZIP, info=info),
                     applied: state | {"name": FROM_ZIP, "values": values, "zip": values, "zip_info": info, "pending": ""},
                 }  # fmt: skip
@@ -223,7 +223,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         values = values_of(name, state)
         info = state["zip_info"] if name == FROM_ZIP else preset_description(name, is_tiny=settings.is_tiny)
         return dict(zip(widgets, values)) | {
-            preset: gr.Dropdown(value=name, info=info), ask: gr.Group(visible=False),
+            preset: gr.Dropdown(value=name, info=info), ask: gr.Column(visible=False),
             applied: state | {"name": name, "values": values, "pending": ""},
         }  # fmt: skip
 
@@ -238,10 +238,10 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             f"**{md_text(name)}** would replace values the form holds (from {held}{', with your changes' if edited else ''}): "
             f"{md_text('; '.join(changes))}. Replace them?"
         )
-        return {preset: gr.Dropdown(value=state["name"]), ask: gr.Group(visible=True), ask_text: text, applied: state | {"pending": name}}
+        return {preset: gr.Dropdown(value=state["name"]), ask: gr.Column(visible=True), ask_text: text, applied: state | {"pending": name}}
 
     def on_replace(state):
-        return applied_view(state["pending"], state) if state.get("pending") else {ask: gr.Group(visible=False)}
+        return applied_view(state["pending"], state) if state.get("pending") else {ask: gr.Column(visible=False)}
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -336,9 +336,9 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
     auto.click(with_caller(settings, on_autocaption), [*browser_id, preview, trigger], table, api_visibility="private").then(**recheck, **quietly)
     table.input(**recheck, **quietly, trigger_mode="always_last")
     trigger.input(**recheck, **quietly, trigger_mode="always_last")
-    preset.input(user_errors(on_preset), [preset, applied, *widgets], preset_outputs, **quietly)  # the user's pick only
+    preset.select(user_errors(on_preset), [preset, applied, *widgets], preset_outputs, **quietly)  # the user's pick only (once)
     replace.click(user_errors(on_replace), applied, preset_outputs, **quietly)
-    keep.click(lambda state: {ask: gr.Group(visible=False), applied: state | {"pending": ""}}, applied, [ask, applied], **quietly)
+    keep.click(lambda state: {ask: gr.Column(visible=False), applied: state | {"pending": ""}}, applied, [ask, applied], **quietly)
     start.click(cleared_view, None, view_outputs, queue=False, show_progress="hidden", api_visibility="private").then(
         with_caller(settings, on_start), [*browser_id, upload, table, preview, trigger, *widgets],
         [*view_outputs, *list_outputs, job_id], api_visibility="private", show_progress_on=status, **reading,
