@@ -189,6 +189,31 @@ def test_an_error_badge_goes_at_the_next_action(page):
     page.screenshot(path=str(page.root / "sweep.png"), full_page=True)  # type: ignore[attr-defined]
 
 
+def test_a_lesson_name_nobody_has_offers_a_discover_search_for_it(page, app):
+    """Issue 16, item 8: the lesson's `<lora:watercolor_style:0.8>` names no LoRA here; the message and
+    a button send the participant to Discover with that name searched (the API says the same)."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    lesson = "Portrait of a woman in a garden <lora:watercolor_style:0.8>"
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill(lesson)
+    page.locator("#generate-button").click()
+    expect(page.get_by_text("search Discover for 'watercolor_style'").first).to_be_visible(timeout=30_000)
+    hint = page.locator("#discover-hint")
+    expect(hint).to_have_text("🔎 Search Discover for “watercolor_style”", timeout=10_000)
+    hint.click()
+    expect(page.get_by_role("tab", name="Discover", selected=True)).to_be_visible(timeout=10_000)
+    expect(page.locator("#discover-query textarea, #discover-query input").first).to_have_value("watercolor_style")
+    expect(page.locator("#discover-status")).to_contain_text("No LoRAs found for this search", timeout=30_000)  # it ran (the stand-in has none)
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("a lighthouse")
+    page.locator("#generate-button").click()
+    expect(hint).to_be_hidden(timeout=10_000)  # gone at the next action
+    with pytest.raises(AppError, match="search Discover for 'watercolor_style' .*query='watercolor_style'"):
+        Client(app[0], verbose=False).predict(prompt=lesson, steps=2, width=64, height=64, api_name="/generate")
+
+
 def test_a_finished_job_joins_the_pickers_try_lands_in_a_visible_slot_and_start_clears_it(page):
     page.get_by_role("tab", name="Generate").click()
     pick(page, "LoRA 1", "wtrclr_style")  # the visible slots are taken: Try must open the folded group

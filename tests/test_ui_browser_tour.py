@@ -18,6 +18,8 @@ from tests.browser import app_page
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import HubStandIn
 from tests.test_app import write_library
+from tests.test_ui_browser_course import pick
+from tests.test_ui_browser_course_train import set_field
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flat_shapes.zip"
 TOKEN = "hf_tour_alice_token_5e6f7a8b9c"
@@ -47,18 +49,6 @@ def screens(tmp_path_factory) -> Path:
     folder = Path(os.environ.get("COURSE_SCREENS") or tmp_path_factory.mktemp("screens"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def pick(page, label: str, value: str) -> None:
-    box = page.locator(f"input[aria-label='{label}']").first
-    box.fill(value)
-    box.press("Enter")
-
-
-def set_field(page, key: str, value: str) -> None:
-    field = page.locator(f"#train-{key} input").first
-    field.fill(value)
-    field.press("Enter")
 
 
 def test_the_tour_ends_with_the_new_lora_in_a_visible_active_slot(page, hub, screens):
