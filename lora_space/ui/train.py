@@ -216,6 +216,8 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
     def values_of(name: str, state: dict) -> list:
         """The form's values that a choice of the Preset box stands for."""
         if name == FROM_ZIP:
+            if not state.get("zip"):
+                raise DatasetError("No zip's config.json filled the form; upload a zip with one, or pick a preset.")
             return list(state["zip"])
         return widget_values(merged(preset_values(name), None, is_tiny=settings.is_tiny).to_dict())
 
