@@ -247,12 +247,12 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def job_view(job: str, seen: dict | None = None) -> dict:
+    def job_view(job: str, seen: dict | None = None, status_now=None) -> dict:
         """Every output that shows the job `job` (an empty id clears the view). Samples and
         checkpoints are sent again only when their lists change (`seen` holds what the page has)."""
         if not job:
             return {progress: progress_html({}), status: "", cancel: gr.Button(visible=False), resume: gr.Button(visible=False), timer: gr.Timer(active=False), shown: {}}
-        found = space.jobs.status(job).to_dict()
+        found = (status_now or space.jobs.status(job)).to_dict()
         state = found["state"]
         done = state == "done"
         in_library = done and bool(found.get("lora_name"))  # a LoRA kept over quota is only a download
@@ -274,8 +274,10 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             shown: now,
         }
 
-    def list_view(visitor, selected: str = "") -> dict:
-        statuses = space.jobs.list_jobs(visitor)
+    def list_view(visitor, selected: str = "", status_now=None) -> dict:
+        """The visitor's jobs; `status_now` (the shown job's status, read once) stands in for its row,
+        so that the row and the progress bar show the same step."""
+        statuses = [status_now if status_now and item.job_id == status_now.job_id else item for item in space.jobs.list_jobs(visitor)]
         choices = [(f"{item.job_id[:8]} · {item.state} · {item.step}/{item.total_steps}", item.job_id) for item in statuses]
         return {jobs: job_rows(statuses), pick: gr.Dropdown(choices=choices, value=selected or None)}
 
@@ -290,7 +292,8 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         """The job's view as it goes: once off ZeroGPU (the timer polls), after each chunk on ZeroGPU,
         where the job trains inside this event (`JobManager.follow`) and pauses when the page closes."""
         for _ in space.jobs.follow(job):
-            yield job_view(job) | list_view(visitor, job) | {job_id: job}
+            now = space.jobs.status(job)
+            yield job_view(job, status_now=now) | list_view(visitor, job, now) | {job_id: job}
 
     def cleared_view() -> dict:
         """The view with nothing of the previous job: Start calls it first, so that its progress,
@@ -301,10 +304,11 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         }  # fmt: skip
 
     def on_tick(job, seen, *, visitor, token):
-        view = job_view(job, seen)
+        now = space.jobs.status(job) if job else None
+        view = job_view(job, seen, now)
         before = seen or {}
         if job and before.get("state") is not None and (before["state"], before.get("step")) != (view[shown]["state"], view[shown]["step"]):
-            view |= list_view(visitor, job)  # the job moved on: its row says the same step as the progress bar
+            view |= list_view(visitor, job, now)  # the job moved on: its row says the same step as the progress bar
         return view
 
     def on_pick(job, *, visitor, token):
