@@ -243,10 +243,10 @@ class LoraSpace:
                     row_images.append(open_image(output.files[0]))
                 rows.append(row_images)
             x_name = x_item[0].name
-            grid = labelled_grid(
+            grid = labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
                 rows,
-                [f"{x_name} {value:g}" for value in x_strengths],
-                [f"{y_item[0].name} {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
+                [f"{x_item[0].label}\nstrength {value:g}" for value in x_strengths],
+                [f"{y_item[0].label}\nstrength {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
                 title=f"seed {options.seed}",
             )
             grid_file = folder / "sweep_grid.png"

@@ -37,3 +37,21 @@ def app_page(url: str, root: Path) -> Iterator:
         page.locator("#header").wait_for(timeout=60_000)
         page.root = root  # type: ignore[attr-defined]
         yield page
+
+
+def pick(page, label: str, value: str) -> None:
+    """Type `value` into the dropdown or box labelled `label` and confirm it with Enter."""
+    box = page.locator(f"input[aria-label='{label}']").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def train_field(page, key: str):
+    """The Train tab's setting `key` (its elem_id `train-<key>`)."""
+    return page.locator(f"#train-{key} input").first
+
+
+def set_train_field(page, key: str, value: str) -> None:
+    """Type `value` into the Train tab's setting `key` and confirm it with Enter."""
+    train_field(page, key).fill(value)
+    train_field(page, key).press("Enter")

@@ -141,3 +141,24 @@ widget:
         "card": "alice/watercolor-flux", "several": "bob/several-files", "pickle": "carol/pickle-only",
         "gated": "dave/gated-lora", "html": "mallory/html-card", "other_base": "erin/sdxl-lora", "no_card": "frank/no-card",
     }
+
+
+WIDE = "zed/wide-lora"
+
+
+def add_wide_repo(hub: HubStandIn) -> str:
+    """A FLUX.1-dev LoRA repo whose file fits no module of tiny (its inputs are 64 wide, tiny's 32),
+    under the file name diffusers' trainers write; returns its id."""
+    tensors = {
+        key: (value.new_zeros(value.shape[0], 2 * value.shape[1]) if ".lora_A." in key else value)
+        for key, value in lora_tensors(13).items()
+    }
+    hub.add_model(
+        WIDE,
+        files={
+            "README.md": card(f"base_model: {FLUX}\ntags: [lora]\nlicense: mit", "# Wide"),
+            "pytorch_lora_weights.safetensors": save(tensors),
+        },
+        downloads=10, likes=1,
+    )
+    return WIDE

@@ -34,7 +34,7 @@ from lora_space.hub.client import HubClient, pick_weight_file
 from lora_space.hub.ids import is_repo_id
 from lora_space.hub.search import HubModel
 from lora_space.library import store as library
-from lora_space.library.inspect import current_base
+from lora_space.library.base import current_base
 from lora_space.lora.inspect import inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from lora_space.core.errors import LoraFileError
 from lora_space.generate.recipe import Recipe
 from lora_space.library import store as library
+from lora_space.library.base import current_base
 from lora_space.library.hashes import LORA_SHORT, is_hash_prefix
-from lora_space.library.inspect import current_base
 from lora_space.library.sources import ResolvedSource, find_library_entry
 from lora_space.library.tools import check_tool_work, files_work, read_lora_file
 from lora_space.lora.bake import BakePart, BakeReport, bake

@@ -106,9 +106,9 @@ def pair_at_unit_strength(name_a: str, file_a: str, key_a: str, name_b: str, fil
 def conflict_warnings(blend: Blend, pair_summary: Callable[..., PairSummary] = pair_at_unit_strength) -> list[str]:
     """The course's "conflict resolution": LoRAs of the mix that fight or overshoot on shared layers."""
     active = [(item, strength) for item, strength in blend if strength != 0]
-    names = [item.name for item, _ in active]
-    # Two LoRAs may share a name (`alice/style`, `bob/style`): then each is called by its source.
-    labels = [item.name if names.count(item.name) == 1 else item.source for item, _ in active]
+    names = [item.label for item, _ in active]
+    # Two LoRAs may share a name (two files of one folder in two places): then each is called by its source.
+    labels = [item.label if names.count(item.label) == 1 else item.source for item, _ in active]
     pairs = [
         pair_summary(labels[i], str(a.file), a.key, labels[j], str(b.file), b.key)
         for i, (a, _) in enumerate(active)
@@ -171,7 +171,7 @@ def resolve_blend(
             raise PromptError(f"LoRA {source!r} is given twice (in a slot and a tag?); give it once.")
     for source, _ in choices:
         if source not in found:
-            found[source] = resolve_source(source, settings=settings, token=token, visitor=visitor)
+            found[source] = resolve_source(source, settings=settings, token=token, visitor=visitor, fits_base=True)
     check_distinct([found[source] for source, _ in choices])  # one file under two names is one LoRA
     return parsed, [(found[source], strength) for source, strength in choices]
 
@@ -199,10 +199,10 @@ class Renderer:
         request = GenerationRequest(
             prompt=model_prompt,
             options=options,
-            loras=tuple(LoraSpec(item.key, str(item.file), item.name, strength) for item, strength in blend),
+            loras=tuple(LoraSpec(item.key, str(item.file), item.label, strength) for item, strength in blend),  # messages name the repo
         )
         request.check(self.settings.limits)
-        warnings = strength_warnings([(item.name, strength) for item, strength in blend]) + conflict_warnings(blend, self.pair_summary)
+        warnings = strength_warnings([(item.label, strength) for item, strength in blend]) + conflict_warnings(blend, self.pair_summary)
         # 2. The recipe's LoRAs, checked before any GPU time (a name a tag cannot hold is refused here).
         refs = tuple(
             LoraRef(

@@ -16,7 +16,9 @@ from lora_space.hub.cards import trigger_words_from_card
 from lora_space.hub.client import HubClient, is_cached
 from lora_space.hub.ids import is_repo_id
 from lora_space.library import store as library
-from lora_space.lora.safefile import PICKLE_SUFFIXES, parse_header
+from lora_space.library.base import current_base
+from lora_space.lora.inspect import inspect_header
+from lora_space.lora.safefile import PICKLE_SUFFIXES, SafetensorsHeader, parse_header
 from lora_space.visitors.disk import (
     check_write,
     evict_hub_cache,
@@ -36,6 +38,12 @@ class ResolvedSource:
     trigger_words: list[str] = field(default_factory=list)
     repo_id: str | None = None
     revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages and grids name it: a Hub LoRA by its repo (and file, when the source names
+        one), never by a file stem alone such as `pytorch_lora_weights`; a library LoRA by its name."""
+        return self.source if self.repo_id else self.name
 
     @property
     def key(self) -> str:
@@ -65,10 +73,43 @@ def not_found(source: str) -> LoraFileError:
     A missing file and a file outside the library get the same words, so nobody learns what
     exists on the server by probing paths; no server path is ever named.
     """
-    return LoraFileError(
+    text = (
         f"No LoRA named {source!r} in your library; use a library name, a Hub repo 'user/repo', or a "
         "Hub file 'user/repo/file.safetensors' (files on this server must be in the LoRA library)."
     )
+    if is_plain_name(source):  # the lesson's names (watercolor_style, ...) stand for LoRAs each user picks
+        text += (
+            f" To find one, search Discover for {source!r} (the Discover tab, or /search_loras with query={source!r}), "
+            f"then use its Hub id, or add its file to the library under the name {source!r}."
+        )
+    return LoraFileError(text)
+
+
+def is_plain_name(source: str) -> bool:
+    """A bare name such as `watercolor_style`: no Hub id (`user/repo`), no path."""
+    return bool(source) and "/" not in source and not looks_like_path(source)
+
+
+def unknown_names(sources: list[str], *, settings: Settings, visitor: Visitor = LOCAL) -> list[str]:
+    """The bare names among `sources` that are no LoRA of the visitor's library (in order, each once):
+    the ones Discover can help find (`not_found` says so).
+
+    Args:
+        sources: LoRA sources as a prompt's tags and the slots give them.
+        settings: where the library is.
+        visitor: whose library to look in (the shared one and the visitor's own).
+    """
+    unknown = []
+    for source in dict.fromkeys(str(item or "").strip() for item in sources):
+        if not is_plain_name(source):
+            continue
+        try:
+            found = resolve_local(source, settings=settings, visitor=visitor)
+        except LoraFileError:
+            found = None
+        if found is None:
+            unknown.append(source)
+    return unknown
 
 
 def looks_like_path(source: str) -> bool:
@@ -165,16 +206,32 @@ def resolve_local(source: str, *, settings: Settings, visitor: Visitor = LOCAL) 
     return _local_file(source, settings, visitor)
 
 
+def check_fits_base(header: SafetensorsHeader, *, label: str, settings: Settings, token: str | None = None) -> None:
+    """Refuse a LoRA none of whose modules lands on the base model the app runs (from its header alone).
+
+    Raises:
+        LoraFileError: it would do nothing on this base; the message names `label` and says why.
+    """
+    report = inspect_header(header, source=label, base=current_base(settings, token=token))
+    if not report.compatible:
+        raise LoraFileError(
+            f"{label} does not fit the base model {report.base_model}, so it was not downloaded: {report.reason} "
+            "Pick a LoRA made for this model (Discover lists them)."
+        )
+
+
 def resolve_source(
-    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL
+    source: str, *, settings: Settings, token: str | None = None, visitor: Visitor = LOCAL, fits_base: bool = False
 ) -> ResolvedSource:
     """Find the LoRA a source names, downloading it from the Hub when needed.
 
     Hub files are fetched with the caller's `token` only (never the Space's own). Library names
-    and local paths are looked up as `visitor` may see them (API.md "Who owns what").
+    and local paths are looked up as `visitor` may see them (API.md "Who owns what"). With
+    `fits_base` (Generate, Bake), a Hub file that fits no module of the base model is refused from
+    its header, before it is downloaded.
 
     Raises:
-        LoraFileError: nothing by that name, or not a `.safetensors` file.
+        LoraFileError: nothing by that name, not a `.safetensors` file, or (`fits_base`) made for another base.
         UnsafeFileError: a pickle file.
         HubError: the Hub cannot give it (not found, gated, offline).
     """
@@ -200,7 +257,9 @@ def resolve_source(
                 f"{repo_id}/{filename} is {size / 2**30:.1f} GiB, above the {limit / 2**30:.1f} GiB this Space downloads; "
                 "pick a smaller file (resize it in LoRA tools on your own machine)."
             )
-        parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
+        header = parse_header(raw, size, name=f"{repo_id}/{filename}")  # every bound of the one reader, before downloading
+        if fits_base:
+            check_fits_base(header, label=source, settings=settings, token=token)
     fresh = not settings.hf_offline and not is_cached(repo_id, filename, revision=revision)
     if fresh:  # a download: the disk bounds first (a Space's Hub cache is not any visitor's quota)
         check_write(settings, size, where=hub_cache_dir())

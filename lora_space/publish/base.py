@@ -24,7 +24,7 @@ from typing import Any
 
 from lora_space.core.errors import PublishError
 from lora_space.core.settings import TINY, Settings
-from lora_space.library.inspect import current_base
+from lora_space.library.base import current_base
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import (
     BaseShapes,

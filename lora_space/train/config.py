@@ -286,6 +286,39 @@ def preset_values(name: str) -> dict:
     return dict(presets[name]["values"])
 
 
+def preset_description(name: str, *, is_tiny: bool, bnb_available: bool | None = None) -> str:
+    """What a preset is for, what it sets (made from its values, so that the two never disagree),
+    and what this machine changes of it (`TrainConfig.notes`, e.g. nf4 without a CUDA GPU).
+
+    Raises:
+        TrainConfigError: no preset of that name.
+    """
+    values = preset_values(name)
+    config = merged(values, None, is_tiny=is_tiny, bnb_available=bnb_available)
+    parts = []
+    if "resolution" in values:
+        parts.append(f"{values['resolution']} px")
+    if "max_train_steps" in values:
+        parts.append(f"{values['max_train_steps']} steps")
+    if "network_dim" in values:
+        alpha = f" (alpha {values['network_alpha']:g})" if "network_alpha" in values else ""
+        parts.append(f"rank {values['network_dim']}{alpha}")
+    if "train_batch_size" in values:
+        parts.append(f"batch {values['train_batch_size']}")
+    if "learning_rate" in values:
+        parts.append(f"learning rate {values['learning_rate']:g}")
+    if "optimizer_type" in values:
+        parts.append(str(values["optimizer_type"]))
+    if values.get("quantize_base", "none") != "none":
+        parts.append(f"the base held in {values['quantize_base']}")
+    if values.get("gradient_checkpointing"):
+        parts.append("gradient checkpointing")
+    if values.get("mixed_precision", "no") != "no":
+        parts.append(str(values["mixed_precision"]))
+    text = f"{load_presets()['presets'][name]['description']} Sets: {', '.join(parts)}."
+    return text + (" On this machine: " + " ".join(config.notes) if config.notes else "")
+
+
 def default_preset(is_tiny: bool) -> str:
     return load_presets()["default_preset"]["tiny" if is_tiny else "full"]
 

@@ -56,6 +56,23 @@ from lora_space.train.steps import (
     validation_image_loss,
 )
 
+RATE_WEIGHT = 0.1  # how much one step's time moves the smoothed time per step (the ETA's rate)
+
+
+def smoothed_rate(previous: float | None, measured: float, steps: int) -> float:
+    """The time per step the ETA uses: an exponential average over steps, so that one slow chunk
+    (a sample drawn, a generation that went first) moves the ETA a little rather than all the way.
+
+    Args:
+        previous: the smoothed rate so far (None: this is the first measurement).
+        measured: this chunk's seconds per step.
+        steps: the steps this chunk made (each counts once, `RATE_WEIGHT`).
+    """
+    if previous is None or previous <= 0:
+        return measured
+    weight = 1 - (1 - RATE_WEIGHT) ** max(steps, 1)
+    return previous + weight * (measured - previous)
+
 
 class Parking(Protocol):
     """Where a session waits between chunks (the engine's `parked`)."""
@@ -315,11 +332,12 @@ class Session:
         self.changed = False
 
     def seconds_per_step(self, steps: int) -> float | None:
-        """This chunk's time per step (pieces included, as the ETA needs), also written to the progress."""
+        """This chunk's time per step (pieces included, as the ETA needs); the progress keeps the
+        rate smoothed over the job's chunks (`smoothed_rate`), which the ETA uses."""
         if not steps:
             return None
         per_step = (time.perf_counter() - self.started) / steps
-        self.progress["seconds_per_step"] = per_step
+        self.progress["seconds_per_step"] = smoothed_rate(self.progress.get("seconds_per_step"), per_step, steps)
         self._write_progress()
         return per_step
 

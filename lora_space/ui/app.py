@@ -14,7 +14,7 @@ from lora_space.ui.api import bake as bake_api
 from lora_space.ui.api import generate as api
 from lora_space.ui.api import lora_tools as lora_tools_api
 from lora_space.ui.api import train as train_api
-from lora_space.ui.caller import build_browser_id, fill_browser_id
+from lora_space.ui.caller import build_browser_id, sign_in_missing, sign_in_off_line
 from lora_space.ui.tabs import (
     blend_tools,
     discover,
@@ -54,11 +54,14 @@ def header_markdown(space: LoraSpace) -> str:
 def build_demo(space: LoraSpace) -> gr.Blocks:
     """The whole app for one `LoraSpace`; tabs in the order Discover, Generate, Train, Publish."""
     with gr.Blocks(title=TITLE, delete_cache=gradio_delete_cache(space.settings)) as demo:  # Gradio's file copies age out
-        browser_id = build_browser_id(space.settings)  # who the page's visitor is (API.md "Who owns what")
+        browser_id = build_browser_id(space.settings, demo)  # who the page's visitor is (API.md "Who owns what")
         with gr.Row(equal_height=True):
             gr.Markdown(header_markdown(space), elem_id="header")
-            if space.settings.on_space:  # off a Space gradio would mock OAuth with a whoami() call, which needs the network
+            missing = sign_in_missing(space.settings)
+            if space.settings.on_space and not missing:  # elsewhere gradio would mock OAuth with a whoami() call
                 gr.LoginButton(scale=0, min_width=220)
+        if missing:  # a Space without OAuth runs, anonymously, and says so
+            gr.Markdown(f"ℹ️ {sign_in_off_line(missing)}", elem_id="sign-in-off")
         with gr.Tabs() as tabs:
             with gr.Tab("Discover", id="discover"):
                 found = discover.build_discover_tab(space, browser_id)
@@ -79,7 +82,6 @@ def build_demo(space: LoraSpace) -> gr.Blocks:
         publish.register_publish_endpoints(space)
         bake_api.register_bake_endpoint(space)
         train_api.register_train_endpoints(space)
-        demo.load(fill_browser_id, [*browser_id], browser_id.stored, api_visibility="private")  # a new browser keeps its fresh id
     return demo
 
 
@@ -92,6 +94,9 @@ def launch() -> None:
     except LoraSpaceError as error:
         print(f"LoRA Space cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    missing = sign_in_missing(settings)
+    if missing:
+        logging.getLogger("lora_space").warning(sign_in_off_line(missing))
     demo = build_demo(space)
     start_cleaner(settings)  # aged outputs and visitor files (lora_space/visitors/cleanup.py)
     demo.queue(default_concurrency_limit=4, max_size=settings.limits.queue_size).launch(

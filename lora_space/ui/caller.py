@@ -17,7 +17,8 @@ from __future__ import annotations
 import inspect
 import ipaddress
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import gradio as gr
 
@@ -96,6 +97,35 @@ def visitor_of(
     return replace(visitor, address=address)
 
 
+OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
+
+
+def sign_in_missing(settings: Settings) -> list[str]:
+    """What *Sign in with Hugging Face* lacks on a Space, as the variables' names ([] when it works).
+
+    Gradio's login button works on huggingface.co (`SYSTEM=spaces`) with the OAuth variables the
+    platform sets for a Space whose README says `hf_oauth: true` (gradio reads them at import).
+    Elsewhere gradio would mock the login with the machine's own Hub login (a `whoami()` call at
+    start, which fails offline or without a token), and on a Space without the variables it
+    refuses to start. Off a Space there is no button, by design: nothing is missing.
+    """
+    if not settings.on_space:
+        return []
+    from gradio import oauth, utils
+
+    missing = [] if utils.get_space() else ["SYSTEM=spaces"]
+    return missing + [name for name in OAUTH_VARIABLES if not getattr(oauth, name, None)]
+
+
+def sign_in_off_line(missing: list[str]) -> str:
+    """One line saying that visitors cannot sign in, why, and how a Space's owner turns it on."""
+    return (
+        f"Sign-in with Hugging Face is off ({', '.join(missing)} not set): visitors are anonymous, and Hub calls "
+        "from the page are made without a login (scripts can still pass oauth_token=). On huggingface.co, add "
+        "`hf_oauth: true` to the README's header (this repo's README has it); a local run with SPACE_ID has no sign-in."
+    )
+
+
 @dataclass(frozen=True)
 class BrowserId:
     """The page's anonymous visitor id, in two parts that every page event takes first (`[*browser_id, ...]`).
@@ -106,10 +136,12 @@ class BrowserId:
             random bits, is what protects a visitor).
         fresh: a new id made on the server for this page session (`owners.new_browser_id`); the
             load event stores it when the browser has none (`fill_browser_id`).
+        known: that load event, which `on_visitor_known` listeners follow.
     """
 
     stored: gr.BrowserState
     fresh: gr.State
+    known: Any = field(default=None, compare=False)  # the page's load event (`build_browser_id`)
 
     def __iter__(self) -> Iterator[gr.components.Component]:
         return iter((self.stored, self.fresh))
@@ -131,9 +163,28 @@ class FreshId(str):
         return FreshId()
 
 
-def build_browser_id(settings: Settings) -> BrowserId:
-    """The two parts of the page's visitor id (see `BrowserId`); call inside the demo's Blocks."""
-    return BrowserId(gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings)), gr.State(FreshId()))
+def build_browser_id(settings: Settings, demo: gr.Blocks) -> BrowserId:
+    """The two parts of the page's visitor id (see `BrowserId`) and the load event that stores a
+    new browser's fresh id; `on_visitor_known` listeners run after it (call inside `demo`)."""
+    stored = gr.BrowserState("", storage_key=STORAGE_KEY, secret=browser_secret(settings))
+    fresh = gr.State(FreshId())
+    known = demo.load(fill_browser_id, [stored, fresh], stored, api_visibility="private")  # a new browser keeps its fresh id
+    return BrowserId(stored, fresh, known)
+
+
+def on_visitor_known(browser_id: BrowserId, fn: Callable, inputs, outputs, **options):
+    """Run the event handler `fn` once a page knows its visitor (after its load event has stored
+    the browser's id): for what depends on who the visitor is (their LoRAs, their jobs).
+
+    Not on `browser_id.stored.change`: gradio 6 fires a BrowserState's change again whenever an
+    update without a value (`gr.Dropdown(choices=...)`, `gr.Button(visible=...)`) re-renders the
+    page, so listeners sending such updates set each other off without end (10 requests a second
+    from each open page, each scanning the library).
+
+    Returns:
+        The event, for `.then`.
+    """
+    return browser_id.known.then(fn, inputs, outputs, **options)
 
 
 def fill_browser_id(stored: str | None, fresh: str) -> str:

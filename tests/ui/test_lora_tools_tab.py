@@ -29,9 +29,9 @@ def library(settings):
 
 def test_panel_builds_and_leaves_the_api_to_the_typed_endpoints(settings) -> None:
     with gr.Blocks() as demo:
-        build_lora_tools(LoraSpace(settings, engine=None), build_browser_id(settings))
+        build_lora_tools(LoraSpace(settings, engine=None), build_browser_id(settings, demo))
     visibility = [dependency.api_visibility for dependency in demo.fns.values()]
-    assert visibility == ["private"] * 4  # /convert_lora and friends are typed gr.api endpoints (ui/api.py)
+    assert visibility == ["private"] * 5  # the page's load event and the panel's four; /convert_lora and friends are typed gr.api endpoints (ui/api.py)
 
 
 def test_inspect_and_convert_handlers(library) -> None:

@@ -13,13 +13,13 @@ from lora_space.service import LoraSpace
 from lora_space.ui.caller import BrowserId, with_caller
 from lora_space.ui.errors import user_errors
 from lora_space.ui.tabs.generate import (
-    SLOTS,
     GenerateControls,
     library_rows,
     slot_values_to_loras,
     warnings_markdown,
 )
 from lora_space.ui.tabs.lora_tools import energy_frame
+from lora_space.ui.tabs.slots import SLOTS
 
 
 def build_blend_tools(
@@ -34,7 +34,9 @@ def build_blend_tools(
             y_source = gr.Dropdown(choices=pickers[0].choices, allow_custom_value=True, label="second LoRA (Y, optional)")
             y_values = gr.Textbox(value="0, 0.5, 1", label="Y strengths")
         sweep_button = gr.Button("Run sweep")
-        sweep_grid = gr.Image(label="Sweep", type="filepath", format="png", elem_id="sweep-grid")
+        sweep_grid = gr.Image(  # no label badge: it would cover the grid's own title (the seed)
+            label="Sweep", show_label=False, type="filepath", format="png", elem_id="sweep-grid"
+        )
     with gr.Accordion("Batch and portfolio: many prompts, one LoRA mix", open=False):
         prompts = gr.Textbox(lines=6, label="Prompts, one per line", placeholder="Product showcase on marble\nProduct on a beach at dusk")
         batch_button = gr.Button("Generate all")
@@ -138,6 +140,12 @@ def build_blend_tools(
         return [gr.Dropdown(choices=names) for _ in (x_source, y_source)]
 
     option_inputs = controls.option_inputs
+    controls.pickers += [x_source, y_source]
+    controls.stale += [(sweep_grid, gr.skip), (batch_gallery, gr.skip), (baked_file, gr.skip), (bake_summary, lambda: ""), (load_notes, lambda: "")]
+    controls.clear_stale_on(sweep_button.click, own=[sweep_grid])
+    controls.clear_stale_on(batch_button.click, own=[batch_gallery])
+    controls.clear_stale_on(loaded.upload, own=[load_notes])
+    controls.clear_stale_on(bake_button.click, own=[baked_file, bake_summary])
     sweep_button.click(
         with_caller(space.settings, on_sweep),
         [*browser_id, controls.prompt, x_source, x_values, y_source, y_values, *controls.slots, *option_inputs],
@@ -149,6 +157,7 @@ def build_blend_tools(
         [*browser_id, prompts, *controls.slots, *option_inputs],
         [batch_gallery, batch_zip, batch_warnings],
         api_visibility="private",
+        show_progress_on=batch_gallery,  # a failure's badge on the gallery alone
     )
     save_button.click(on_save, last_metadata, saved, api_visibility="private")
     loaded.upload(
@@ -156,6 +165,7 @@ def build_blend_tools(
         [*browser_id, loaded],
         [controls.prompt, controls.negative, controls.seed, controls.steps, controls.guidance, *controls.slots, load_notes],
         api_visibility="private",
+        show_progress_on=load_notes,  # never badges over the form's fields and pickers
     )
     all_pickers = [*pickers, x_source, y_source]
     bake_button.click(

@@ -19,16 +19,12 @@ from lora_space.core.markdown_text import md_code, md_text
 from lora_space.service import LoraSpace
 from lora_space.ui.caller import BrowserId, with_caller
 from lora_space.ui.errors import user_errors
-from lora_space.ui.tabs.generate import warnings_markdown
+from lora_space.ui.tabs.generate import size_text, warnings_markdown
 from lora_space.visitors.owners import LOCAL, Visitor
 
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block
 BLOCK_COLUMNS = ["block", "LoRA A", "LoRA B", "shared modules", "cosine", "norm ratio A/B"]
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -37,7 +33,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines = [
         (
             f"**{md_text(report['format'])}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
-            f"{_megabytes(report['size_bytes'])} {md_text(report['dtype'])}; made for **{md_text(report['base_model_guess'])}**."
+            f"{size_text(report['size_bytes'])} {md_text(report['dtype'])}; made for **{md_text(report['base_model_guess'])}**."
         )
     ]
     if report["compatible"]:
@@ -129,8 +125,8 @@ def resize_handler(
     )
     data = report.to_dict()
     summary = (
-        f"Kept **{report.energy_kept:.1%}** of the update's energy; {_megabytes(report.bytes_before)} -> "
-        f"{_megabytes(report.bytes_after)} of weights; {len(report.pruned)} modules pruned."
+        f"Kept **{report.energy_kept:.1%}** of the update's energy; {size_text(report.bytes_before)} -> "
+        f"{size_text(report.bytes_after)} of weights; {len(report.pruned)} modules pruned."
     )
     summary = "\n\n".join([summary, warnings_markdown(report.warnings)])
     return str(path), summary, energy_frame(data["modules"]), data

@@ -16,7 +16,13 @@ from lora_space.library.store import scan_library
 from lora_space.publish.card import FRONT_MATTER
 from lora_space.publish.publish import PublishRequest
 from lora_space.service import LoraSpace
-from lora_space.ui.caller import BrowserId, token_of, visitor_of, with_caller
+from lora_space.ui.caller import (
+    BrowserId,
+    on_visitor_known,
+    token_of,
+    visitor_of,
+    with_caller,
+)
 from lora_space.ui.errors import api_errors
 from lora_space.visitors.owners import visitor_lora_dir
 
@@ -185,7 +191,7 @@ def build_publish_tab(space: LoraSpace, browser_id: BrowserId) -> gr.Dropdown:
     )
     card.input(_body, card, card_view, api_visibility="private")
     refresh.click(with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private")
-    browser_id.stored.change(with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private", show_progress="hidden")
+    on_visitor_known(browser_id, with_caller(settings, on_refresh), [*browser_id], source, api_visibility="private", show_progress="hidden")
     return source
 
 

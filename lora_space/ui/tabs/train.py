@@ -12,16 +12,12 @@ the job trains inside that event (the visitor's quota pays) and pauses when the 
 
 from __future__ import annotations
 
-import html
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
-from matplotlib.figure import Figure
 
 from lora_space.core.errors import DatasetError, LoraSpaceError
-from lora_space.core.markdown_text import md_code, md_text
+from lora_space.core.markdown_text import md_text
 from lora_space.core.settings import TINY
 from lora_space.service import LoraSpace
 from lora_space.train import intake
@@ -34,26 +30,37 @@ from lora_space.train.config import (
     guidance,
     load_presets,
     merged,
+    preset_description,
     preset_values,
-)
-from lora_space.train.dataset import add_trigger_word, has_word
+)  # fmt: skip
+from lora_space.train.dataset import add_trigger_word
 from lora_space.ui.api.train import DATASET_CALLS
-from lora_space.ui.caller import BrowserId, with_caller
+from lora_space.ui.caller import BrowserId, on_visitor_known, with_caller
 from lora_space.ui.errors import user_errors
-from lora_space.ui.tabs.generate import GenerateControls, fill_next_slot
+from lora_space.ui.tabs.generate import GenerateControls
+from lora_space.ui.tabs.slots import place_lora, placement_updates
+from lora_space.ui.tabs.train_view import (
+    ACTIVE,
+    JOB_COLUMNS,
+    SETTING_KEYS,
+    job_rows,
+    loss_figure,
+    progress_html,
+    recheck_report,
+    report_markdown,
+    same_value,
+    sample_caption,
+    setting_changes,
+    settings_from_widgets,
+    status_markdown,
+    widget_values,
+)  # fmt: skip
 
+FROM_ZIP = "from the zip"  # the Preset box when the zip's config.json filled the form
 TRY_STRENGTH = 0.8
 THUMBNAILS = 24
 TABLE_ROWS = 200  # captions the table shows (and the session keeps); the preview on disk holds them all
 POLL_SECONDS = 1.0
-ACTIVE = ("queued", "running")
-# The settings shown beside the course's guidance, in this order (trigger_word sits with the captions).
-SETTING_KEYS = [
-    "resolution", "max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "train_batch_size",
-    "network_dim", "network_alpha", "optimizer_type", "validation_split", "sample_every", "checkpoint_every",
-    "seed", "gradient_checkpointing", "cache_latents", "mixed_precision", "quantize_base", "validation_prompts",
-]  # fmt: skip
-JOB_COLUMNS = ["job", "state", "progress", "LoRA"]
 TINY_TRAIN_NOTE = (
     "\n\n**In tiny mode**, try `examples/flat_shapes.zip`: twelve shapes drawn with a thick black outline, which the "
     "tiny model never draws. With the zip's own settings (200 steps) it takes about two or three minutes on a CPU; the "
@@ -61,7 +68,6 @@ TINY_TRAIN_NOTE = (
     "(strength 1: black patches at and in the shape, the outline as this small model learns it, often in colours of the "
     "training pictures). Then *Try in Generate*, ask for *a red circle on a blue background* and switch the slot off and on."
 )
-LOSS_COLOURS = {"train": "#2563eb", "validation": "#ea580c"}
 
 
 @dataclass
@@ -94,106 +100,9 @@ def setting_component(key: str, value) -> gr.components.Component:
     return gr.Number(precision=0, **common)
 
 
-def widget_values(config: dict) -> list:
-    return ["\n".join(config.get(key) or []) if key == "validation_prompts" else config.get(key) for key in SETTING_KEYS]
-
-
-def settings_from_widgets(trigger_word: str, values) -> dict:
-    config = {key: value for key, value in zip(SETTING_KEYS, values) if value is not None and value != ""}
-    config["validation_prompts"] = [line.strip() for line in str(config.get("validation_prompts", "")).splitlines() if line.strip()]
-    config["trigger_word"] = (trigger_word or "").strip()
-    return config
-
-
-def report_markdown(report: dict, notes: list[str] = ()) -> str:
-    """The dataset report as a person reads it: counts first, then what needs attention."""
-    lines = [
-        f"**{report.get('images_used', 0)} images** used of {report.get('images_found', 0)} found "
-        f"({report.get('layout', '')}); **{report.get('captions_matched', 0)} captioned**; "
-        f"split {report.get('train_count', 0)} train / {report.get('validation_count', 0)} validation.",
-        "Aspect-ratio buckets: " + md_text(", ".join(f"{name} x{count}" for name, count in report.get("buckets", {}).items()) or "-"),
-    ]
-
-    def listed(title: str, names: list) -> None:
-        if names:
-            shown = ", ".join(md_text(name) for name in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-            lines.append(f"- ⚠️ {title} ({len(names)}): {shown}")
-
-    listed("Images without captions", report.get("images_without_captions", []))
-    listed("Captions without images", report.get("captions_without_images", []))
-    if report.get("trigger_word"):
-        listed(f"Captions missing the trigger word {md_code(report['trigger_word'])} (use *Add trigger word to all*)", report.get("captions_missing_trigger", []))
-    listed("Duplicate images (dropped)", [f"{item['dropped']} = {item['kept']}" for item in report.get("duplicates", [])])
-    listed("Under the course's 1024 px", [f"{item['name']} {item['width']}x{item['height']}" for item in report.get("small_images", [])])
-    listed("Files left out", [f"{item['file']}: {item['reason']}" for item in report.get("skipped", [])])
-    for note in [*report.get("notes", []), *notes]:
-        lines.append(f"- {md_text(note)}")
-    return "\n".join(lines)
-
-
-def progress_html(status: dict) -> str:
-    """A progress bar with step, ETA and queue position."""
-    step, total = status.get("step", 0), max(status.get("total_steps", 0), 1)
-    state = status.get("state", "")
-    text = f"{state} · step {step} / {total}"
-    if status.get("queue_position"):
-        text += f" · place {status['queue_position']} in the queue"
-    eta = status.get("eta_seconds")
-    if eta is not None and state in ACTIVE:
-        minutes, seconds = divmod(int(eta), 60)
-        text += f" · ETA {minutes}:{seconds:02d}"
-    return f'<div id="train-progress-bar"><progress value="{step}" max="{total}" style="width:100%"></progress><div>{html.escape(text)}</div></div>'
-
-
-def loss_figure(status: dict) -> Figure:
-    """Training loss as a line and validation loss as marked points joined by a line (a single
-    validation point still shows); a figure of its own, no pyplot state shared between users."""
-    figure = Figure(figsize=(6, 2.8), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    for key, label in (("loss", "train"), ("val_loss", "validation")):
-        points = status.get(key, [])
-        if points:
-            steps, values = zip(*points)
-            axes.plot(steps, values, marker="o" if label == "validation" else None, markersize=4, color=LOSS_COLOURS[label], label=label)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_xlim(0, max(status.get("total_steps", 0), 1) * 1.03)
-    axes.grid(alpha=0.3)
-    if status.get("loss"):
-        axes.legend(loc="upper right")
-    else:
-        axes.text(0.5, 0.5, "the loss appears here as the job trains", ha="center", va="center", transform=axes.transAxes, color="grey")
-    return figure
-
-
-def sample_caption(path: str) -> str:
-    """`step000200_prompt0_strength1.png` -> `step 200 · prompt 1 · strength 1`."""
-    match = re.fullmatch(r"step0*(\d+)_prompt(\d+)_strength([\d.]+)", Path(path).stem)
-    if not match:
-        return Path(path).stem
-    step, prompt, strength = match.groups()
-    return f"step {step} · prompt {int(prompt) + 1} · strength {strength}"
-
-
 def table_rows(captions: dict[str, str]) -> list[list[str]]:
     """The caption table's rows: the first `TABLE_ROWS` images and their captions."""
     return [[name, caption] for name, caption in list(captions.items())[:TABLE_ROWS]]
-
-
-def job_rows(statuses) -> list[list]:
-    return [[item.job_id, item.state, f"{item.step}/{item.total_steps}", item.lora_name or "-"] for item in statuses]
-
-
-def status_markdown(status: dict) -> str:
-    lines = [f"**Job** {md_code(status['job_id'])}: **{md_text(status['state'])}**"]
-    if status.get("error"):
-        lines.append(f"❌ {md_text(status['error'])}")
-    for warning in status.get("warnings", []):
-        lines.append(f"- ⚠️ {md_text(warning)}")
-    if status.get("lora_name"):
-        tag = md_code(f"<lora:{status['lora_name']}:0.8>")
-        lines.append(f"✅ Your LoRA **{md_text(status['lora_name'])}** is in your library: use it as {tag}.")
-    return "\n\n".join(lines)
 
 
 def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
@@ -209,7 +118,11 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         + (TINY_TRAIN_NOTE if settings.base_model == TINY else "")
     )
     job_id = gr.State("")
-    preview = gr.State({})  # {"id": the uploaded zip's preview (`train.intake`)}: the images and captions stay on disk
+    # What the form holds: the choice that filled it ("name": a preset or FROM_ZIP), its "values" then,
+    # the zip's own ("zip", "zip_info"), and a preset waiting for *Replace them* ("pending").
+    applied = gr.State({"name": first_preset, "values": widget_values(start_values), "zip": None, "zip_info": "", "pending": ""})
+    # {"id": the uploaded zip's preview (`train.intake`), "report" and "notes" of its upload}: the images and captions stay on disk
+    preview = gr.State({})
     shown = gr.State({})  # what the page shows of the job: its samples, checkpoints, done
     with gr.Row():
         with gr.Column(scale=3):
@@ -222,7 +135,14 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
                 auto = gr.Button("Auto-caption", size="sm", scale=1)
             table = gr.Dataframe(headers=["image", "caption"], type="array", interactive=True, static_columns=[0], wrap=True, elem_id="train-captions", max_height=320)
             with gr.Accordion("Settings", open=True):
-                preset = gr.Dropdown(list(presets), value=first_preset, label="Preset", info=presets[first_preset]["description"], elem_id="train-preset")
+                preset = gr.Dropdown(
+                    list(presets), value=first_preset, label="Preset", info=preset_description(first_preset, is_tiny=settings.is_tiny), elem_id="train-preset"
+                )
+                with gr.Column(visible=False, variant="panel", elem_id="train-preset-ask") as ask:  # a preset asks before it replaces values
+                    ask_text = gr.Markdown(elem_id="train-preset-ask-text")
+                    with gr.Row():
+                        replace = gr.Button("Replace them", size="sm", variant="primary", elem_id="train-preset-replace")
+                        keep = gr.Button("Keep the form's values", size="sm", elem_id="train-preset-keep")
                 widgets = []
                 for index in range(0, len(SETTING_KEYS), 3):
                     with gr.Row():
@@ -232,7 +152,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             progress = gr.HTML(progress_html({}), elem_id="train-progress")
             status = gr.Markdown(elem_id="train-status")
             loss_plot = gr.Plot(loss_figure({}), label="Loss (train and validation)", elem_id="train-loss")
-            samples = gr.Gallery(label="Samples (strength 0 and 1, fixed seed)", columns=4, height=220, elem_id="train-samples")
+            samples = gr.Gallery(label="Samples (strength 0 and 1, fixed seed)", columns=2, height=320, elem_id="train-samples")
             checkpoints = gr.File(label="Checkpoints", file_count="multiple", interactive=False, elem_id="train-checkpoints")
             with gr.Row():
                 cancel = gr.Button("Cancel", variant="stop", size="sm", visible=False, elem_id="train-cancel")
@@ -249,37 +169,54 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
 
     # -- the dataset ------------------------------------------------------------------------
 
-    def on_upload(zip_path, chosen_preset, *, visitor, token, progress):
+    def on_upload(zip_path, state, word, *current, visitor, token, progress):
         if not zip_path:
             return {report: "", thumbs: gr.Gallery(visible=False), table: [], preview: {}}
         progress(0.1, desc="Reading the zip")
         preview_id, result = space.preview_dataset(zip_path, visitor=visitor)  # kept on disk; the session keeps its id
-        zip_config = result.zip_config or {}
         notes, updates = [], {}
-        try:
-            config = merged(preset_values(chosen_preset), zip_config, is_tiny=settings.is_tiny)
-            if zip_config:
-                notes.append("The settings below now hold the zip's config.json (the values you change win).")
-            notes += config.notes
-            updates = dict(zip(widgets, widget_values(config.to_dict()))) | {trigger: config.trigger_word}
-        except LoraSpaceError as error:
-            notes.append(f"The zip's config.json is not used: {error}")
-        report_dict = result.report.to_dict()
-        report_dict["trigger_word"] = report_dict["trigger_word"] or updates.get(trigger, "")
-        if report_dict["trigger_word"]:
-            report_dict["captions_missing_trigger"] = [name for name, text in result.captions.items() if not has_word(text, report_dict["trigger_word"])]
+        if result.zip_config:
+            try:
+                merged(result.zip_config, None, is_tiny=settings.is_tiny)  # its own problems, named as the zip's
+                config = merged(settings_from_widgets(word, current), result.zip_config, is_tiny=settings.is_tiny)
+            except LoraSpaceError as error:
+                notes.append(f"The zip's config.json is not used: {error}")
+            else:
+                values, word = widget_values(config.to_dict()), config.trigger_word or word
+                info = (
+                    f"The zip's config.json set {', '.join(sorted(map(str, result.zip_config)))}; the other fields kept their "
+                    "values. A preset asks before it replaces them."
+                )
+                notes += ["The settings below now hold the zip's config.json (Preset: “from the zip”; the values you change win).", *config.notes]
+                updates = dict(zip(widgets, values)) | {
+                    trigger: word, ask: gr.Column(visible=False),
+                    preset: gr.Dropdown(choices=[FROM_ZIP, *presets], value=FROM_ZIP, info=info),
+                    applied: state | {"name": FROM_ZIP, "values": values, "zip": values, "zip_info": info, "pending": ""},
+                }  # fmt: skip
         if len(result.captions) > TABLE_ROWS:
             notes.append(
                 f"The table shows the first {TABLE_ROWS} of {len(result.captions)} captions; *Add trigger word to all* and "
                 "*Auto-caption* change every caption, and Start uses them all."
             )
+        first = result.report.to_dict()
         rows = result.dataset[:THUMBNAILS]
         return updates | {
-            report: report_markdown(report_dict, notes),
+            report: report_markdown(recheck_report(first, result.captions, word), notes),
             thumbs: gr.Gallery(value=list(zip(rows["image"], rows["name"])), visible=True),
             table: table_rows(result.captions),
-            preview: {"id": preview_id},
+            preview: {"id": preview_id, "report": first, "notes": notes},
         }
+
+    def on_recheck(rows, word, state, *, visitor, token):
+        """The report's caption checks again, on the captions as they are now."""
+        if not state.get("report"):
+            return gr.skip()
+        edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
+        try:
+            captions = intake.captions_of(settings, visitor, state["id"])[0] | edited
+        except DatasetError:  # the preview is gone: the table's rows
+            captions = edited
+        return report_markdown(recheck_report(state["report"], captions, word), state.get("notes", []))
 
     def on_add_trigger(rows, word, state, *, visitor, token):
         if not (word or "").strip():
@@ -307,24 +244,51 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             return {name: text for name, text in edited.items() if text} or None
         return {name: text for name, text in (current | edited).items() if text != original.get(name, "")} or None
 
-    def on_preset(name):
-        values = preset_values(name)
-        config = merged(values, None, is_tiny=settings.is_tiny).to_dict()
-        return [gr.Dropdown(info=presets[name]["description"])] + widget_values(config)
+    def values_of(name: str, state: dict) -> list:
+        """The form's values that a choice of the Preset box stands for."""
+        if name == FROM_ZIP:
+            if not state.get("zip"):
+                raise DatasetError("No zip's config.json filled the form; upload a zip with one, or pick a preset.")
+            return list(state["zip"])
+        return widget_values(merged(preset_values(name), None, is_tiny=settings.is_tiny).to_dict())
+
+    def applied_view(name: str, state: dict) -> dict:
+        values = values_of(name, state)
+        info = state["zip_info"] if name == FROM_ZIP else preset_description(name, is_tiny=settings.is_tiny)
+        return dict(zip(widgets, values)) | {
+            preset: gr.Dropdown(value=name, info=info), ask: gr.Column(visible=False),
+            applied: state | {"name": name, "values": values, "pending": ""},
+        }  # fmt: skip
+
+    def on_preset(name, state, *current):
+        """A preset picked: applied at once when nothing of the user's or the zip's would go; else asked first."""
+        changes = setting_changes(list(current), values_of(name, state))
+        edited = not all(same_value(now, then) for now, then in zip(current, state["values"]))
+        if not changes or (state["name"] != FROM_ZIP and not edited):
+            return applied_view(name, state)
+        held = "the zip's config.json" if state["name"] == FROM_ZIP else f"the preset {state['name']}"
+        text = (
+            f"**{md_text(name)}** would replace values the form holds (from {held}{', with your changes' if edited else ''}): "
+            f"{md_text('; '.join(changes))}. Replace them?"
+        )
+        return {preset: gr.Dropdown(value=state["name"]), ask: gr.Column(visible=True), ask_text: text, applied: state | {"pending": name}}
+
+    def on_replace(state):
+        return applied_view(state["pending"], state) if state.get("pending") else {ask: gr.Column(visible=False)}
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def job_view(job: str, seen: dict | None = None) -> dict:
+    def job_view(job: str, seen: dict | None = None, status_now=None) -> dict:
         """Every output that shows the job `job` (an empty id clears the view). Samples and
         checkpoints are sent again only when their lists change (`seen` holds what the page has)."""
         if not job:
             return {progress: progress_html({}), status: "", cancel: gr.Button(visible=False), resume: gr.Button(visible=False), timer: gr.Timer(active=False), shown: {}}
-        found = space.jobs.status(job).to_dict()
+        found = (status_now or space.jobs.status(job)).to_dict()
         state = found["state"]
         done = state == "done"
         in_library = done and bool(found.get("lora_name"))  # a LoRA kept over quota is only a download
         seen = seen if seen and seen.get("job") == job else {}
-        now = {"job": job, "state": state, "samples": found["samples"], "checkpoints": found["checkpoints"], "done": done, "losses": [len(found["loss"]), len(found["val_loss"])]}
+        now = {"job": job, "state": state, "step": found["step"], "samples": found["samples"], "checkpoints": found["checkpoints"], "done": done, "losses": [len(found["loss"]), len(found["val_loss"])]}
         return {
             progress: progress_html(found),
             status: status_markdown(found),
@@ -341,8 +305,10 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             shown: now,
         }
 
-    def list_view(visitor, selected: str = "") -> dict:
-        statuses = space.jobs.list_jobs(visitor)
+    def list_view(visitor, selected: str = "", status_now=None) -> dict:
+        """The visitor's jobs; `status_now` (the shown job's status, read once) stands in for its row,
+        so that the row and the progress bar show the same step."""
+        statuses = [status_now if status_now and item.job_id == status_now.job_id else item for item in space.jobs.list_jobs(visitor)]
         choices = [(f"{item.job_id[:8]} · {item.state} · {item.step}/{item.total_steps}", item.job_id) for item in statuses]
         return {jobs: job_rows(statuses), pick: gr.Dropdown(choices=choices, value=selected or None)}
 
@@ -357,12 +323,23 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         """The job's view as it goes: once off ZeroGPU (the timer polls), after each chunk on ZeroGPU,
         where the job trains inside this event (`JobManager.follow`) and pauses when the page closes."""
         for _ in space.jobs.follow(job):
-            yield job_view(job) | list_view(visitor, job) | {job_id: job}
+            now = space.jobs.status(job)
+            yield job_view(job, status_now=now) | list_view(visitor, job, now) | {job_id: job}
+
+    def cleared_view() -> dict:
+        """The view with nothing of the previous job: Start calls it first, so that its progress,
+        loss, samples, files and buttons go before (or even if) the new job starts."""
+        return job_view("") | {
+            loss_plot: loss_figure({}), samples: [], checkpoints: None, lora_file: gr.File(value=None, visible=False),
+            lora_name: gr.Textbox(value="", visible=False), try_button: gr.Button(visible=False), publish_button: gr.Button(visible=False),
+        }  # fmt: skip
 
     def on_tick(job, seen, *, visitor, token):
-        view = job_view(job, seen)
-        if job and (seen or {}).get("state") not in (None, view[shown]["state"]):  # the job moved on: the list shows it
-            view |= list_view(visitor, job)
+        now = space.jobs.status(job) if job else None
+        view = job_view(job, seen, now)
+        before = seen or {}
+        if job and before.get("state") is not None and (before["state"], before.get("step")) != (view[shown]["state"], view[shown]["step"]):
+            view |= list_view(visitor, job, now)  # the job moved on: its row says the same step as the progress bar
         return view
 
     def on_pick(job, *, visitor, token):
@@ -384,11 +361,22 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
     view_outputs = [progress, status, loss_plot, samples, checkpoints, cancel, resume, lora_file, lora_name, try_button, publish_button, timer, shown]
     list_outputs = [jobs, pick]
     reading = {"concurrency_id": DATASET_CALLS, "concurrency_limit": settings.limits.dataset_calls}  # shared with /start_training
-    upload.upload(with_caller(settings, on_upload), [*browser_id, upload, preset], [report, thumbs, table, preview, trigger, *widgets], api_visibility="private", **reading)
-    add_trigger.click(with_caller(settings, on_add_trigger), [*browser_id, table, trigger, preview], table, api_visibility="private")
-    auto.click(with_caller(settings, on_autocaption), [*browser_id, preview, trigger], table, api_visibility="private")
-    preset.change(user_errors(on_preset), preset, [preset, *widgets], api_visibility="private")
-    start.click(
+    preset_outputs = [preset, ask, ask_text, applied, *widgets]
+    upload.upload(
+        with_caller(settings, on_upload), [*browser_id, upload, applied, trigger, *widgets],
+        [report, thumbs, table, preview, trigger, *preset_outputs], api_visibility="private", **reading,
+    )  # fmt: skip
+    # The report's caption checks follow every caption change (an edit, the trigger word, the buttons).
+    recheck = {"fn": with_caller(settings, on_recheck), "inputs": [*browser_id, table, trigger, preview], "outputs": report}
+    quietly = {"api_visibility": "private", "show_progress": "hidden"}
+    add_trigger.click(with_caller(settings, on_add_trigger), [*browser_id, table, trigger, preview], table, api_visibility="private").then(**recheck, **quietly)
+    auto.click(with_caller(settings, on_autocaption), [*browser_id, preview, trigger], table, api_visibility="private").then(**recheck, **quietly)
+    table.input(**recheck, **quietly, trigger_mode="always_last")
+    trigger.input(**recheck, **quietly, trigger_mode="always_last")
+    preset.select(user_errors(on_preset), [preset, applied, *widgets], preset_outputs, **quietly)  # the user's pick only (once)
+    replace.click(user_errors(on_replace), applied, preset_outputs, **quietly)
+    keep.click(lambda state: {ask: gr.Column(visible=False), applied: state | {"pending": ""}}, applied, [ask, applied], **quietly)
+    start.click(cleared_view, None, view_outputs, queue=False, show_progress="hidden", api_visibility="private").then(
         with_caller(settings, on_start), [*browser_id, upload, table, preview, trigger, *widgets],
         [*view_outputs, *list_outputs, job_id], api_visibility="private", show_progress_on=status, **reading,
     )  # fmt: skip
@@ -401,24 +389,30 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         with_caller(settings, on_resume), [*browser_id, job_id], [*view_outputs, *list_outputs, job_id], api_visibility="private",
         concurrency_limit=None, show_progress_on=status,
     )  # fmt: skip
-    browser_id.stored.change(
-        with_caller(settings, on_visitor), [*browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
+    on_visitor_known(
+        browser_id, with_caller(settings, on_visitor), [*browser_id], [*list_outputs, *view_outputs, job_id], api_visibility="private", show_progress="hidden"
     )
     return TrainHandles(browser_id, lora_name, try_button, publish_button, status, space)
 
 
 def wire_train_to_generate(handles: TrainHandles, controls: GenerateControls, tabs: gr.Tabs | None = None) -> None:
-    """"Try in Generate": the finished LoRA goes into the next free Generate slot at 0.8, and Generate shows."""
+    """"Try in Generate": the finished LoRA goes into the first free Generate slot at 0.8 (opening the
+    folded group when it lands there), and Generate shows, saying where it went and offering to switch
+    the other slots off. When a job's LoRA joins the library, the library and the pickers list it."""
 
     @user_errors
     def on_try(name, *slot_values):
         if not name:
             raise DatasetError("No finished LoRA is shown; pick a finished job in *Your jobs* first.")
-        values = fill_next_slot(list(slot_values), name, TRY_STRENGTH)
-        return values + ([gr.Tabs(selected="generate")] if tabs is not None else [])
+        placement = place_lora(list(slot_values), name, TRY_STRENGTH)
+        return placement_updates(placement) + ([gr.Tabs(selected="generate")] if tabs is not None else [])
 
-    outputs = [*controls.slots] + ([tabs] if tabs is not None else [])
-    handles.try_button.click(on_try, [handles.lora_name, *controls.slots], outputs, api_visibility="private")
+    outputs = [*controls.placement_outputs] + ([tabs] if tabs is not None else [])
+    controls.clear_stale_on(handles.try_button.click, own=[controls.slot_note, controls.solo_button])
+    handles.try_button.click(
+        on_try, [handles.lora_name, *controls.slots], outputs, api_visibility="private", show_progress="hidden"
+    )
+    controls.follow_library(handles.lora_name.change(lambda: None, None, None, api_visibility="private", show_progress="hidden"))
 
 
 def wire_train_to_publish(handles: TrainHandles, source: gr.components.Component, tabs: gr.Tabs | None = None) -> None:
