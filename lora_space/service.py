@@ -44,7 +44,7 @@ from lora_space.generate.request import MAX_SEED, Options, check_work
 from lora_space.library import store as library
 from lora_space.library.hashes import HashCache
 from lora_space.library.inspect import inspect_source
-from lora_space.library.sources import ResolvedSource
+from lora_space.library.sources import ResolvedSource, resolve_source
 from lora_space.library.tools import (
     ConvertResult,
     compare_sources,
@@ -242,18 +242,16 @@ class LoraSpace:
                     outputs.append(output)
                     row_images.append(open_image(output.files[0]))
                 rows.append(row_images)
-            x_name = x_item[0].name
-            grid = labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
+            grid_file = folder / "sweep_grid.png"
+            labelled_grid(  # each label: the LoRA (a Hub one by its repo), then its strength in full
                 rows,
                 [f"{x_item[0].label}\nstrength {value:g}" for value in x_strengths],
                 [f"{y_item[0].label}\nstrength {value:g}" for value in y_values] if y_item else None,  # type: ignore[union-attr]
                 title=f"seed {options.seed}",
-            )
-            grid_file = folder / "sweep_grid.png"
-            grid.save(grid_file)
+            ).save(grid_file)
             metadata = {
                 "seed": options.seed,
-                "x": {"source": x_source, "name": x_name, "strengths": x_strengths},
+                "x": {"source": x_source, "name": x_item[0].name, "strengths": x_strengths},
                 "y": {"source": y_source, "name": y_item[0].name, "strengths": y_values} if y_item else None,
                 "cells": [output.metadata for output in outputs],
             }
@@ -300,10 +298,8 @@ class LoraSpace:
 
     def save_recipe(self, metadata: dict) -> Path:
         """A blend recipe (sources, revisions, strengths, trigger words, seed) as a JSON file."""
-        recipe = recipe_from_metadata(metadata)
         with self.output_dir() as folder:
-            path = folder / "recipe.json"
-            path.write_text(recipe_to_json(recipe))
+            (path := folder / "recipe.json").write_text(recipe_to_json(recipe_from_metadata(metadata)))
         return path
 
     def link_recipe(self, recipe: Recipe, *, visitor: Visitor = LOCAL) -> tuple[Recipe, list[str]]:
@@ -313,6 +309,10 @@ class LoraSpace:
             the recipe, its LoRAs pointing at library names where a hash matched, and a note for each.
         """
         return self.blends.link_recipe(recipe, visitor=visitor)
+
+    def fetch(self, source: str, *, visitor: Visitor = LOCAL, token: str | None = None) -> ResolvedSource:
+        """The LoRA a source names, downloaded once if it is on the Hub and refused unread if it fits not this base."""
+        return resolve_source(source, settings=self.settings, token=token, visitor=visitor, fits_base=True)
 
     def inspect(self, source: str, *, visitor: Visitor = LOCAL, token: str | None = None) -> InspectReport:
         """`/inspect_lora`'s report for a library name, a path or a Hub file (`library.inspect`)."""

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from lora_space.generate.request import Options
-from lora_space.visitors.owners import Visitor
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import JobFiles
 from lora_space.train.prepare import prepare_job
+from lora_space.visitors.owners import Visitor
 
 RED = (230, 30, 30)
 TINY_RUN = dict(  # a quick tiny run: 64 px, rank 4, no bf16 on a CPU

@@ -28,12 +28,12 @@ import torch
 from safetensors.torch import save_file
 
 from lora_space.core import gpu
+from lora_space.core.errors import LoraFileError
+from lora_space.core.settings import Settings
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
-from lora_space.core.errors import LoraFileError
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
-from lora_space.core.settings import Settings
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk

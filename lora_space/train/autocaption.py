@@ -13,8 +13,8 @@ from pathlib import Path
 
 from lora_space.core.errors import DatasetError, HubError
 from lora_space.hub.client import HubClient
-from lora_space.train.config import load_presets
 from lora_space.train.dataset import add_trigger_word
+from lora_space.train.presets import load_presets
 
 OFFLINE_FIX = (
     "Write the captions in the table yourself, or run the app where the Hub is reachable "

@@ -6,10 +6,22 @@ import time
 
 import pytest
 
-from lora_space.discover.finder import Discover, choose_weight_file, shared_widget_words, starter_list
 from lora_space.core.errors import HubError, LoraFileError
 from lora_space.core.settings import Settings
-from tests.discover_repos import FLUX, GATED_TOKEN, SCRIPT_MARK, SDXL, add_discover_repos, instant_retries  # noqa: F401 (a fixture)
+from lora_space.discover.finder import (
+    Discover,
+    choose_weight_file,
+    shared_widget_words,
+    starter_list,
+)
+from tests.discover_repos import (  # noqa: F401 (a fixture)
+    FLUX,
+    GATED_TOKEN,
+    SCRIPT_MARK,
+    SDXL,
+    add_discover_repos,
+    instant_retries,
+)
 from tests.hub_standin import isolated_hub
 
 

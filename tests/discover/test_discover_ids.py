@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lora_space.discover.finder import Discover
 from lora_space.core.errors import LoraFileError
 from lora_space.core.settings import Settings
+from lora_space.discover.finder import Discover
 from tests.discover_repos import add_discover_repos
 from tests.hub_standin import isolated_hub
 

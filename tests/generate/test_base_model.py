@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
+from lora_space.generate.base_model import load_base_pipeline
 from lora_space.tiny.__main__ import save_tiny
 
 

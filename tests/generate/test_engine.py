@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_space.core.errors import LoraFileError
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
-from lora_space.core.errors import LoraFileError
 from lora_space.tiny.model import build_tiny_pipeline
 from tests.lora_factory import write_lora
 

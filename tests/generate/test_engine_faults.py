@@ -15,10 +15,10 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import save_file
 
-from lora_space.hub import http as hub_http
+from lora_space.core.errors import HubError, UnsafeFileError
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import GenerationRequest, LoraSpec, Options
-from lora_space.core.errors import HubError, UnsafeFileError
+from lora_space.hub import http as hub_http
 from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
 from tests.lora_factory import write_lora

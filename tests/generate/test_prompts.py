@@ -7,7 +7,12 @@ import time
 import pytest
 
 from lora_space.core.errors import PromptError
-from lora_space.generate.prompts import build_model_prompt, find_tags, insert_trigger_words, parse_prompt
+from lora_space.generate.prompts import (
+    build_model_prompt,
+    find_tags,
+    insert_trigger_words,
+    parse_prompt,
+)
 
 
 def test_course_examples_parse_to_names_and_strengths():

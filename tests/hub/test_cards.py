@@ -8,9 +8,9 @@ import gradio.processing_utils
 import pytest
 from PIL import Image
 
-from lora_space.hub.cards import hub_image_url
-from lora_space.discover.finder import Discover
 from lora_space.core.settings import Settings
+from lora_space.discover.finder import Discover
+from lora_space.hub.cards import hub_image_url
 from tests.hub_standin import isolated_hub, safetensors_bytes
 
 FLUX = "black-forest-labs/FLUX.1-dev"

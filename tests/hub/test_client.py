@@ -12,12 +12,12 @@ from pathlib import Path
 import huggingface_hub.utils._http
 import pytest
 
+from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
+from lora_space.core.settings import Settings
 from lora_space.hub.cards import trigger_words_from_card
 from lora_space.hub.client import Commit, CreatedRepo, HubClient, pick_weight_file
-from lora_space.core.errors import HubError, LoraFileError, UnsafeFileError
-from lora_space.library.inspect import inspect_source
 from lora_space.library.base import current_base
-from lora_space.core.settings import Settings
+from lora_space.library.inspect import inspect_source
 from tests.hub_standin import HubStandIn, isolated_hub, safetensors_bytes
 from tests.lora_factory import write_lora
 

@@ -14,10 +14,18 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from lora_space.generate.recipe import (
+    LoraRef,
+    Recipe,
+    parse_parameters,
+    read_png_recipe,
+    recipe_from_json,
+    recipe_from_parameters,
+    to_parameters,
+)
 from lora_space.library.hashes import HashCache, lora_file_hash
-from lora_space.visitors.owners import Visitor
-from lora_space.generate.recipe import LoraRef, Recipe, parse_parameters, read_png_recipe, recipe_from_json, recipe_from_parameters, to_parameters
 from lora_space.service import LoraSpace, Options
+from lora_space.visitors.owners import Visitor
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)

@@ -13,14 +13,14 @@ import os
 import pytest
 from PIL import Image
 
-from lora_space.library import store as library
-from lora_space.generate.engine import Engine
-from lora_space.generate.request import Options
 from lora_space.core.errors import HubError, LoraFileError
-from lora_space.library.inspect import inspect_source
+from lora_space.generate.engine import Engine
 from lora_space.generate.recipe import read_png_recipe
-from lora_space.service import LoraSpace
+from lora_space.generate.request import Options
+from lora_space.library import store as library
+from lora_space.library.inspect import inspect_source
 from lora_space.library.sources import resolve_source
+from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
 from tests.lora_factory import write_lora
 

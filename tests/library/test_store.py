@@ -13,7 +13,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from lora_space.core.errors import LoraFileError, UnsafeFileError
-from lora_space.library.store import add_to_library, find_entry, guess_format, scan_library, write_sidecar
+from lora_space.library.store import (
+    add_to_library,
+    find_entry,
+    guess_format,
+    scan_library,
+    write_sidecar,
+)
 
 DIFFUSERS_KEYS = ["transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight"]
 

@@ -14,17 +14,17 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from safetensors.torch import save_file
 
-from lora_space.generate.engine import Engine
 from lora_space.core.errors import LoraFileError
+from lora_space.generate.engine import Engine
+from lora_space.library.tools import read_lora_file
 from lora_space.lora.bake import BAKE_METADATA, BakePart, bake
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import known_bases, tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.library.tools import read_lora_file
-from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace, Options
 from lora_space.tiny.model import build_tiny_pipeline
+from lora_space.visitors.owners import LOCAL, Visitor
 from tests.app_process import running_app
 from tests.lora_factory import write_lora
 

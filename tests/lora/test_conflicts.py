@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from lora_space.core.errors import LoraFileError
+from lora_space.library.tools import compare_sources
 from lora_space.lora.conflicts import compare_loras
 from lora_space.lora.export import save_lora
 from lora_space.lora.formats import LoraModule, LoraSet
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.library.tools import compare_sources
 
 
 @pytest.fixture(scope="module")

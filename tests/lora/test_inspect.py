@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save, save_file
 
 from lora_space.core.errors import UnsafeFileError
-from lora_space.lora.export import lora_tensors
 from lora_space.library.inspect import inspect_source
+from lora_space.lora.export import lora_tensors
 from lora_space.lora.shapes import known_bases, tiny_shapes
 from lora_space.lora.synthetic import random_lora
 from tests.hub_standin import HubStandIn, isolated_hub

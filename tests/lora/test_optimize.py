@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from lora_space.core.errors import LoraFileError
+from lora_space.library.tools import optimize_source
 from lora_space.lora.export import diffusers_tensors, save_lora
 from lora_space.lora.formats import LoraModule, LoraSet, read_lora, to_diffusers
 from lora_space.lora.optimize import optimize
 from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.library.tools import optimize_source
 
 RANK, ALPHA = 4, 8.0
 NAME = "transformer.transformer_blocks.0.attn.to_q"

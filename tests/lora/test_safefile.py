@@ -13,7 +13,12 @@ import torch
 from safetensors.torch import save_file
 
 from lora_space.core.errors import LoraFileError, UnsafeFileError
-from lora_space.lora.safefile import MAX_TENSORS, load_lora_file, parse_header, read_local_header
+from lora_space.lora.safefile import (
+    MAX_TENSORS,
+    load_lora_file,
+    parse_header,
+    read_local_header,
+)
 
 SENTINEL_NAME = "unpickled.flag"
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lora_space.library import store as library
 from lora_space.core.errors import LoraFileError, UnsafeFileError
-from lora_space.lora import safefile
+from lora_space.library import store as library
 from lora_space.library.inspect import inspect_source
-from lora_space.library.tools import compare_files, convert_source
 from lora_space.library.sources import resolve_source
+from lora_space.library.tools import compare_files, convert_source
+from lora_space.lora import safefile
 from tests.lora_factory import write_lora
 
 SENTINEL_NAME = "unpickled.flag"

@@ -6,7 +6,16 @@ import pytest
 import yaml
 
 from lora_space.core.errors import PublishError
-from lora_space.publish.card import CardFacts, CardImage, TrainingFacts, card_metadata, md_code, md_text, parse_card, render_card
+from lora_space.publish.card import (
+    CardFacts,
+    CardImage,
+    TrainingFacts,
+    card_metadata,
+    md_code,
+    md_text,
+    parse_card,
+    render_card,
+)
 
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 

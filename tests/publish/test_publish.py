@@ -18,16 +18,22 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from lora_space.core.errors import HubError, PublishError
+from lora_space.generate.recipe import read_png_recipe
 from lora_space.lora.export import lora_tensors
 from lora_space.lora.formats import LoraSet
 from lora_space.lora.shapes import known_base, tiny_shapes
 from lora_space.lora.synthetic import random_lora
-from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.publish.card import parse_card
-from lora_space.publish.publish import PublishRequest, preview_card, publish, user_token, writable_namespaces
-from lora_space.generate.recipe import read_png_recipe
+from lora_space.publish.publish import (
+    PublishRequest,
+    preview_card,
+    publish,
+    user_token,
+    writable_namespaces,
+)
 from lora_space.service import LoraSpace, Options
 from lora_space.tiny.__main__ import save_tiny
+from lora_space.visitors.owners import LOCAL, Visitor
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import write_lora
 
@@ -220,8 +226,8 @@ def test_only_what_the_visitor_owns_is_published(space, hub, tmp_path):
     assert parse_card(hub.file_bytes("alice/mine", "README.md").decode())["instance_prompt"] == "minestyle"
     assert not hub.commits.get("alice/ink") and not hub.commits.get("alice/x")
     # A file the visitor uploads in the Publish tab is theirs (kohya layout here: published as diffusers).
-    from lora_space.lora.export import save_lora
     from lora_space.library.tools import read_lora_file
+    from lora_space.lora.export import save_lora
 
     uploaded = tmp_path / "gradio-upload" / "my_kohya.safetensors"
     uploaded.parent.mkdir()

@@ -11,13 +11,13 @@ import threading
 
 import pytest
 
+from lora_space.core.errors import HubError, LimitError, LoraFileError, PromptError
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
-from lora_space.core.errors import HubError, LimitError, LoraFileError, PromptError
 from lora_space.library.inspect import inspect_source
 from lora_space.library.tools import compare_sources, convert_source, optimize_source
-from lora_space.visitors.owners import LOCAL, Visitor
 from lora_space.service import LoraSpace
+from lora_space.visitors.owners import LOCAL, Visitor
 from tests.lora_factory import write_lora
 
 TINY = Options(seed=5, steps=2, width=64, height=64)

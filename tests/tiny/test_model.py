@@ -11,11 +11,11 @@ import pytest
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 
-from lora_space.generate.base_model import load_base_pipeline
 from lora_space.core.errors import BaseModelError
 from lora_space.core.settings import Settings
-from lora_space.tiny.model import LATENT_FROM_RGB, build_tiny_pipeline
+from lora_space.generate.base_model import load_base_pipeline
 from lora_space.tiny.draw import build_drawing_pipeline
+from lora_space.tiny.model import LATENT_FROM_RGB, build_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,14 +13,14 @@ import zipfile
 
 import pytest
 
-from lora_space.generate.engine import Engine
 from lora_space.core.errors import DatasetError
-from lora_space.visitors.owners import Visitor
+from lora_space.generate.engine import Engine
 from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train import dataset
 from lora_space.train.archive import CHUNK, ReadStats, ZipLimits, read_members
 from lora_space.train.dataset import ingest
+from lora_space.visitors.owners import Visitor
 from tests.train_factory import RUN, colour_zip, crc_bomb_zip, raw_zip
 
 

@@ -10,11 +10,11 @@ import dataclasses
 import pytest
 
 from lora_space.core.errors import TrainConfigError
-from lora_space.service import LoraSpace
 from lora_space.core.settings import Storage
+from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
-from lora_space.train.trainer import run_chunk
 from lora_space.train.steps import rank_bound
+from lora_space.train.trainer import run_chunk
 from lora_space.ui.api.train import status_dict
 from tests.train_factory import ALICE, RUN, job_folder, wait_for_job
 

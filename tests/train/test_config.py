@@ -9,7 +9,13 @@ import pytest
 
 from lora_space.core.errors import LoraSpaceError, TrainConfigError
 from lora_space.core.settings import FLUX_DEV
-from lora_space.train.config import TrainConfig, default_preset, guidance, load_presets, merged, preset_values
+from lora_space.train.config import TrainConfig, merged
+from lora_space.train.presets import (
+    default_preset,
+    guidance,
+    load_presets,
+    preset_values,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COURSE = json.loads((REPO / "examples" / "config.json").read_text())

@@ -13,10 +13,10 @@ from PIL import Image
 
 from lora_space.core.errors import DatasetError, JobError, TrainConfigError
 from lora_space.lora.safefile import load_lora_file
-from lora_space.visitors.owners import Visitor
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
+from lora_space.visitors.owners import Visitor
 from tests.train_factory import ALICE, RUN, TINY, job_folder, wait_for_job
 
 

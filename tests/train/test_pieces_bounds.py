@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from lora_space.generate.engine import Engine
-from lora_space.generate.request import GenerationRequest
 from lora_space.core.errors import TrainConfigError
 from lora_space.core.settings import Training
+from lora_space.generate.engine import Engine
+from lora_space.generate.request import GenerationRequest
 from tests.train_factory import ACTIVE, ALICE, RUN, TINY, colour_zip, wait_for_job
 
 

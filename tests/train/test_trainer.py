@@ -14,8 +14,8 @@ from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file, read_local_header
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.checkpoint import read_json
-from lora_space.train.trainer import run_chunk
 from lora_space.train.steps import overfitting_warning
+from lora_space.train.trainer import run_chunk
 from tests.train_factory import colour_zip, job_folder, mean_colour
 
 OPTIONS = Options(seed=5, steps=4, width=64, height=64)

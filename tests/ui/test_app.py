@@ -17,13 +17,13 @@ import pytest
 from gradio.state_holder import SessionState
 from PIL import Image
 
-from lora_space.visitors import cleanup
-from lora_space.generate.engine import Engine
-from lora_space.visitors.owners import Visitor, is_browser_id
-from lora_space.service import LoraSpace
 from lora_space.core.settings import Settings
+from lora_space.generate.engine import Engine
+from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.ui.app import build_demo, header_markdown
+from lora_space.visitors import cleanup
+from lora_space.visitors.owners import Visitor, is_browser_id
 from tests.app_process import SPACE_ENV
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,16 @@ from lora_space.lora.safefile import load_lora_file
 from lora_space.lora.shapes import tiny_shapes
 from lora_space.lora.synthetic import random_lora
 from lora_space.service import LoraSpace
-from lora_space.ui.tabs.lora_tools import build_lora_tools, compare_handler, convert_handler, energy_frame, inspect_handler, parse_sources, resize_handler
 from lora_space.ui.caller import build_browser_id
+from lora_space.ui.tabs.lora_tools import (
+    build_lora_tools,
+    compare_handler,
+    convert_handler,
+    energy_frame,
+    inspect_handler,
+    parse_sources,
+    resize_handler,
+)
 
 
 @pytest.fixture

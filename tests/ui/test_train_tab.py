@@ -3,13 +3,8 @@ escapes names taken from the zip, and the progress bar says where the job stands
 
 from __future__ import annotations
 
-from lora_space.train.config import (
-    TrainConfig,
-    load_presets,
-    merged,
-    preset_description,
-    preset_values,
-)
+from lora_space.train.config import TrainConfig, merged
+from lora_space.train.presets import load_presets, preset_description, preset_values
 from lora_space.train.session import smoothed_rate
 from lora_space.ui.tabs.train_view import (
     SETTING_KEYS,

@@ -10,16 +10,16 @@ import time
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lora_space.visitors import cleanup
+from lora_space.core.errors import LimitError, LoraFileError
+from lora_space.core.settings import Settings, Storage
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
-from lora_space.core.errors import LimitError, LoraFileError
 from lora_space.library.tools import optimize_source
-from lora_space.visitors.owners import LOCAL, Visitor, visitor_area
 from lora_space.service import LoraSpace
-from lora_space.core.settings import Settings, Storage
 from lora_space.tiny.model import build_tiny_pipeline
 from lora_space.train.checkpoint import write_json
+from lora_space.visitors import cleanup
+from lora_space.visitors.owners import LOCAL, Visitor, visitor_area
 from tests.lora_factory import write_lora
 from tests.train_factory import ALICE as BROWSER_ALICE
 

@@ -19,16 +19,15 @@ import pytest
 from safetensors.torch import save_file
 from starlette.datastructures import Headers
 
-from lora_space.visitors import disk
-from lora_space.visitors import cleanup
+from lora_space.core.errors import LimitError
+from lora_space.core.settings import Settings
 from lora_space.generate.engine import Engine
 from lora_space.generate.request import Options
-from lora_space.core.errors import LimitError
-from lora_space.visitors.owners import Visitor
-from lora_space.service import LoraSpace
-from lora_space.core.settings import Settings
 from lora_space.library.sources import resolve_source
+from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
+from lora_space.visitors import cleanup, disk
+from lora_space.visitors.owners import Visitor
 from tests.hub_standin import isolated_hub
 from tests.lora_factory import lora_tensors, write_lora
 from tests.train_factory import RUN, colour_zip

@@ -8,13 +8,19 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from lora_space.generate.request import Options
 from lora_space.core.errors import LoraFileError
+from lora_space.generate.request import Options
 from lora_space.library.inspect import inspect_source
-from lora_space.visitors.owners import LOCAL, Visitor, browser_secret, new_browser_id, visitor_area
-from lora_space.service import LoraSpace
 from lora_space.library.sources import resolve_source
+from lora_space.service import LoraSpace
 from lora_space.ui.caller import caller_of, fill_browser_id, visitor_of
+from lora_space.visitors.owners import (
+    LOCAL,
+    Visitor,
+    browser_secret,
+    new_browser_id,
+    visitor_area,
+)
 from tests.lora_factory import write_lora
 
 ALICE = Visitor("browser", "a" * 32)

@@ -20,7 +20,6 @@ from lora_space.core.markdown_text import md_text
 from lora_space.discover.finder import Evaluation, LoraSummary, starter_list
 from lora_space.generate.prompts import insert_trigger_words
 from lora_space.hub.search import SORTS
-from lora_space.library.sources import resolve_source
 from lora_space.service import LoraSpace
 from lora_space.ui.caller import BrowserId, token_of, with_caller
 from lora_space.ui.errors import api_errors
@@ -252,7 +251,7 @@ def use_in_generate(
         raise LoraFileError("Open a LoRA with a usable .safetensors file first, then press Use in Generate.")
     if progress is not None:
         progress(0.1, desc=f"Downloading {chosen['source']} into the Hub cache")
-    resolved = resolve_source(chosen["source"], settings=space.settings, token=token, visitor=visitor, fits_base=True)
+    resolved = space.fetch(chosen["source"], token=token, visitor=visitor)
     if progress is not None:
         progress(1.0, desc=f"Downloaded {chosen['source']}")
     placement = place_lora(slot_values, chosen["source"], DEFAULT_STRENGTH)

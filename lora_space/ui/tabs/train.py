@@ -26,14 +26,16 @@ from lora_space.train.config import (
     OPTIMIZERS,
     QUANTIZATIONS,
     SCHEDULERS,
+    merged,
+)
+from lora_space.train.dataset import add_trigger_word
+from lora_space.train.presets import (  # fmt: skip
     default_preset,
     guidance,
     load_presets,
-    merged,
     preset_description,
     preset_values,
-)  # fmt: skip
-from lora_space.train.dataset import add_trigger_word
+)
 from lora_space.ui.api.train import DATASET_CALLS
 from lora_space.ui.caller import BrowserId, on_visitor_known, with_caller
 from lora_space.ui.errors import user_errors
