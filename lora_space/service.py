@@ -170,11 +170,7 @@ class LoraSpace:
         found: dict[str, ResolvedSource] | None = None,
         visitor: Visitor = LOCAL,
     ) -> tuple[ParsedPrompt, Blend]:
-        """Parse the prompt and find every LoRA named by slots and tags, before any GPU time.
-
-        `swept` LoRAs come last, at strength 0, replacing any slot or tag that names them.
-        `found` remembers sources already resolved in this call (a batch resolves each once).
-        """
+        """The prompt parsed and every LoRA of slots and tags found, before any GPU time (`render.resolve_blend`)."""
         return resolve_blend(prompt, loras, settings=self.settings, token=token, swept=swept, found=found, visitor=visitor)
 
     @one_turn_per_call

@@ -245,53 +245,32 @@ class Renderer:
         return GenerateOutput(files=files, metadata=metadata, warnings=warnings)
 
 
+# The `/generate` result names two of the recipe's fields otherwise (API.md); every other key is the recipe's own.
+_METADATA_KEYS = {"model": "base_model"}
+_METADATA_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "true_cfg", "width", "height", "model", "loras")
+_METADATA_LORA = ("name", "source", "strength", "trigger_words")  # and `revision`, `hash` when set
+
+
 def recipe_metadata(recipe: Recipe, prompt_raw: str, num_images: int) -> dict:
-    """The recipe part of the `/generate` result (API.md); `recipe_from_metadata` reads it back."""
-    return {
-        "prompt": recipe.prompt,
-        "prompt_raw": prompt_raw,
-        "negative_prompt": recipe.negative_prompt,
-        "seed": recipe.seed,
-        "steps": recipe.steps,
-        "guidance": recipe.guidance,
-        "true_cfg": recipe.true_cfg,
-        "width": recipe.width,
-        "height": recipe.height,
-        "num_images": num_images,
-        "base_model": recipe.model,
-        "loras": [
-            {"name": ref.name, "source": ref.source, "strength": ref.strength, "trigger_words": list(ref.trigger_words)}
-            | ({"revision": ref.revision} if ref.revision else {})
-            | ({"hash": ref.hash} if ref.hash else {})
-            for ref in recipe.loras
-        ],
-    }
+    """The recipe part of the `/generate` result (API.md), from `Recipe.to_dict`; `recipe_from_metadata` reads it back."""
+    data = recipe.to_dict()
+    data["loras"] = [
+        {key: lora[key] for key in _METADATA_LORA} | {key: lora[key] for key in ("revision", "hash") if lora[key]}
+        for lora in data["loras"]
+    ]
+    values = {_METADATA_KEYS.get(key, key): data[key] for key in _METADATA_FIELDS}
+    return values | {"prompt_raw": prompt_raw, "num_images": num_images}
 
 
 def recipe_from_metadata(metadata: dict) -> Recipe:
-    """A `/generate` result's recipe (sources, revisions, strengths, trigger words, seed) as a `Recipe`."""
-    return Recipe(
-        prompt=metadata["prompt"],  # tags removed (the LoRAs are listed), trigger words kept
-        negative_prompt=metadata.get("negative_prompt", ""),
-        steps=metadata["steps"],
-        guidance=metadata["guidance"],
-        true_cfg=metadata.get("true_cfg", 1.0),
-        seed=metadata["seed"],
-        width=metadata["width"],
-        height=metadata["height"],
-        model=metadata["base_model"],
-        loras=tuple(
-            LoraRef(
-                lora["name"],
-                lora["strength"],
-                source=lora["source"],
-                revision=lora.get("revision", ""),
-                trigger_words=tuple(lora["trigger_words"]),
-                hash=lora.get("hash", ""),
-            )
-            for lora in metadata["loras"]
-        ),
-    )
+    """A `/generate` result's recipe (sources, revisions, strengths, trigger words, seed) as a `Recipe`,
+    checked as `Recipe.from_dict` checks a recipe file.
+
+    Raises:
+        PromptError: a key of the wrong type, or one the result never has.
+    """
+    names = {value: key for key, value in _METADATA_KEYS.items()}
+    return Recipe.from_dict({names.get(key, key): metadata[key] for key in metadata if names.get(key, key) in _METADATA_FIELDS})
 
 
 def open_image(path: Path):
