@@ -35,7 +35,6 @@ from lora_space.generate.request import GenerationRequest, LoraSpec, Options
 from lora_space.lora.safefile import load_lora_file
 from lora_space.service import LoraSpace
 from lora_space.tiny.model import build_tiny_pipeline
-from lora_space.train.jobs import JobManager
 from lora_space.train.trainer import run_chunk
 from tests.lora_factory import write_lora
 from tests.train_factory import ALICE, RUN, colour_zip, job_folder
@@ -52,7 +51,7 @@ def main(root: Path) -> dict:
     mode = gpu.standin_mode()
     assert mode in gpu.STANDIN_MODES, "run with LORA_SPACE_ZEROGPU_STANDIN=fork or reuse"
     env = {"LORA_SPACE_BASE_MODEL": "tiny-random", "LORA_SPACE_LORA_DIR": str(root / "loras"), "LORA_SPACE_DATA_DIR": str(root / "data"), "HF_HUB_OFFLINE": "1"}
-    space = LoraSpace(Settings.from_env(env), Engine(build_tiny_pipeline()))
+    space = LoraSpace(Settings.from_env(env), Engine(build_tiny_pipeline()), chunk_seconds=120, in_requests=True)
     engine = space.engine
     weights = {name: tensor.clone() for name, tensor in engine.pipe.transformer.state_dict().items()}
     reference = Engine(build_tiny_pipeline())  # in this process, no worker
@@ -73,7 +72,6 @@ def main(root: Path) -> dict:
     idle = statistics.median(_timed(engine) for _ in range(3))
 
     # 2. Training in workers, preempted by generations: the weights of an uninterrupted run.
-    space.jobs = JobManager(space.settings, space.engine, add_lora=space.add_lora, chunk_seconds=120, in_requests=True)
     zip_path = colour_zip(root / "red.zip")
     job = space.jobs.start(zip_path, CONFIG, visitor=ALICE)
     statuses = []

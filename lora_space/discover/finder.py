@@ -35,7 +35,7 @@ from lora_space.hub.ids import is_repo_id
 from lora_space.hub.search import HubModel
 from lora_space.library import store as library
 from lora_space.library.base import current_base
-from lora_space.lora.inspect import inspect_header
+from lora_space.lora.inspect import InspectReport, inspect_header
 from lora_space.lora.safefile import MAX_HEADER_BYTES, parse_header, read_local_header
 
 DATA = Path(__file__).parent  # starter_loras.json, licenses.json
@@ -94,7 +94,7 @@ class Evaluation:
 
     summary: LoraSummary
     card: RenderedCard
-    report: dict[str, Any] | None
+    report: InspectReport | None  # the weight file's header inspected; None when it could not be read
     verdict: list[str]
     notes: list[str] = field(default_factory=list)  # what could not be read, and why
     example_prompts: list[str] = field(default_factory=list)
@@ -210,7 +210,7 @@ def summarise(model: HubModel, *, endpoint: str, base_model: str, card_text: str
     )
 
 
-def verdict(summary: LoraSummary, report: dict[str, Any] | None, *, base_model: str) -> list[str]:
+def verdict(summary: LoraSummary, report: InspectReport | None, *, base_model: str) -> list[str]:
     """Short plain-text lines built only from the facts read: popularity, fit, trigger words, licence, access.
 
     They quote Hub text (trigger words, licence, base model), so a page shows them as text, not Markdown.
@@ -224,11 +224,11 @@ def verdict(summary: LoraSummary, report: dict[str, Any] | None, *, base_model: 
         lines.append("Compatibility unknown: the weight file's header could not be read (see the note below).")
     elif report is None:
         pass  # no usable file: the last line says why
-    elif report["compatible"]:
-        lines.append(f"Compatible with {report['base_model']}: {report['coverage']:.0%} of its {report['num_modules']} modules land on it "
-                     f"({report['format']} layout, rank {report['rank']}).")
+    elif report.compatible:
+        lines.append(f"Compatible with {report.base_model}: {report.coverage:.0%} of its {report.num_modules} modules land on it "
+                     f"({report.format} layout, rank {report.rank}).")
     else:
-        lines.append(f"Not compatible with {report['base_model']}: {report['reason']}")
+        lines.append(f"Not compatible with {report.base_model}: {report.reason}")
     if summary.base_model and summary.base_model != base_model:
         lines.append(f"Its card names {summary.base_model} as its base model, not {base_model}.")
     source = {"card": "its card", "metadata": "its file's metadata", "widget": "every example prompt of its card"}
@@ -357,7 +357,7 @@ class Discover:
                     header, source=summary.source, base=current_base(self.settings, token=token),
                     trigger_words=summary.trigger_words, card=model.card_data,
                 )
-                report = inspected.to_dict()
+                report = inspected
             except (HubError, LoraFileError) as error:
                 notes.append(f"The weight file's header could not be read: {error}")
         examples = [prompt for prompt, _ in widget_examples(model.card_data) if prompt]

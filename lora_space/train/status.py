@@ -7,6 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from lora_space.train.checkpoint import JobFiles, read_json, state_step
+from lora_space.train.config import TrainConfig
 
 
 class JobState(StrEnum):
@@ -44,11 +45,12 @@ class JobStatus:
     queue_position: int = 0  # 1 = next; 0 when not queued
     eta_seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
+    config: TrainConfig | None = None  # the job's settings as it trains with them
 
     def to_dict(self) -> dict:
         values = asdict(self)
         values["state"] = str(self.state)
+        values["config"] = self.config.to_dict() if self.config is not None else {}
         values["samples"] = [str(path) for path in self.samples]
         values["checkpoints"] = [str(path) for path in self.checkpoints]
         values["lora_file"] = str(self.lora_file) if self.lora_file else None
@@ -80,5 +82,5 @@ def job_status(files: JobFiles, state: dict, *, position: int = 0, steps_ahead: 
         dataset_report=read_json(files.root / "report.json", {}), error=state.get("error", ""),
         queue_position=position, eta_seconds=round(eta, 1) if eta is not None else None,
         warnings=list(state.get("notes", [])) + progress.get("warnings", []),
-        config=read_json(files.config, {}),
+        config=TrainConfig(**read_json(files.config)) if files.config.exists() else None,
     )  # fmt: skip

@@ -136,7 +136,7 @@ def test_bad_search_arguments_say_what_is_allowed(hub_settings):
 def test_evaluation_reads_only_a_ranged_card_and_a_ranged_header(hub, hub_settings):
     evaluation = Discover(hub_settings).evaluate("alice/watercolor-flux")
     report = evaluation.report
-    assert report["format"] == "diffusers" and report["rank"] == 4 and report["compatible"] and report["coverage"] == 1.0
+    assert report.format == "diffusers" and report.rank == 4 and report.compatible and report.coverage == 1.0
     assert evaluation.card.images == [f"{hub.endpoint}/alice/watercolor-flux/resolve/main/images/preview.png"]
     assert "<h1>Watercolor</h1>" in evaluation.card.html
     assert evaluation.verdict[0].startswith("Popular: 5,000 downloads")
@@ -153,7 +153,7 @@ def test_the_weight_file_the_card_names_wins_and_its_metadata_gives_trigger_word
     evaluation = Discover(hub_settings).evaluate("bob/several-files")
     assert evaluation.summary.weight_file == "chosen.safetensors"
     assert evaluation.summary.trigger_words == ["bobword"] and evaluation.summary.trigger_words_from == "metadata"
-    assert evaluation.report["source"] == "bob/several-files/chosen.safetensors"
+    assert evaluation.report.source == "bob/several-files/chosen.safetensors"
     assert any("CC BY-NC 4.0 does not allow commercial use" in line for line in evaluation.verdict)
     assert evaluation.verdict[0].startswith("Not widely used yet")
 
@@ -172,7 +172,7 @@ def test_a_gated_repo_needs_a_token_with_access(hub, hub_settings):
     assert any("gated: accept its licence on the Hub and log in" in note for note in anonymous.notes)
     assert "Compatibility unknown" in " ".join(anonymous.verdict)
     signed_in = discover.evaluate("dave/gated-lora", token=GATED_TOKEN)
-    assert signed_in.report["compatible"] and not signed_in.notes
+    assert signed_in.report.compatible and not signed_in.notes
     assert any("FLUX.1 [dev] Non-Commercial License does not allow commercial use" in line for line in signed_in.verdict)
     assert any(line.startswith("Gated:") for line in signed_in.verdict)
     assert {request.user for request in hub.requests if "/resolve/" in request.path} == {None, "gina"}

@@ -287,25 +287,21 @@ def test_write_access_as_the_hub_reports_it():
     assert writable_namespaces(oauth, oauth_scope="openid profile write-repos manage-repos") == ("alice", ["alice"])
 
 
-def test_a_finished_training_job_publishes_its_lora_samples_and_facts(space, hub, tmp_path):
-    from lora_space.train.jobs import JobManager
+def test_a_finished_training_job_publishes_its_lora_samples_and_facts(online_settings, make_space, hub, tmp_path):
     from tests.train_factory import ACTIVE, TINY_RUN, colour_zip, wait_for_job
 
-    space.jobs = JobManager(space.settings, space.engine, add_lora=space.add_lora, chunk_steps=3)
-    try:
-        config = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
-            "trigger_word": "redstyle", "max_train_steps": 6, "sample_every": 2}  # no validation prompts: a held-out caption
-        started = space.jobs.start(colour_zip(tmp_path / "red.zip"), config, visitor=LOCAL)
-        with pytest.raises(PublishError, match="once it is done"):
-            publish(space, PublishRequest(lora=started.job_id, repo_id="alice/early"), token=TOKEN, visitor=LOCAL)
-        status = wait_for_job(space, started.job_id, leaving=ACTIVE, timeout=60)
-        assert status.state == "done", status.error
-        result = publish(space, PublishRequest(lora=started.job_id, repo_id="alice/red-flux"), token=TOKEN, visitor=LOCAL)
-        # By its library name, the job's LoRA keeps the job's facts too.
-        publish(space, PublishRequest(lora=status.lora_name, repo_id="alice/red-by-name"), token=TOKEN, visitor=LOCAL)
-        assert "| steps | 6 |" in hub.file_bytes("alice/red-by-name", "README.md").decode()
-    finally:
-        space.jobs.close()
+    space = make_space(online_settings, chunk_steps=3)
+    config = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
+        "trigger_word": "redstyle", "max_train_steps": 6, "sample_every": 2}  # no validation prompts: a held-out caption
+    started = space.jobs.start(colour_zip(tmp_path / "red.zip"), config, visitor=LOCAL)
+    with pytest.raises(PublishError, match="once it is done"):
+        publish(space, PublishRequest(lora=started.job_id, repo_id="alice/early"), token=TOKEN, visitor=LOCAL)
+    status = wait_for_job(space, started.job_id, leaving=ACTIVE, timeout=60)
+    assert status.state == "done", status.error
+    result = publish(space, PublishRequest(lora=started.job_id, repo_id="alice/red-flux"), token=TOKEN, visitor=LOCAL)
+    # By its library name, the job's LoRA keeps the job's facts too.
+    publish(space, PublishRequest(lora=status.lora_name, repo_id="alice/red-by-name"), token=TOKEN, visitor=LOCAL)
+    assert "| steps | 6 |" in hub.file_bytes("alice/red-by-name", "README.md").decode()
 
     (commit,) = hub.commits["alice/red-flux"]
     # Every sample the job kept with the LoRA on (steps 6, 4 and 2), not one; each carries its recipe.

@@ -132,7 +132,7 @@ def test_bad_input_is_refused_at_the_call_and_leaves_no_job(space, red_zip, tmp_
 def test_the_example_zip_trains_with_its_own_config_into_a_lora_that_changes_the_image(space):
     example = Path(__file__).resolve().parents[2] / "examples" / "flat_shapes.zip"
     status = space.jobs.start(example, {}, visitor=ALICE)  # the zip's config.json: 200 steps at 64 px, AdamW8bit
-    assert status.config["max_train_steps"] == 200 and status.config["optimizer_type"] == "AdamW"  # no bitsandbytes here
+    assert status.config.max_train_steps == 200 and status.config.optimizer_type == "AdamW"  # no bitsandbytes here
     assert any("AdamW8bit" in warning for warning in status.warnings)
     done = wait_for_job(space, status.job_id, ("done", "failed"), timeout=180)
     assert done.state == "done", done.error

@@ -81,10 +81,10 @@ def verdict_markdown(evaluation: Evaluation) -> str:
     facts += [f"- {md_text(line)}" for line in evaluation.verdict]
     facts += [f"- ⚠️ {md_text(note)}" for note in evaluation.notes]
     report = evaluation.report
-    if report is not None and not report["compatible"]:
+    if report is not None and not report.compatible:
         facts.append(
-            f"\n**Use in Generate is off**: its {size_text(report['size_bytes'])} file fits no module of "
-            f"{md_text(report['base_model'])}, so it is not downloaded."
+            f"\n**Use in Generate is off**: its {size_text(report.size_bytes)} file fits no module of "
+            f"{md_text(report.base_model)}, so it is not downloaded."
         )
     if evaluation.example_prompts:  # a paragraph of its own: after a list, a plain line would join its last item
         facts.append("\n**Example prompts from the card:**\n")
@@ -104,7 +104,7 @@ def inspection_markdown(evaluation: Evaluation) -> str:
 def usable_for_generate(evaluation: Evaluation) -> bool:
     """Whether "Use in Generate" may download it: a .safetensors file, no problem, not known to misfit the base."""
     summary, report = evaluation.summary, evaluation.report
-    return summary.weight_file is not None and summary.problem is None and (report is None or bool(report["compatible"]))
+    return summary.weight_file is not None and summary.problem is None and (report is None or bool(report.compatible))
 
 
 def search_note(count: int, page: int, sort_by: str) -> str:
@@ -187,7 +187,7 @@ def build_discover_tab(space: LoraSpace, browser_id: BrowserId) -> DiscoverHandl
             gr.Gallery(value=[(url, "") for url in evaluation.card.images], visible=bool(evaluation.card.images)),
             card_html(evaluation),
             inspection_markdown(evaluation),
-            evaluation.report or {},
+            evaluation.report.to_dict() if evaluation.report is not None else {},
             "",  # the last "Use in Generate" message belongs to the LoRA opened before
         )
 

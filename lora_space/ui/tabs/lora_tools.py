@@ -9,7 +9,7 @@ problems into messages.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import pandas as pd
@@ -22,29 +22,32 @@ from lora_space.ui.errors import user_errors
 from lora_space.ui.tabs.generate import size_text, warnings_markdown
 from lora_space.visitors.owners import LOCAL, Visitor
 
+if TYPE_CHECKING:
+    from lora_space.lora.inspect import InspectReport
+
 SOURCE_HINT = "library name, user/repo, or user/repo/file.safetensors"
 MAX_BARS = 64  # more modules than this are plotted per block
 BLOCK_COLUMNS = ["block", "LoRA A", "LoRA B", "shared modules", "cosine", "norm ratio A/B"]
 
 
-def summary_markdown(report: dict[str, Any]) -> str:
+def summary_markdown(report: InspectReport) -> str:
     """A few lines a person reads before using a LoRA: what it is, whether it fits, what to watch."""
-    alpha = "alpha unknown" if report["alpha"] is None else f"alpha {report['alpha']:g}"
+    alpha = "alpha unknown" if report.alpha is None else f"alpha {report.alpha:g}"
     lines = [
         (
-            f"**{md_text(report['format'])}** LoRA, rank {report['rank']} ({alpha}), {report['num_modules']} modules, "
-            f"{size_text(report['size_bytes'])} {md_text(report['dtype'])}; made for **{md_text(report['base_model_guess'])}**."
+            f"**{md_text(report.format)}** LoRA, rank {report.rank} ({alpha}), {report.num_modules} modules, "
+            f"{size_text(report.size_bytes)} {md_text(report.dtype)}; made for **{md_text(report.base_model_guess)}**."
         )
     ]
-    if report["compatible"]:
-        lines.append(f"Fits {md_code(report['base_model'])}: {report['coverage']:.0%} of its modules land on it.")
+    if report.compatible:
+        lines.append(f"Fits {md_code(report.base_model)}: {report.coverage:.0%} of its modules land on it.")
     else:
-        lines.append(f"**Does not fit {md_code(report['base_model'])}.** {md_text(report['reason'])}")
-    if report["trigger_words"]:
-        lines.append("Trigger words: " + ", ".join(md_code(word) for word in report["trigger_words"]))
-    if report["training_info"]:
-        lines.append("Training: " + md_text(", ".join(f"{key} {value}" for key, value in report["training_info"].items())))
-    return "\n\n".join(lines + [warnings_markdown(report["warnings"])])
+        lines.append(f"**Does not fit {md_code(report.base_model)}.** {md_text(report.reason)}")
+    if report.trigger_words:
+        lines.append("Trigger words: " + ", ".join(md_code(word) for word in report.trigger_words))
+    if report.training_info:
+        lines.append("Training: " + md_text(", ".join(f"{key} {value}" for key, value in report.training_info.items())))
+    return "\n\n".join(lines + [warnings_markdown(report.warnings)])
 
 
 def energy_frame(modules: list[dict[str, Any]]) -> pd.DataFrame:
@@ -83,8 +86,8 @@ def inspect_handler(
     space: LoraSpace, source: str, *, visitor: Visitor = LOCAL, token: str | None = None
 ) -> tuple[str, dict[str, Any]]:
     """Inspect a LoRA from its header (a few ranged reads, no math): a short summary and the full report."""
-    report = space.inspect(source, token=token, visitor=visitor).to_dict()
-    return summary_markdown(report), report
+    report = space.inspect(source, token=token, visitor=visitor)
+    return summary_markdown(report), report.to_dict()
 
 
 @user_errors
