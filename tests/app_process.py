@@ -80,3 +80,12 @@ def write_library(folder: Path) -> None:
         write_lora(folder / f"{name}.safetensors", seed)
     (folder / "wtrclr_style.txt").write_text("wtrclr")
     (folder / "broken.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+
+
+@contextmanager
+def running_app_on_hub(root: Path, hub_endpoint: str) -> Iterator[str]:
+    """`running_app` with the example library and the Hub stand-in at `hub_endpoint` (no token, its own cache)."""
+    write_library(root / "loras")
+    environment = {"HF_ENDPOINT": hub_endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HUB_CACHE": str(root / "hf-cache")}
+    with running_app(root, **environment) as url:
+        yield url

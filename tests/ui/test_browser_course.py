@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.app_process import running_app, write_library
+from tests.app_process import running_app_on_hub
 from tests.browser import app_page, pick
 from tests.discover_repos import add_discover_repos, add_wide_repo
 from tests.hub_standin import HubStandIn
@@ -33,9 +33,7 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, hub):
     root = tmp_path_factory.mktemp("course-app")
-    write_library(root / "loras")
-    environment = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HUB_CACHE": str(root / "hf-cache")}
-    with running_app(root, **environment) as url:
+    with running_app_on_hub(root, hub.endpoint) as url:
         yield url, root
 
 

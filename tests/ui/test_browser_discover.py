@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_process import running_app, write_library
+from tests.app_process import running_app_on_hub
 from tests.browser import app_page
 from tests.discover_repos import SCRIPT_MARK, add_discover_repos, lora_bytes
 from tests.hub_standin import HubStandIn
@@ -29,9 +29,7 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, hub):
     root = tmp_path_factory.mktemp("browser-discover")
-    write_library(root / "loras")
-    environment = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HUB_CACHE": str(root / "hf-cache")}
-    with running_app(root, **environment) as url:
+    with running_app_on_hub(root, hub.endpoint) as url:
         yield url, root
 
 
