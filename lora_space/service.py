@@ -95,10 +95,6 @@ class LoraSpace:
         # Hub search and evaluation for the Discover tab, with its short-lived search cache.
         self.discover = Discover(settings)
 
-    @property
-    def outputs_dir(self) -> Path:
-        return self.settings.data_dir / "outputs"
-
     @contextmanager
     def output_dir(self) -> Iterator[Path]:
         """A fresh folder for one call's files, named so that only its caller can find it, within
@@ -376,6 +372,12 @@ class LoraSpace:
                 shutil.rmtree(folder, ignore_errors=True)  # type: ignore[arg-type]
             raise
 
+    def captions(self, preview: str, *, visitor: Visitor = LOCAL, keep: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        """`visitor`'s preview's captions as edited and as the zip had them; `keep` saves edited ones first."""
+        if keep is not None:
+            intake.keep_captions(self.settings, visitor, preview, keep)
+        return intake.captions_of(self.settings, visitor, preview)
+
     @one_turn_per_call
     def autocaption(self, preview: str, trigger_word: str = "", *, visitor: Visitor = LOCAL, progress=None) -> dict[str, str]:
         """Caption every image of `visitor`'s preview with a vision-language model; the captions are kept with it.
@@ -389,9 +391,7 @@ class LoraSpace:
         if len(images) > limit:
             raise LimitError(f"The dataset has {len(images)} images; auto-captioning writes at most {limit} per call. Caption them in the zip instead.")
         made = autocaption(images, trigger_word=trigger_word, endpoint=self.settings.hf_endpoint, offline=self.settings.hf_offline, progress=progress)
-        captions = intake.captions_of(self.settings, visitor, preview)[0] | made
-        intake.keep_captions(self.settings, visitor, preview, captions)
-        return captions
+        return self.captions(preview, visitor=visitor, keep=self.captions(preview, visitor=visitor)[0] | made)[0]
 
     # -- bake ---------------------------------------------------------------------------------
 

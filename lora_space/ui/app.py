@@ -24,6 +24,7 @@ from lora_space.ui.tabs import (
     train,
 )
 from lora_space.visitors.cleanup import gradio_delete_cache, preview_root, start_cleaner
+from lora_space.visitors.disk import OUTPUTS
 
 TITLE = "LoRA Space"
 TINY_NOTES = {
@@ -103,6 +104,6 @@ def launch() -> None:
         max_file_size=settings.storage.max_upload_bytes,
         state_session_capacity=settings.limits.max_sessions,  # each session's state costs memory until evicted
         # Output, job and preview folders are named with 128 random bits: only their caller finds them.
-        allowed_paths=[str(space.outputs_dir.resolve()), str(space.jobs.root.resolve()), str(preview_root(settings).resolve())],
+        allowed_paths=[str((settings.data_dir / OUTPUTS).resolve()), str(space.jobs.root.resolve()), str(preview_root(settings).resolve())],
         theme=gr.themes.Soft(),
     )

@@ -20,7 +20,6 @@ from lora_space.core.errors import DatasetError, LoraSpaceError
 from lora_space.core.markdown_text import md_text
 from lora_space.core.settings import TINY
 from lora_space.service import LoraSpace
-from lora_space.train import intake
 from lora_space.train.config import (
     MIXED_PRECISIONS,
     OPTIMIZERS,
@@ -215,7 +214,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             return gr.skip()
         edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
         try:
-            captions = intake.captions_of(settings, visitor, state["id"])[0] | edited
+            captions = space.captions(state["id"], visitor=visitor)[0] | edited
         except DatasetError:  # the preview is gone: the table's rows
             captions = edited
         return report_markdown(recheck_report(state["report"], captions, word), state.get("notes", []))
@@ -225,8 +224,8 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             raise DatasetError("Type the trigger word first (a unique word such as `wtrclr_style`), then press the button.")
         edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
         try:  # every caption of the preview, not only the rows the table shows
-            captions = add_trigger_word(intake.captions_of(settings, visitor, state.get("id", ""))[0] | edited, word)
-            intake.keep_captions(settings, visitor, state["id"], captions)
+            captions = add_trigger_word(space.captions(state.get("id", ""), visitor=visitor)[0] | edited, word)
+            space.captions(state["id"], visitor=visitor, keep=captions)
         except DatasetError:  # no preview (gone, or used by Start): the table's rows
             captions = add_trigger_word(edited, word)
         return table_rows(captions)
@@ -241,7 +240,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
         """The captions that differ from the zip's: the preview's (every image) with the table's edits over them."""
         edited = {row[0]: row[1] for row in rows or [] if row and row[0]}
         try:
-            current, original = intake.captions_of(settings, visitor, state.get("id", ""))
+            current, original = space.captions(state.get("id", ""), visitor=visitor)
         except DatasetError:  # no preview: the zip is read again, and the table's captions replace its own
             return {name: text for name, text in edited.items() if text} or None
         return {name: text for name, text in (current | edited).items() if text != original.get(name, "")} or None
