@@ -42,16 +42,16 @@ def test_the_zips_settings_show_as_from_the_zip_and_a_preset_asks_before_replaci
     preset, ask = page.locator("#train-preset"), page.locator("#train-preset-ask")
     expect(preset.locator("input").first).to_have_value("from the zip")
     expect(preset).to_contain_text("The zip's config.json set")
-    expect(train_field(page, "learning-rate")).to_have_value("0.01")  # the zip's, not the tiny preset's 0.001
+    expect(train_field(page, "learning-rate")).to_have_value("0.002")  # the zip's, not the tiny preset's 0.001
     # A preset over the zip's values asks first, listing what it would change; keeping changes nothing.
     choose_preset(page, TINY)
     expect(ask).to_be_visible(timeout=10_000)
     expect(ask).to_contain_text("would replace values the form holds (from the zip's config.json)")
-    expect(ask).to_contain_text("learning_rate 0.01 → 0.001")
+    expect(ask).to_contain_text("learning_rate 0.002 → 0.001")
     expect(preset.locator("input").first).to_have_value("from the zip")
     page.locator("#train-preset-keep").click()
     expect(ask).to_be_hidden()
-    expect(train_field(page, "learning-rate")).to_have_value("0.01")
+    expect(train_field(page, "learning-rate")).to_have_value("0.002")
     # Replacing applies the preset, and its description says what it set.
     choose_preset(page, TINY)
     page.locator("#train-preset-replace").click()
