@@ -391,7 +391,9 @@ class LoraSpace:
         if len(images) > limit:
             raise LimitError(f"The dataset has {len(images)} images; auto-captioning writes at most {limit} per call. Caption them in the zip instead.")
         made = autocaption(images, trigger_word=trigger_word, endpoint=self.settings.hf_endpoint, offline=self.settings.hf_offline, progress=progress)
-        return self.captions(preview, visitor=visitor, keep=self.captions(preview, visitor=visitor)[0] | made)[0]
+        captions = self.captions(preview, visitor=visitor)[0] | made
+        self.captions(preview, visitor=visitor, keep=captions)
+        return captions
 
     # -- bake ---------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from lora_space.generate.request import Options
 from lora_space.service import LoraSpace
 from lora_space.train.checkpoint import JobFiles
 from lora_space.train.prepare import prepare_job
+from lora_space.train.status import ACTIVE  # noqa: F401 (the states a job holds a place in, for the tests)
 from lora_space.visitors.owners import Visitor
 
 RED = (230, 30, 30)
@@ -91,8 +92,6 @@ RUN = {key: value for key, value in TINY_RUN.items() if key != "model_name"} | {
 
 ENDED = ("done", "failed", "cancelled")
 """The states a job ends in; a job that is queued, running or interrupted may go on."""
-ACTIVE = ("queued", "running")
-"""The states of a job that is waiting for or taking its turns."""
 
 
 def wait_for_job(owner, job_id: str, states=ENDED, *, leaving=None, until=None, timeout: float = 120, every: float = 0.02, meanwhile=None):

@@ -189,7 +189,7 @@ class HubClient:
         self._online(f"read {where}")
         if not filename.lower().endswith(".safetensors"):
             raise LoraFileError(f"{where} is not a .safetensors file; LoRA Space reads only safetensors LoRAs.")
-        read = ranged_reader(repo_id, filename, endpoint=self.endpoint, token=self.auth or False, revision=revision)
+        read = ranged_reader(repo_id, filename, endpoint=self.endpoint, token=self.auth, revision=revision)
         first, total = read(0, HEADER_PROBE_END)
         if len(first) < 8:
             raise LoraFileError(f"{where} is only {total} bytes long: too small to be a safetensors file.")
@@ -221,7 +221,7 @@ class HubClient:
             HubError: not found, gated, offline, unreachable.
         """
         self._online(f"read {repo_id}/{filename}")
-        read = ranged_reader(repo_id, filename, endpoint=self.endpoint, token=self.auth or False, revision=revision)
+        read = ranged_reader(repo_id, filename, endpoint=self.endpoint, token=self.auth, revision=revision)
         body, total = read(0, max_bytes - 1)
         return body.decode("utf-8", errors="replace"), total > max_bytes
 

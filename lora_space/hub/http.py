@@ -34,7 +34,7 @@ TIMEOUT_S = 30.0
 
 
 def ranged_reader(
-    repo_id: str, filename: str, *, endpoint: str, token: str | bool, revision: str | None = None
+    repo_id: str, filename: str, *, endpoint: str, token: str | bool | None, revision: str | None = None
 ) -> Callable[[int, int], tuple[bytes, int]]:
     """`read(start, end)`: bytes `start..end` of a repo file and the file's size, one ranged GET each.
 

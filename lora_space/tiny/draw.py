@@ -55,7 +55,6 @@ DEFAULT_STEPS = 8  # the Generate tab's default in this mode: sharp shapes in ab
 from lora_space.core.tiny_configs import DRAWING_CLIP as CLIP_CONFIG
 from lora_space.core.tiny_configs import DRAWING_T5 as T5_CONFIG
 from lora_space.core.tiny_configs import DRAWING_TRANSFORMER as TRANSFORMER_CONFIG
-from lora_space.core.tiny_configs import TEXT_WIDTH, WIDTH  # noqa: F401 (the drawing model's widths)
 
 T5_MAX_LENGTH = 512
 CHARACTERS = string.ascii_lowercase + string.digits + string.punctuation  # the fallback for unknown words

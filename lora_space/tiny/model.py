@@ -34,7 +34,6 @@ from transformers import (
 )
 
 TINY_SEED = 0
-from lora_space.core.tiny_configs import HIDDEN  # noqa: F401 (the random model's width, for its users)
 from lora_space.core.tiny_configs import RANDOM_CLIP as CLIP_CONFIG
 from lora_space.core.tiny_configs import RANDOM_T5 as T5_CONFIG
 from lora_space.core.tiny_configs import RANDOM_TRANSFORMER as TRANSFORMER_CONFIG

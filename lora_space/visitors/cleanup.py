@@ -36,12 +36,11 @@ from pathlib import Path
 
 from lora_space.core.errors import LimitError
 from lora_space.core.settings import Settings
-from lora_space.visitors.disk import evict_hub_cache, evict_outputs, tree_bytes
+from lora_space.visitors.disk import OUTPUTS, evict_hub_cache, evict_outputs, tree_bytes
 from lora_space.visitors.owners import Visitor, visitor_area
 
 logger = logging.getLogger(__name__)
 
-OUTPUTS = "outputs"
 VISITORS = "visitors"
 JOBS = "jobs"
 PREVIEWS = "previews"

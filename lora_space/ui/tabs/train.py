@@ -35,13 +35,13 @@ from lora_space.train.presets import (  # fmt: skip
     preset_description,
     preset_values,
 )
+from lora_space.train.status import ACTIVE, RESUMABLE
 from lora_space.ui.api.train import DATASET_CALLS
 from lora_space.ui.caller import BrowserId, on_visitor_known, with_caller
 from lora_space.ui.errors import user_errors
 from lora_space.ui.tabs.generate import GenerateControls
 from lora_space.ui.tabs.slots import place_lora, placement_updates
 from lora_space.ui.tabs.train_view import (
-    ACTIVE,
     JOB_COLUMNS,
     SETTING_KEYS,
     job_rows,
@@ -297,7 +297,7 @@ def build_train_tab(space: LoraSpace, browser_id: BrowserId) -> TrainHandles:
             samples: [(path, sample_caption(path)) for path in found["samples"]] if now["samples"] != seen.get("samples") else gr.skip(),
             checkpoints: (found["checkpoints"] or None) if now["checkpoints"] != seen.get("checkpoints") else gr.skip(),
             cancel: gr.Button(visible=state in ACTIVE),
-            resume: gr.Button(visible=state in ("interrupted", "cancelled", "failed")),
+            resume: gr.Button(visible=state in RESUMABLE),
             lora_file: gr.File(value=found["lora_file"] if done else None, visible=done) if done != seen.get("done") else gr.skip(),
             lora_name: gr.Textbox(value=found["lora_name"] if done else "", visible=in_library),
             try_button: gr.Button(visible=in_library),

@@ -12,9 +12,8 @@ from matplotlib.figure import Figure
 from lora_space.core.markdown_text import md_code, md_text
 from lora_space.train.checkpoint import SampleName
 from lora_space.train.dataset import has_word
-from lora_space.train.status import JobState
+from lora_space.train.status import ACTIVE
 
-ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 JOB_COLUMNS = ["job", "state", "progress", "LoRA"]
 LOSS_COLOURS = {"train": "#2563eb", "validation": "#ea580c"}
 # The settings shown beside the course's guidance, in this order (trigger_word sits with the captions).
